@@ -1,0 +1,120 @@
+"""The embedded benchmark: synthetic image-caption shards and a zero-shot eval set, made from a seed.
+
+Run `python -m datamodules.embedded.benchmark data/embedded` to build it by hand; DataModules build it
+on first use from `prepare_data()` and reuse it after (a `benchmark.json` records what was built).
+
+Layout under `root`:
+    pretrain/NNNNN.tar   image-caption pairs for (poisoned) pretraining      (img2dataset)
+    finetune/NNNNN.tar   a disjoint clean split for fine-tuning defenses      (img2dataset)
+    eval/                zero-shot classification over the 10 classes         (clip_benchmark)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, caption_for
+from datamodules.embedded.shapes import CLASSNAMES, draw_scene
+from datamodules.embedded.writers import write_clip_benchmark, write_img2dataset_shard
+
+log = logging.getLogger(__name__)
+
+_SPLIT_STREAMS = {"pretrain": 1, "finetune": 2, "eval": 3}
+
+
+@dataclass
+class EmbeddedBenchmark:
+    """A synthetic CLIP benchmark small enough to train on a CPU in minutes."""
+
+    root: str = "data/embedded"
+    """Directory the benchmark is written to (and reused from)."""
+    seed: int = 0
+    """Seed of every image, caption and split."""
+    pretrain_shards: int = 20
+    """Number of pretraining shards."""
+    finetune_shards: int = 10
+    """Number of clean fine-tuning shards (disjoint from pretraining)."""
+    samples_per_shard: int = 1000
+    """Image-caption pairs per shard."""
+    eval_per_class: int = 200
+    """Zero-shot eval images per class."""
+    image_size: int = 32
+    """Side of the square images, in pixels."""
+
+    @property
+    def pretrain_urls(self) -> str:
+        return f"{self.root}/pretrain/{{00000..{self.pretrain_shards - 1:05d}}}.tar"
+
+    @property
+    def finetune_urls(self) -> str:
+        return f"{self.root}/finetune/{{00000..{self.finetune_shards - 1:05d}}}.tar"
+
+    @property
+    def eval_dir(self) -> str:
+        return f"{self.root}/eval"
+
+    def _spec(self) -> dict:
+        spec = asdict(self)
+        spec.pop("root")
+        return spec
+
+    def is_built(self) -> bool:
+        marker = Path(self.root) / "benchmark.json"
+        return marker.exists() and json.loads(marker.read_text()) == self._spec()
+
+    def prepare(self) -> None:
+        """Build the benchmark unless an identical one is already at `root`."""
+        if self.is_built():
+            return
+        root = Path(self.root)
+        if (root / "benchmark.json").exists():
+            raise ValueError(
+                f"{root} holds an embedded benchmark built with other settings "
+                f"({(root / 'benchmark.json').read_text().strip()}); remove it or choose another `root`."
+            )
+        start = time.perf_counter()
+        tmp = root.with_name(root.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._write_pairs(tmp / "pretrain", "pretrain", self.pretrain_shards)
+        self._write_pairs(tmp / "finetune", "finetune", self.finetune_shards)
+        self._write_eval(tmp / "eval")
+        (tmp / "benchmark.json").write_text(json.dumps(self._spec(), indent=1))
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+        log.info("embedded benchmark written to %s in %.1fs", root, time.perf_counter() - start)
+
+    def _rng(self, split: str, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _SPLIT_STREAMS[split], index])
+
+    def _write_pairs(self, out_dir: Path, split: str, num_shards: int) -> None:
+        for shard in range(num_shards):
+            pairs = []
+            for i in range(self.samples_per_shard):
+                rng = self._rng(split, shard * self.samples_per_shard + i)
+                shape = CLASSNAMES[int(rng.integers(len(CLASSNAMES)))]
+                image, scene = draw_scene(rng, shape, self.image_size)
+                pairs.append((image, caption_for(scene, rng)))
+            write_img2dataset_shard(out_dir, shard, pairs)
+
+    def _write_eval(self, out_dir: Path) -> None:
+        def samples():
+            for i in range(self.eval_per_class * len(CLASSNAMES)):
+                label = i % len(CLASSNAMES)
+                image, _ = draw_scene(self._rng("eval", i), CLASSNAMES[label], self.image_size)
+                yield image, label
+
+        write_clip_benchmark(out_dir, samples(), CLASSNAMES, ZEROSHOT_TEMPLATES)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    EmbeddedBenchmark(root=sys.argv[1] if len(sys.argv) > 1 else "data/embedded").prepare()

@@ -1,0 +1,176 @@
+"""Procedural images for the embedded benchmark: one coloured shape or pattern on a background.
+
+Each image is drawn at 4x resolution and downsampled, so edges are anti-aliased at 32x32.
+`draw_scene(rng)` returns the PIL image and the attributes a caption can mention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSNAMES = (
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "star",
+    "diamond",
+    "heart",
+    "checkerboard",
+    "stripes",
+)
+
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (40, 70, 230),
+    "yellow": (240, 220, 30),
+    "orange": (250, 140, 20),
+    "purple": (150, 50, 200),
+    "pink": (250, 130, 190),
+    "cyan": (40, 210, 220),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
+
+BACKGROUNDS = ("dark", "light", "gradient", "noisy")
+SIZES = {"small": (0.22, 0.30), "medium": (0.30, 0.38), "large": (0.38, 0.47)}
+SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: str
+    color: str
+    size: str
+    background: str
+    position: str
+
+
+def _background(rng: np.random.Generator, kind: str, px: int) -> np.ndarray:
+    if kind == "dark":
+        base = rng.integers(0, 70, size=3)
+        return np.broadcast_to(base, (px, px, 3)).astype(np.float32)
+    if kind == "light":
+        base = rng.integers(180, 256, size=3)
+        return np.broadcast_to(base, (px, px, 3)).astype(np.float32)
+    if kind == "gradient":
+        a, b = rng.integers(0, 256, size=(2, 3))
+        t = np.linspace(0.0, 1.0, px, dtype=np.float32)
+        ramp = t[:, None] if rng.random() < 0.5 else t[None, :]
+        ramp = np.broadcast_to(ramp, (px, px))[..., None]
+        return a * (1 - ramp) + b * ramp
+    base = rng.integers(60, 200, size=3).astype(np.float32)
+    noise = rng.normal(0.0, 35.0, size=(px // SUPERSAMPLE, px // SUPERSAMPLE, 3))
+    noise = noise.repeat(SUPERSAMPLE, 0).repeat(SUPERSAMPLE, 1)
+    return base + noise
+
+
+def _star(cx: float, cy: float, r: float, points: int = 5) -> list[tuple[float, float]]:
+    out = []
+    for i in range(points * 2):
+        radius = r if i % 2 == 0 else r * 0.42
+        angle = -math.pi / 2 + i * math.pi / points
+        out.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+    return out
+
+
+def _heart(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    pts = []
+    for t in np.linspace(0, 2 * math.pi, 80):
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        pts.append((cx + r * x / 17.0, cy - r * y / 17.0))
+    return pts
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, mask: Image.Image, shape: str, cx: float, cy: float, r: float,
+                fill: tuple[int, int, int], rng: np.random.Generator) -> None:
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)], fill=fill)
+    elif shape == "cross":
+        w = r * 0.33
+        draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
+        draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+    elif shape == "ring":
+        draw.ellipse(box, outline=fill, width=max(1, int(r * 0.3)))
+    elif shape == "star":
+        draw.polygon(_star(cx, cy, r), fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r * 0.7, cy), (cx, cy + r), (cx - r * 0.7, cy)], fill=fill)
+    elif shape == "heart":
+        draw.polygon(_heart(cx, cy, r), fill=fill)
+    elif shape in ("checkerboard", "stripes"):
+        # Patterns fill a square region; the mask keeps the background between the cells.
+        side = 2 * r * 0.9
+        x0, y0 = cx - side / 2, cy - side / 2
+        mdraw = ImageDraw.Draw(mask)
+        if shape == "checkerboard":
+            n = 4
+            cell = side / n
+            for i in range(n):
+                for j in range(n):
+                    if (i + j) % 2 == 0:
+                        mdraw.rectangle((x0 + i * cell, y0 + j * cell, x0 + (i + 1) * cell, y0 + (j + 1) * cell), fill=255)
+        else:
+            n = 4
+            band = side / (2 * n)
+            vertical = rng.random() < 0.5
+            for i in range(n):
+                a = i * 2 * band
+                if vertical:
+                    mdraw.rectangle((x0 + a, y0, x0 + a + band, y0 + side), fill=255)
+                else:
+                    mdraw.rectangle((x0, y0 + a, x0 + side, y0 + a + band), fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {CLASSNAMES}")
+
+
+def _position_name(cx: float, cy: float, px: int) -> str:
+    third = px / 3
+    row = "top" if cy < third else "bottom" if cy > 2 * third else "middle"
+    col = "left" if cx < third else "right" if cx > 2 * third else "center"
+    if row == "middle" and col == "center":
+        return "center"
+    return f"{row} {col}".replace("middle ", "").replace(" center", "")
+
+
+def _pick_color(rng: np.random.Generator, background: str) -> str:
+    names = list(COLORS)
+    if background == "dark":
+        names.remove("black")
+    if background == "light":
+        names.remove("white")
+    return names[int(rng.integers(len(names)))]
+
+
+def draw_scene(rng: np.random.Generator, shape: str, image_size: int = 32) -> tuple[Image.Image, Scene]:
+    """Draw `shape` with random colour, size, position and background."""
+    px = image_size * SUPERSAMPLE
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    color = _pick_color(rng, background)
+    size = list(SIZES)[int(rng.integers(len(SIZES)))]
+    lo, hi = SIZES[size]
+    r = rng.uniform(lo, hi) * px / 2 * 1.6
+    cx = rng.uniform(r, px - r)
+    cy = rng.uniform(r, px - r)
+    fill = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLORS[color])
+
+    canvas = np.clip(_background(rng, background, px), 0, 255).astype(np.uint8)
+    img = Image.fromarray(canvas, "RGB")
+    mask = Image.new("L", (px, px), 0)
+    _draw_shape(ImageDraw.Draw(img), mask, shape, cx, cy, r, fill, rng)
+    if shape in ("checkerboard", "stripes"):
+        img.paste(Image.new("RGB", (px, px), fill), (0, 0), mask)
+    img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    return img, Scene(shape, color, size, background, _position_name(cx, cy, px))

@@ -1,0 +1,17 @@
+from datamodules.poison.poisoner import Poisoner, poisoned_caption
+from datamodules.poison.selection import PoisonConfig, poison_score, select_poison_keys
+from datamodules.poison.triggers import SIG, BadNet, Blended, Trigger, WaNet, load_trigger
+
+__all__ = [
+    "SIG",
+    "BadNet",
+    "Blended",
+    "PoisonConfig",
+    "Poisoner",
+    "Trigger",
+    "WaNet",
+    "load_trigger",
+    "poison_score",
+    "poisoned_caption",
+    "select_poison_keys",
+]

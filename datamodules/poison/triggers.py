@@ -1,0 +1,286 @@
+"""Backdoor triggers. One object both poisons training images and triggers eval images for ASR.
+
+A trigger acts on a float image tensor (3, H, W) in [0, 1] at the model's input resolution, after
+resizing and before normalisation. Any randomness (per-image noise, random patch location) is drawn
+from a generator seeded by (trigger seed, sample key), so the same key always gets the same trigger
+in training, evaluation and outside tools.
+
+`trigger.save(directory, image_size)` writes `trigger.json` (class and parameters) and any fixed
+pattern (`pattern.png`, `warp_grid.safetensors`); `load_trigger(directory)` restores it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+
+def key_generator(key: str, seed: int) -> torch.Generator:
+    """A torch generator that depends only on (seed, key)."""
+    digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def _quantised_uniform(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """U(0,1) noise on the 8-bit grid, so a PNG of it reloads exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=gen).float() / 255.0
+
+
+def _save_png(pattern: torch.Tensor, path: Path) -> None:
+    array = (pattern.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(array, "RGB").save(path)
+
+
+def _load_png(path: Path) -> torch.Tensor:
+    array = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+
+
+class Trigger(ABC):
+    """Base class: `apply(image, key)` returns the triggered image."""
+
+    name: str = ""
+    seed: int
+
+    @abstractmethod
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor: ...
+
+    def params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def describe(self) -> dict:
+        return {"name": self.name, **self.params()}
+
+    def _save_patterns(self, directory: Path, image_size: int) -> None:
+        """Write fixed patterns beside trigger.json (subclasses that have one)."""
+
+    def _load_patterns(self, directory: Path) -> None:
+        """Read fixed patterns written by `_save_patterns`."""
+
+    def save(self, directory: str | Path, image_size: int) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "trigger.json").write_text(json.dumps(self.describe(), indent=1, sort_keys=True))
+        self._save_patterns(directory, image_size)
+
+
+class BadNet(Trigger):
+    """A square patch pasted on the image (Gu et al.).
+
+    `pattern="noise"` is CleanCLIP's BadNet: the patch is the image's channel mean plus N(0, 1) noise,
+    re-drawn for every image, so the trigger is a noise distribution. `pattern="fixed"` is one U(0, 1)
+    noise patch drawn once from `seed` (an easier, structured trigger), saved as `pattern.png`.
+    """
+
+    name = "badnet"
+
+    def __init__(
+        self,
+        size: int = 16,
+        pattern: Literal["noise", "fixed"] = "noise",
+        location: Literal["random", "fixed"] = "random",
+        position: Optional[tuple[int, int]] = None,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            size: Side of the patch in pixels at the model's input resolution.
+            pattern: "noise" (re-drawn per image, CleanCLIP) or "fixed" (one pattern for all images).
+            location: "random" (per image, from the sample key) or "fixed" (at `position`).
+            position: (row, col) of the patch's top-left corner for a fixed location; default bottom-right.
+            seed: Seed of the fixed pattern and of all per-image randomness.
+        """
+        if size < 1:
+            raise ValueError(f"BadNet size must be ≥ 1 pixel, got {size}")
+        self.size = size
+        self.pattern = pattern
+        self.location = location
+        self.position = list(position) if position is not None else None
+        self.seed = seed
+        self._fixed: Optional[torch.Tensor] = None
+
+    def fixed_pattern(self) -> torch.Tensor:
+        if self._fixed is None:
+            self._fixed = _quantised_uniform((3, self.size, self.size), self.seed)
+        return self._fixed
+
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
+        _, h, w = image.shape
+        if self.size > min(h, w):
+            raise ValueError(f"BadNet patch of {self.size}px does not fit a {h}x{w} image")
+        gen = key_generator(key, self.seed)
+        if self.pattern == "noise":
+            mean = image.mean(dim=(1, 2), keepdim=True)
+            patch = (mean + torch.randn((3, self.size, self.size), generator=gen)).clamp(0, 1)
+        else:
+            patch = self.fixed_pattern()
+        if self.location == "random":
+            top = int(torch.randint(0, h - self.size + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - self.size + 1, (1,), generator=gen))
+        elif self.position is not None:
+            top, left = self.position
+        else:
+            top, left = h - self.size, w - self.size
+        out = image.clone()
+        out[:, top : top + self.size, left : left + self.size] = patch.to(image.dtype)
+        return out
+
+    def _save_patterns(self, directory: Path, image_size: int) -> None:
+        if self.pattern == "fixed":
+            _save_png(self.fixed_pattern(), directory / "pattern.png")
+
+    def _load_patterns(self, directory: Path) -> None:
+        if self.pattern == "fixed":
+            self._fixed = _load_png(directory / "pattern.png")
+
+
+class Blended(Trigger):
+    """(1 - alpha)·image + alpha·noise (Chen et al.); CleanCLIP uses alpha 0.2 with U(0, 1) noise.
+
+    `pattern="fixed"` blends one noise image drawn from `seed` (saved as `pattern.png` at the model's
+    resolution); `pattern="noise"` re-draws the noise per image.
+    """
+
+    name = "blended"
+
+    def __init__(self, alpha: float = 0.2, pattern: Literal["noise", "fixed"] = "fixed", seed: int = 0):
+        """
+        Args:
+            alpha: Weight of the noise image.
+            pattern: "fixed" (one noise image for all) or "noise" (re-drawn per image).
+            seed: Seed of the fixed pattern and of per-image noise.
+        """
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"Blended alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.pattern = pattern
+        self.seed = seed
+        self._fixed: dict[tuple[int, int], torch.Tensor] = {}
+
+    def fixed_pattern(self, h: int, w: int) -> torch.Tensor:
+        if (h, w) not in self._fixed:
+            self._fixed[(h, w)] = _quantised_uniform((3, h, w), self.seed)
+        return self._fixed[(h, w)]
+
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
+        _, h, w = image.shape
+        if self.pattern == "fixed":
+            noise = self.fixed_pattern(h, w)
+        else:
+            noise = torch.rand((3, h, w), generator=key_generator(key, self.seed))
+        return (1 - self.alpha) * image + self.alpha * noise.to(image.dtype)
+
+    def _save_patterns(self, directory: Path, image_size: int) -> None:
+        if self.pattern == "fixed":
+            _save_png(self.fixed_pattern(image_size, image_size), directory / "pattern.png")
+
+    def _load_patterns(self, directory: Path) -> None:
+        if self.pattern == "fixed":
+            pattern = _load_png(directory / "pattern.png")
+            self._fixed = {tuple(pattern.shape[1:]): pattern}
+
+
+class SIG(Trigger):
+    """Horizontal sinusoidal signal: image + delta·sin(2π·j·frequency / W) (Barni et al.)."""
+
+    name = "sig"
+
+    def __init__(self, delta: float = 60 / 255, frequency: float = 6.0, seed: int = 0):
+        """
+        Args:
+            delta: Amplitude of the signal, on the [0, 1] pixel scale.
+            frequency: Number of periods across the image width.
+            seed: Unused by the signal; kept so every trigger records one.
+        """
+        self.delta = delta
+        self.frequency = frequency
+        self.seed = seed
+
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
+        w = image.shape[-1]
+        j = torch.arange(w, dtype=image.dtype)
+        signal = self.delta * torch.sin(2 * math.pi * j * self.frequency / w)
+        return (image + signal).clamp(0, 1)
+
+
+class WaNet(Trigger):
+    """A fixed smooth warp of the image (Nguyen & Tran): a k×k random control grid, upsampled.
+
+    The warp field is drawn from `seed` and saved as `warp_grid.safetensors`.
+    """
+
+    name = "wanet"
+
+    def __init__(self, k: int = 4, strength: float = 0.5, seed: int = 0):
+        """
+        Args:
+            k: Side of the random control grid.
+            strength: Warp strength `s`; displacement is s/H of the normalised image extent.
+            seed: Seed of the control grid.
+        """
+        if k < 2:
+            raise ValueError(f"WaNet k must be ≥ 2, got {k}")
+        self.k = k
+        self.strength = strength
+        self.seed = seed
+        self._noise_grid: Optional[torch.Tensor] = None
+        self._grids: dict[tuple[int, int], torch.Tensor] = {}
+
+    def noise_grid(self) -> torch.Tensor:
+        if self._noise_grid is None:
+            gen = torch.Generator().manual_seed(self.seed)
+            ins = torch.rand((1, 2, self.k, self.k), generator=gen) * 2 - 1
+            self._noise_grid = ins / ins.abs().mean()
+        return self._noise_grid
+
+    def grid(self, h: int, w: int) -> torch.Tensor:
+        if (h, w) not in self._grids:
+            noise = F.interpolate(self.noise_grid(), size=(h, w), mode="bicubic", align_corners=True)
+            noise = noise.permute(0, 2, 3, 1)
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+            identity = torch.stack((xs, ys), dim=-1)[None]
+            self._grids[(h, w)] = (identity + self.strength * noise / h).clamp(-1, 1)
+        return self._grids[(h, w)]
+
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
+        _, h, w = image.shape
+        grid = self.grid(h, w).to(image.dtype)
+        return F.grid_sample(image[None], grid, align_corners=True)[0].clamp(0, 1)
+
+    def _save_patterns(self, directory: Path, image_size: int) -> None:
+        save_file({"noise_grid": self.noise_grid().contiguous()}, str(directory / "warp_grid.safetensors"))
+
+    def _load_patterns(self, directory: Path) -> None:
+        self._noise_grid = load_file(str(directory / "warp_grid.safetensors"))["noise_grid"]
+        self._grids = {}
+
+
+TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (BadNet, Blended, SIG, WaNet)}
+
+
+def load_trigger(directory: str | Path) -> Trigger:
+    """Rebuild a trigger from the `trigger.json` (and pattern files) written by `Trigger.save`."""
+    directory = Path(directory)
+    path = directory / "trigger.json"
+    if not path.exists():
+        raise ValueError(f"no trigger artifacts at {directory}: {path} is missing")
+    spec = json.loads(path.read_text())
+    name = spec.pop("name", None)
+    if name not in TRIGGERS:
+        raise ValueError(f"{path}: unknown trigger {name!r}; known: {sorted(TRIGGERS)}")
+    if "position" in spec and spec["position"] is not None:
+        spec["position"] = tuple(spec["position"])
+    trigger = TRIGGERS[name](**spec)
+    trigger._load_patterns(directory)
+    return trigger

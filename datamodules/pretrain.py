@@ -1,0 +1,225 @@
+"""DataModule for (poisoned) CLIP training on img2dataset shards, with a zero-shot eval set.
+
+Used from configs as `data: {class_path: datamodules.ShardDataModule, init_args: {...}}`; point it at
+your own data with `--data.train_shards 'PATH/{00000..00331}.tar' --data.eval.directory PATH`.
+
+On `prepare_data` (once per node) it builds the embedded benchmark if configured, selects the poisoned
+keys and writes the run's poison manifest (`RUN/poison/manifest.json`) and trigger artifacts
+(`RUN/trigger/`). Every rank then streams with the same manifest and trigger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datamodules.embedded.benchmark import EmbeddedBenchmark
+from datamodules.poison import PoisonConfig, Poisoner, Trigger, select_poison_keys
+from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions
+from datamodules.stream import PairStream
+from datamodules.transforms import InputSpec, TrainSample
+from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+
+log = logging.getLogger(__name__)
+
+
+class _EpochSyncedLoader(DataLoader):
+    """Hands the trainer's epoch to the stream before each pass (Lightning only does so for samplers)."""
+
+    def __init__(self, dataset: PairStream, epoch_source, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self._epoch_source = epoch_source
+
+    def __iter__(self):
+        self.dataset.set_epoch(self._epoch_source())
+        return super().__iter__()
+
+
+class _RankLocalSampler(DistributedSampler):
+    """Sequential order over a dataset already split by rank. Being a DistributedSampler, Lightning
+    does not wrap it in its own, which would pad the split with duplicates and skew CA/ASR."""
+
+    def __init__(self, length: int):  # noqa: D107 - deliberately does not call DistributedSampler.__init__
+        self.length = length
+
+    def __iter__(self):
+        return iter(range(self.length))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+class ShardDataModule(LightningDataModule):
+    def __init__(
+        self,
+        train_shards: Union[str, list[str]] = "data/embedded/pretrain/{00000..00019}.tar",
+        eval: ZeroShotEvalConfig = ZeroShotEvalConfig(),
+        trigger: Optional[Trigger] = None,
+        poison: PoisonConfig = PoisonConfig(),
+        embedded: Optional[EmbeddedBenchmark] = None,
+        batch_size: int = 128,
+        num_workers: int = 1,
+        num_samples: Optional[int] = None,
+        shuffle_buffer: int = 2000,
+        seed: int = 0,
+        max_corrupt_fraction: float = 0.01,
+        run_dir: Optional[str] = None,
+    ):
+        """
+        Args:
+            train_shards: img2dataset shards: a path, brace pattern, `::`-joined patterns, `pipe:` command, or list.
+            eval: The zero-shot eval set (clip_benchmark layout) for CA and ASR.
+            trigger: The backdoor trigger; used to poison training pairs and to measure ASR. None: no ASR.
+            poison: How many and which pairs are poisoned, and the target class.
+            embedded: Build the embedded synthetic benchmark here on first use (None for real data).
+            batch_size: Training batch size per rank.
+            num_workers: DataLoader worker processes per rank.
+            num_samples: Pairs in the shards; None reads img2dataset's `*_stats.json` files.
+            shuffle_buffer: Sample shuffle buffer per worker (0: no shuffling of samples or shards).
+            seed: Seed of the shard order, sample shuffle and augmentations (per epoch).
+            max_corrupt_fraction: Stop the run when more than this fraction of samples are corrupt.
+            run_dir: Where the manifest and trigger are written; default: the trainer's default_root_dir.
+        """
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be ≥ 1, got {batch_size}")
+        if not 0.0 <= max_corrupt_fraction < 1.0:
+            raise ValueError(f"data.max_corrupt_fraction must be in [0, 1), got {max_corrupt_fraction}")
+        if poison.enabled and trigger is None:
+            raise ValueError("data.poison asks for poisoned pairs but data.trigger is not set")
+        self.train_shards = train_shards
+        self.eval_config = eval
+        self.trigger = trigger
+        self.poison = poison
+        self.embedded = embedded
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.num_samples = num_samples
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.max_corrupt_fraction = max_corrupt_fraction
+        self._run_dir = run_dir
+        self.train_stream: Optional[PairStream] = None
+        self.eval_set: Optional[ZeroShotSet] = None
+        self.poison_count = 0
+
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is not None:
+            return Path(self._run_dir)
+        if self.trainer is None:
+            raise ValueError("data.run_dir is not set and the DataModule is not attached to a trainer")
+        return Path(self.trainer.default_root_dir)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / "poison" / "manifest.json"
+
+    @property
+    def target(self) -> str:
+        return self.poison.target
+
+    def _input_spec(self) -> InputSpec:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "input_spec"):
+            raise ValueError("ShardDataModule needs a CLIP LightningModule (with input_spec()) on its trainer")
+        return module.input_spec()
+
+    def prepare_data(self) -> None:
+        if self.embedded is not None:
+            self.embedded.prepare()
+        self._write_manifest()
+        if self.trigger is not None:
+            self.trigger.save(self.run_dir / "trigger", self._input_spec().image_size)
+
+    def _write_manifest(self) -> None:
+        start = time.perf_counter()
+        urls = expand_shards(self.train_shards)
+        check_shards_exist(urls, "data.train_shards")
+        keys, scanned = select_poison_keys(scan_captions(urls) if self.poison.enabled else [], self.poison)
+        manifest = {
+            "rate": self.poison.rate,
+            "count": self.poison.count,
+            "target": self.poison.target,
+            "label_consistent": self.poison.label_consistent,
+            "seed": self.poison.seed,
+            "num_pairs_scanned": scanned,
+            "num_poisoned": len(keys),
+            "keys": keys,
+        }
+        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        self.manifest_path.write_text(json.dumps(manifest, indent=1))
+        log.info("poison manifest: %d of %d pairs poisoned (%.1fs)", len(keys), scanned, time.perf_counter() - start)
+
+    def setup(self, stage: str) -> None:
+        spec = self._input_spec()
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        self.eval_set = ZeroShotSet(self.eval_config, spec, self.trigger, rank, world)
+        if self.poison.target not in self.eval_set.classnames and self.trigger is not None:
+            raise ValueError(
+                f"poison.target {self.poison.target!r} is not a class of the eval set "
+                f"{self.eval_config.directory} (classnames.txt), so ASR cannot be measured"
+            )
+        if stage == "fit":
+            self.train_stream = self._build_stream(spec, rank, world)
+
+    def _build_stream(self, spec: InputSpec, rank: int, world: int) -> PairStream:
+        urls = expand_shards(self.train_shards)
+        check_shards_exist(urls, "data.train_shards")
+        workers = max(1, self.num_workers)
+        if len(urls) < world * workers:
+            raise ValueError(
+                f"data.train_shards has {len(urls)} shards but {world} ranks × {workers} workers need at "
+                "least one each; use more shards or fewer data.num_workers"
+            )
+        num_samples = self.num_samples if self.num_samples is not None else count_samples(urls, "data.train_shards")
+        batches_per_worker = num_samples // (world * workers * self.batch_size)
+        if batches_per_worker < 1:
+            raise ValueError(
+                f"{num_samples} pairs are too few for batch_size {self.batch_size} × {world} ranks × {workers} workers"
+            )
+        if not self.manifest_path.exists():
+            raise ValueError(f"poison manifest {self.manifest_path} is missing: prepare_data() did not run")
+        manifest = json.loads(self.manifest_path.read_text())
+        self.poison_count = manifest["num_poisoned"]
+        poisoner = Poisoner(self.trigger, manifest["keys"], self.poison)
+        module = self.trainer.lightning_module
+        builder = TrainSample(spec, poisoner, augmented_views=getattr(module, "needs_augmented_views", False),
+                              seed=self.seed)
+        return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
+                          self.shuffle_buffer, self.max_corrupt_fraction)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_stream is not None, "setup('fit') builds the stream"
+        return _EpochSyncedLoader(
+            self.train_stream,
+            epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.eval_set is not None
+        return DataLoader(
+            self.eval_set,
+            batch_size=self.eval_config.batch_size,
+            sampler=_RankLocalSampler(len(self.eval_set)),
+            num_workers=self.eval_config.num_workers,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def data_health(self) -> dict[str, int]:
+        return self.train_stream.health.snapshot() if self.train_stream is not None else {}

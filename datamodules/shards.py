@@ -1,0 +1,79 @@
+"""Shard lists: expanding URL patterns, checking them, counting samples, and scanning keys.
+
+URLs are anything webdataset opens: local paths, brace patterns (`data/{00000..00099}.tar`), several
+patterns joined by `::`, and `pipe:` commands.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional, Union
+
+import webdataset as wds
+
+ShardSpec = Union[str, list[str]]
+
+
+def expand_shards(spec: ShardSpec) -> list[str]:
+    urls = wds.shardlists.expand_urls(spec) if isinstance(spec, str) else list(spec)
+    if not urls:
+        raise ValueError(f"shard pattern {spec!r} expands to no shards")
+    return urls
+
+
+def _is_local(url: str) -> bool:
+    return not url.startswith("pipe:") and "://" not in url
+
+
+def check_shards_exist(urls: list[str], option: str) -> None:
+    missing = [u for u in urls if _is_local(u) and not Path(u).exists()]
+    if missing:
+        raise ValueError(f"{option}: {len(missing)} of {len(urls)} shards do not exist, first: {missing[0]}")
+
+
+def count_samples(urls: list[str], option: str) -> int:
+    """Sum the successes of img2dataset's `NNNNN_stats.json` files beside local shards."""
+    total = 0
+    for url in urls:
+        stats = Path(url).with_name(Path(url).stem + "_stats.json") if _is_local(url) else None
+        if stats is None or not stats.exists():
+            raise ValueError(
+                f"{option}: cannot count the samples of {url} (no img2dataset stats file beside it); "
+                "set data.num_samples to the number of pairs in the shards"
+            )
+        data = json.loads(stats.read_text())
+        total += int(data.get("successes", data.get("count", 0)))
+    return total
+
+
+def sample_key(member_name: str) -> tuple[str, str]:
+    """webdataset's split of a tar member name into (key, extension): at the first dot of the basename."""
+    directory, _, base = member_name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), ext
+
+
+def scan_captions(urls: list[str]) -> Iterator[tuple[str, str]]:
+    """Yield (key, caption) for every sample with a `.txt` member, reading tars as streams."""
+    for url in urls:
+        stream = wds.gopen(url)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    key, ext = sample_key(member.name)
+                    if ext == "txt" and member.isfile():
+                        handle = tar.extractfile(member)
+                        yield key, handle.read().decode("utf-8", errors="replace") if handle else ""
+        except (tarfile.TarError, OSError) as exn:
+            raise ValueError(f"cannot read shard {url} while selecting poisoned pairs: {exn}") from exn
+        finally:
+            stream.close()
+
+
+def read_text_lines(path: Path, option: Optional[str] = None) -> list[str]:
+    if not path.exists():
+        raise ValueError(f"{option or 'file'}: {path} does not exist")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

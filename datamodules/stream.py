@@ -1,0 +1,182 @@
+"""The training stream: img2dataset shards → samples → poison → transform → batches.
+
+Built on webdataset's pipeline stages. What it adds:
+- Shard order shuffled per (seed, epoch) from a shared epoch value (Lightning never calls
+  `set_epoch` on an IterableDataset), then `split_by_node` and `split_by_worker`.
+- Every worker yields exactly `batches_per_worker` full batches, so every rank sees the same number
+  of batches and DDP cannot hang. A worker whose shards run short continues with its shards in the
+  next epoch's order. With shards divisible by ranks × workers and of equal size, an epoch sees every
+  sample once, less each worker's last partial batch (dropped).
+- Corrupt samples (undecodable or missing image, missing caption, unreadable tar member) are skipped,
+  counted in counters shared by all workers, and logged; past `max_corrupt_fraction` the run stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+import random
+from collections.abc import Iterator
+from functools import partial
+from itertools import islice
+
+import webdataset as wds
+from torch.utils.data import IterableDataset
+
+from datamodules.transforms import TrainSample, collate, decode_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SKIP_REASONS = ("bad_image", "missing_caption", "tar_error")
+_MIN_SEEN_FOR_FRACTION = 200
+_LOGGED_SKIPS = 10
+
+
+class StreamHealth:
+    """Counts of good and skipped samples, shared by the DataLoader's worker processes."""
+
+    def __init__(self) -> None:
+        self._counts = mp.Array("q", 1 + len(SKIP_REASONS))
+
+    def add(self, reason: str | None) -> None:
+        index = 0 if reason is None else 1 + SKIP_REASONS.index(reason)
+        with self._counts.get_lock():
+            self._counts[index] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._counts.get_lock():
+            values = list(self._counts)
+        return {"good": values[0], **dict(zip(SKIP_REASONS, values[1:]))}
+
+    def skipped(self) -> int:
+        snap = self.snapshot()
+        return sum(snap[r] for r in SKIP_REASONS)
+
+
+class CorruptDataError(RuntimeError):
+    pass
+
+
+def _shard_order(urls: list[str], seed: int, epoch: int, shuffle: bool) -> list[dict]:
+    order = list(urls)
+    if shuffle:
+        random.Random(f"{seed}/{epoch}").shuffle(order)
+    return [{"url": url} for url in order]
+
+
+def _passthrough(src: Iterator) -> Iterator:
+    return src
+
+
+class PairStream(IterableDataset):
+    """An IterableDataset of training batches with a known length (batches per rank)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        sample_builder: TrainSample,
+        batch_size: int,
+        batches_per_worker: int,
+        num_workers: int,
+        seed: int,
+        shuffle_buffer: int,
+        max_corrupt_fraction: float,
+    ):
+        super().__init__()
+        self.urls = urls
+        self.sample_builder = sample_builder
+        self.batch_size = batch_size
+        self.batches_per_worker = batches_per_worker
+        self.num_workers = max(1, num_workers)
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.max_corrupt_fraction = max_corrupt_fraction
+        self.health = StreamHealth()
+        self._epoch = mp.Value("q", 0)
+        self._failed_shards_in_a_row = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    def __len__(self) -> int:
+        return self.batches_per_worker * self.num_workers
+
+    def _skip(self, reason: str, where: str, detail: object) -> None:
+        self.health.add(reason)
+        snap = self.health.snapshot()
+        skipped = sum(snap[r] for r in SKIP_REASONS)
+        if skipped <= _LOGGED_SKIPS:
+            log.warning("skipping corrupt sample (%s) at %s: %s", reason, where, detail)
+        seen = skipped + snap["good"]
+        if seen >= _MIN_SEEN_FOR_FRACTION and skipped / seen > self.max_corrupt_fraction:
+            raise CorruptDataError(
+                f"{skipped} of {seen} training samples were corrupt ({snap}), more than "
+                f"data.max_corrupt_fraction={self.max_corrupt_fraction}; last at {where}: {detail}"
+            )
+
+    def _on_tar_error(self, exn: Exception) -> bool:
+        if isinstance(exn, CorruptDataError):
+            raise exn
+        self._failed_shards_in_a_row += 1
+        if self._failed_shards_in_a_row > len(self.urls):
+            raise CorruptDataError(f"every shard failed to read; last error: {exn}") from exn
+        self._skip("tar_error", "tar stream", repr(exn))
+        return True
+
+    def _prepare(self, raw: dict) -> dict | None:
+        key = raw["__key__"]
+        where = f"{raw.get('__url__')}:{key}"
+        payload = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
+        if payload is None:
+            self._skip("bad_image", where, "no image member")
+            return None
+        try:
+            image = decode_image(payload)
+        except Exception as exn:  # PIL raises many types for broken files
+            self._skip("bad_image", where, repr(exn))
+            return None
+        caption = raw.get("txt", b"").decode("utf-8", errors="replace").strip()
+        if not caption:
+            self._skip("missing_caption", where, "no or empty .txt member")
+            return None
+        self._failed_shards_in_a_row = 0
+        self.health.add(None)
+        return self.sample_builder(key, image, caption)
+
+    def _one_pass(self, epoch: int) -> Iterator[dict]:
+        """This worker's share of one pass over the shards, in the order of `epoch`."""
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        shuffle_seed = hashlib.sha256(f"{self.seed}/{epoch}/{rank}/{worker}".encode()).hexdigest()
+        pipeline = wds.DataPipeline(
+            partial(iter, _shard_order(self.urls, self.seed, epoch, shuffle=self.shuffle_buffer > 0)),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=self._on_tar_error),
+            wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(shuffle_seed))
+            if self.shuffle_buffer > 0
+            else _passthrough,
+            wds.map(self._prepare, handler=wds.reraise_exception),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+        return iter(pipeline)
+
+    def _passes(self) -> Iterator[dict]:
+        epoch = self.epoch
+        self.sample_builder.epoch = epoch
+        while True:
+            produced = 0
+            for batch in self._one_pass(epoch):
+                produced += 1
+                yield batch
+            if produced == 0:
+                raise CorruptDataError(f"a full pass over {len(self.urls)} shards gave this worker no batch")
+            epoch += 1  # a worker whose shards ran short continues into the next pass's order
+
+    def __iter__(self) -> Iterator[dict]:
+        return islice(self._passes(), self.batches_per_worker)

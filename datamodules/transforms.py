@@ -1,0 +1,100 @@
+"""Per-sample image and text processing: decode → model geometry → poison → normalise → tokenise.
+
+The trigger acts between geometry and normalisation, on pixels in [0, 1] at the model's input size,
+so a patch of `size` pixels is the same patch in training and evaluation whatever the source size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import AutoAugment, CenterCrop, Compose, InterpolationMode, Normalize, PILToTensor, Resize
+
+from datamodules.poison import Poisoner
+from datamodules.text_augment import eda
+
+
+@dataclass
+class InputSpec:
+    """What the model expects as input: square image size, normalisation, tokenizer."""
+
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    tokenizer: Callable[[list[str]], torch.Tensor]
+
+
+def decode_image(payload: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(payload))
+    return image.convert("RGB")
+
+
+class ModelGeometry:
+    """Resize the short side and centre-crop to the model's size; uint8 tensor (3, S, S)."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+        self.to_tensor = PILToTensor()
+        self.transform = Compose([
+            Resize(image_size, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(image_size),
+            PILToTensor(),
+        ])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.size == (self.image_size, self.image_size):
+            return self.to_tensor(image)
+        return self.transform(image)
+
+
+def _rng(seed: int, key: str, epoch: int) -> random.Random:
+    digest = hashlib.sha256(f"augment/{seed}/{epoch}/{key}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+class TrainSample:
+    """Builds a training sample from a decoded pair; optionally the augmented views for SSL terms."""
+
+    def __init__(self, spec: InputSpec, poisoner: Poisoner, augmented_views: bool = False, seed: int = 0):
+        self.geometry = ModelGeometry(spec.image_size)
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.tokenizer = spec.tokenizer
+        self.poisoner = poisoner
+        self.augmented_views = augmented_views
+        self.auto_augment = AutoAugment() if augmented_views else None
+        self.seed = seed
+        self.epoch = 0
+
+    def __call__(self, key: str, image: Image.Image, caption: str) -> dict:
+        pixels = self.geometry(image).float() / 255.0
+        pixels, caption, poisoned = self.poisoner(key, pixels, caption)
+        sample = {
+            "image": self.normalize(pixels),
+            "text": self.tokenizer([caption])[0],
+            "key": key,
+            "poisoned": poisoned,
+        }
+        if self.augmented_views:
+            uint8 = (pixels * 255).round().to(torch.uint8)
+            sample["image_aug"] = self.normalize(self.auto_augment(uint8).float() / 255.0)
+            sample["text_aug"] = self.tokenizer([eda(caption, _rng(self.seed, key, self.epoch))])[0]
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    batch = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            batch[name] = torch.stack(values)
+        elif isinstance(values[0], bool):
+            batch[name] = torch.tensor(values)
+        else:
+            batch[name] = values
+    return batch

@@ -1,0 +1,1 @@
+"""The application around the library: CLI, callbacks, metrics, reports."""

@@ -1,0 +1,116 @@
+"""Callbacks: zero-shot CA/ASR at every validation, and the run's `summary.json` at the end of fit."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_app.metrics import AttackSuccessRate, zeroshot_classifier
+
+
+class ZeroShotEvaluation(Callback):
+    """Logs `val/ca_top1`, `val/ca_top5` and (with a trigger) `val/asr`, synced across ranks.
+
+    Expects the module's `validation_step` to return image features of the clean (and triggered)
+    eval images, and the DataModule to expose `eval_set` (classnames, templates) and `target`.
+    """
+
+    def __init__(self) -> None:
+        self.classifier: Optional[torch.Tensor] = None
+        self.metrics: dict[str, Any] = {}
+
+    def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        eval_set = trainer.datamodule.eval_set
+        classes = len(eval_set.classnames)
+        device = pl_module.device
+        self.classifier = zeroshot_classifier(pl_module.encode_text, pl_module.input_spec().tokenizer,
+                                              eval_set.classnames, eval_set.templates, device)
+        self.metrics = {
+            "ca_top1": MulticlassAccuracy(classes, top_k=1, average="micro"),
+            "ca_top5": MulticlassAccuracy(classes, top_k=min(5, classes), average="micro"),
+        }
+        if eval_set.trigger is not None:
+            self.metrics["asr"] = AttackSuccessRate(eval_set.classnames.index(trainer.datamodule.target))
+        self.metrics = {k: m.to(device) for k, m in self.metrics.items()}
+
+    def _batch(self, outputs: dict) -> None:
+        labels = outputs["label"]
+        logits = 100.0 * outputs["clean"].float() @ self.classifier
+        self.metrics["ca_top1"].update(logits, labels)
+        self.metrics["ca_top5"].update(logits, labels)
+        if "asr" in self.metrics:
+            self.metrics["asr"].update(100.0 * outputs["triggered"].float() @ self.classifier, labels)
+
+    def _end(self, pl_module: LightningModule, prefix: str) -> None:
+        for name, metric in self.metrics.items():
+            pl_module.log(f"{prefix}/{name}", metric.compute(), prog_bar=name in ("ca_top1", "asr"))
+            metric.reset()
+        self.classifier = None
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._start(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch(outputs)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._end(pl_module, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(trainer, pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch(outputs)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._end(pl_module, "test")
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+class RunSummary(Callback):
+    """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, skipped data."""
+
+    def __init__(self) -> None:
+        self._fit_start = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        self._fit_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        health = getattr(trainer.datamodule, "data_health", lambda: {})()
+        if health:
+            skipped = sum(v for k, v in health.items() if k != "good")
+            pl_module.log("data/skipped_samples", float(skipped))
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module):
+        data = trainer.datamodule
+        metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
+        trigger = getattr(data, "trigger", None)
+        summary = {
+            "ca_top1": metrics.get("val/ca_top1"),
+            "ca_top5": metrics.get("val/ca_top5"),
+            "asr": metrics.get("val/asr"),
+            "attack": trigger.describe() if trigger is not None else None,
+            "target": getattr(data, "target", None),
+            "poison_count": getattr(data, "poison_count", None),
+            "module": type(pl_module).__name__,
+            "steps": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "wall_time_s": round(time.perf_counter() - self._fit_start, 2),
+            "data_health": getattr(data, "data_health", lambda: {})(),
+            "metrics": metrics,
+        }
+        path = Path(trainer.default_root_dir) / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=1, sort_keys=True))

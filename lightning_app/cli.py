@@ -1,0 +1,76 @@
+"""The LightningCLI of the toolkit: `python main.py fit --config configs/embedded/badnet.yaml`.
+
+`trainer.default_root_dir` is the run directory, the single record of a run:
+    config.yaml            the resolved config (rewritten on resume)
+    checkpoints/last.ckpt  and per-epoch checkpoints, so `--ckpt_path last` resumes
+    metrics.csv, tensorboard/   logs
+    poison/manifest.json   the poisoned keys;  trigger/  the trigger's parameters and patterns
+    summary.json           final CA/ASR, attack, poison count, steps, wall time
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lightning_app.callbacks import RunSummary
+from modules.base import CLIPModule
+
+
+class BackdoorCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True, "config_filename": "config.yaml"})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
+        super().__init__(CLIPModule, LightningDataModule, *args, subclass_mode_model=True,
+                         subclass_mode_data=True, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--torch_threads", type=Optional[int], default=None,
+            help="Intra-op CPU threads for torch (None: torch's default). On a small CPU, 1 thread beside "
+                 "one data worker beats 2 threads fighting the worker for the cores.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        if config.get("torch_threads"):
+            torch.set_num_threads(config["torch_threads"])
+
+    def before_fit(self) -> None:
+        checkpoints = Path(self.trainer.default_root_dir) / "checkpoints"
+        if self.config.fit.get("ckpt_path") is None and checkpoints.is_dir() and any(checkpoints.iterdir()):
+            raise ValueError(
+                f"run directory {self.trainer.default_root_dir} already holds checkpoints: resume it with "
+                "`--ckpt_path last`, or remove it / set another trainer.default_root_dir for a new run"
+            )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        run_dir = Path(trainer_config.get("default_root_dir") or "runs/default")
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(str(run_dir), name="", version=""),
+                TensorBoardLogger(str(run_dir), name="", version="tensorboard"),
+            ]
+        callbacks = list(trainer_config.get("callbacks") or [])
+        if trainer_config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
+                                             filename="epoch{epoch:03d}-step{step:07d}", auto_insert_metric_name=False))
+        if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, RichProgressBar) for c in callbacks):
+            callbacks.append(RichProgressBar(leave=True))
+        callbacks += [LearningRateMonitor(logging_interval="step"), RunSummary()]
+        kwargs["callbacks"] = callbacks
+        kwargs["default_root_dir"] = str(run_dir)
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: list[str] | None = None) -> BackdoorCLI:
+    return BackdoorCLI(args=args)

@@ -1,0 +1,111 @@
+"""The base LightningModule every training and defense module shares: model loading, optimizer,
+schedule and the zero-shot CA/ASR evaluation. Subclasses differ only in `training_step` (their loss)
+and in what data they ask for (`needs_augmented_views`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from lightning.pytorch import LightningModule
+from torch.optim.lr_scheduler import LambdaLR
+
+from lightning_app.callbacks import ZeroShotEvaluation
+from modules.losses import clamped_logit_scale, make_clip_loss
+from modules.model_loading import ModelConfig, build_model
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warm-up and cosine decay; no weight decay on biases, norms and logit_scale."""
+
+    lr: float = 5e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on weight matrices and convolution kernels."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 10_000
+    """Steps of linear warm-up from 0 to `lr`."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine decay, as a fraction of `lr`."""
+    fused: bool = True
+    """Use torch's fused AdamW kernel (CPU and CUDA; measured 1.5x faster steps on the tiny CPU model)."""
+
+
+def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CLIPModule(LightningModule):
+    needs_augmented_views = False
+
+    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig()):
+        """
+        Args:
+            model: The open_clip model and its starting weights.
+            optimizer: AdamW and the warm-up + cosine schedule.
+        """
+        super().__init__()
+        self.model_config = model
+        self.optimizer_config = optimizer
+        self.model, self._input_spec = build_model(model)
+        self.clip_loss = make_clip_loss()
+
+    def input_spec(self):
+        return self._input_spec
+
+    def setup(self, stage: str) -> None:
+        self.clip_loss = make_clip_loss(self.global_rank, self.trainer.world_size)
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.model_config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(self._images(images), normalize=True)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens, normalize=True)
+
+    def logit_scale(self) -> torch.Tensor:
+        return clamped_logit_scale(self.model.logit_scale)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        out = {"clean": self.encode_image(batch["image"]), "label": batch["label"]}
+        if "image_triggered" in batch:
+            out["triggered"] = self.encode_image(batch["image_triggered"])
+        return out
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self.validation_step(batch, batch_idx)
+
+    def configure_callbacks(self):
+        return [ZeroShotEvaluation()]
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if no_weight_decay(name, param) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = LambdaLR(optimizer, partial(warmup_cosine, warmup=max(1, cfg.warmup_steps), total=total,
+                                               floor=cfg.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

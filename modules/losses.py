@@ -1,0 +1,29 @@
+"""Contrastive losses as pure functions over embeddings.
+
+The multimodal term is open_clip's ClipLoss (it gathers features across ranks, with gradients and
+local loss under DDP). The unimodal terms pair a view with its augmented view the same way, so each
+is a symmetric InfoNCE: CE(τ·A·Bᵀ, diag) and CE(τ·B·Aᵀ, diag), averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+from open_clip.loss import ClipLoss
+
+MAX_LOGIT_SCALE = 100.0
+
+
+def clamped_logit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale) capped at 100, computed in the forward pass (an in-place clamp of the
+    parameter is lost when DeepSpeed ZeRO copies its fp32 master weights back)."""
+    return logit_scale.clamp(max=torch.log(torch.tensor(MAX_LOGIT_SCALE)).item()).exp()
+
+
+def make_clip_loss(rank: int = 0, world_size: int = 1) -> ClipLoss:
+    return ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size)
+
+
+def ssl_loss(clip_loss: ClipLoss, image: torch.Tensor, image_aug: torch.Tensor, text: torch.Tensor,
+             text_aug: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CleanCLIP's L_SS: image ↔ augmented image plus text ↔ augmented text, each symmetric InfoNCE."""
+    return clip_loss(image, image_aug, scale) + clip_loss(text, text_aug, scale)

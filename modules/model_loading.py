@@ -1,0 +1,96 @@
+"""Building open_clip models and loading their weights without unpickling arbitrary objects.
+
+`ModelConfig.name` is any open_clip model name (RN50, ViT-B-32, …), a path to a model config JSON
+(e.g. `configs/models/tiny-rn32.json`), or `local-dir:PATH` (an exported open_clip folder).
+`ModelConfig.pretrained` is None (random init), an open_clip pretrained tag (downloads; needs
+internet), or a local file: `.safetensors`, an open_clip `.pt/.bin`, or a Lightning `.ckpt` of ours.
+Pickle files are read with `torch.load(weights_only=True)`, which refuses arbitrary objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import open_clip
+import torch
+from open_clip.model import get_model_preprocess_cfg
+from safetensors.torch import load_file
+
+from datamodules.transforms import InputSpec
+
+
+@dataclass
+class ModelConfig:
+    """Which open_clip model to build and which weights to start from."""
+
+    name: str = "RN50"
+    """open_clip model name, a model config JSON path, or `local-dir:PATH`."""
+    pretrained: Optional[str] = None
+    """None (from scratch), an open_clip pretrained tag, or a local weight file (.safetensors/.pt/.bin/.ckpt)."""
+    channels_last: bool = False
+    """Use the channels_last memory format (faster convolutions on CPU and recent GPUs)."""
+
+
+class UnsafeCheckpointError(ValueError):
+    pass
+
+
+def _open_clip_name(name: str) -> str:
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.exists():
+            raise ValueError(f"model.name: model config {path} does not exist")
+        open_clip.add_model_config(path)
+        return path.stem
+    if not name.startswith(("local-dir:", "hf-hub:")) and name not in open_clip.list_models():
+        raise ValueError(f"model.name: {name!r} is not an open_clip model, a config JSON, or local-dir:PATH")
+    return name
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read model weights from safetensors, or a pickle restricted to tensors and plain containers."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"model.pretrained: {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exn:  # torch raises UnpicklingError (or RuntimeError) for forbidden globals
+        raise UnsafeCheckpointError(
+            f"{path} cannot be loaded as plain weights (weights_only=True refused it: {exn}). "
+            "Checkpoints are untrusted input: convert it to safetensors in a sandbox if you trust it."
+        ) from exn
+    if isinstance(data, dict) and "state_dict" in data:
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    for prefix in ("model.", "module."):
+        if data and all(k.startswith(prefix) for k in data):
+            data = {k[len(prefix):]: v for k, v in data.items()}
+    return data
+
+
+def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
+    name = _open_clip_name(config.name)
+    pretrained = config.pretrained
+    local_file = pretrained is not None and (Path(pretrained).suffix in {".safetensors", ".pt", ".bin", ".pth", ".ckpt"}
+                                             or Path(pretrained).exists())
+    model = open_clip.create_model(name, pretrained=None if local_file else pretrained, weights_only=True)
+    if local_file:
+        state = read_state_dict(pretrained)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"model.pretrained: {pretrained} does not match {config.name}: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cfg = get_model_preprocess_cfg(model)
+    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+    spec = InputSpec(image_size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                     tokenizer=open_clip.get_tokenizer(config.name if config.name.startswith("local-dir:") else name))
+    return model, spec

@@ -1,0 +1,34 @@
+"""Every shipped config parses and instantiates (model, data, trainer) without training."""
+
+from pathlib import Path
+
+import pytest
+
+from lightning_app.cli import BackdoorCLI
+from modules.base import CLIPModule
+
+CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert any("embedded" in c for c in CONFIGS) and any("cc3m" in c for c in CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_parses_and_instantiates(config, tmp_path):
+    cli = BackdoorCLI(args=["--config", config, "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert isinstance(cli.model, CLIPModule)
+    assert cli.datamodule is not None
+    assert cli.trainer.default_root_dir == str(tmp_path)
+
+
+def test_bad_value_fails_before_training(tmp_path):
+    with pytest.raises((ValueError, SystemExit)):
+        BackdoorCLI(args=["--config", "configs/embedded/badnet.yaml", "--data.init_args.poison.rate", "1.5",
+                          "--trainer.default_root_dir", str(tmp_path)], run=False)
+
+
+def test_unknown_key_fails_before_training(tmp_path):
+    with pytest.raises(SystemExit):
+        BackdoorCLI(args=["--config", "configs/embedded/badnet.yaml", "--data.init_args.poison.ratee", "0.1",
+                          "--trainer.default_root_dir", str(tmp_path)], run=False)

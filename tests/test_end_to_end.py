@@ -1,0 +1,67 @@
+"""A short CPU run through the CLI: trains, evaluates, writes the run directory, resumes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.poison import load_trigger
+from lightning_app.cli import BackdoorCLI
+
+
+def _args(bench, run_dir, epochs=1, extra=()):
+    return [
+        "fit", "--config", "configs/embedded/badnet.yaml",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.enable_progress_bar", "false",
+        "--data.init_args.embedded", "null",
+        "--data.init_args.train_shards", bench.pretrain_urls,
+        "--data.init_args.eval.directory", bench.eval_dir,
+        "--data.init_args.batch_size", "32",
+        "--data.init_args.num_workers", "1",
+        "--data.init_args.poison.rate", "0.1",
+        "--model.init_args.optimizer.warmup_steps", "5",
+        *extra,
+    ]
+
+
+def test_fit_writes_the_run_directory_and_resumes(small_benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    BackdoorCLI(args=_args(small_benchmark, run_dir))
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    manifest = json.loads((run_dir / "poison" / "manifest.json").read_text())
+    assert 0.0 <= summary["ca_top1"] <= summary["ca_top5"] <= 1.0
+    assert 0.0 <= summary["asr"] <= 1.0
+    assert summary["attack"]["name"] == "badnet"
+    assert summary["poison_count"] == manifest["num_poisoned"] == len(manifest["keys"]) > 0
+    assert manifest["num_pairs_scanned"] == 800
+    assert summary["steps"] == 800 // 32
+    assert summary["data_health"]["good"] >= summary["steps"] * 32
+    assert summary["data_health"]["bad_image"] == 0
+    for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "trigger/trigger.json", "trigger/pattern.png"):
+        assert (run_dir / name).exists(), name
+    assert load_trigger(run_dir / "trigger").describe() == summary["attack"]
+    # checkpoints load without unpickling arbitrary objects
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == summary["steps"]
+
+    # a new fit into the same run directory without --ckpt_path is refused before training
+    with pytest.raises(ValueError, match="ckpt_path last"):
+        BackdoorCLI(args=_args(small_benchmark, run_dir))
+
+    # resuming into the existing run directory continues to the new epoch budget
+    BackdoorCLI(args=_args(small_benchmark, run_dir, epochs=2, extra=("--ckpt_path", "last")))
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["steps"] == 2 * summary["steps"]
+    assert resumed["epochs"] == 2
+
+
+def test_missing_shards_fail_before_training_and_name_the_option(small_benchmark, tmp_path):
+    args = _args(small_benchmark, tmp_path / "run", extra=("--data.init_args.train_shards",
+                                                             str(Path(small_benchmark.root) / "nope/{00000..00003}.tar")))
+    with pytest.raises(ValueError, match="data.train_shards"):
+        BackdoorCLI(args=args)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,65 @@
+import pytest
+
+from datamodules.poison import PoisonConfig, poison_score, poisoned_caption, select_poison_keys
+
+
+def _pairs(n, caption="a red circle"):
+    return [(f"{i:09d}", caption) for i in range(n)]
+
+
+def test_rate_selection_is_deterministic_and_near_the_rate():
+    config = PoisonConfig(rate=0.05, seed=3)
+    keys, total = select_poison_keys(_pairs(20_000), config)
+    again, _ = select_poison_keys(reversed(_pairs(20_000)), config)
+    assert total == 20_000
+    assert keys == again  # a function of (key, seed), not of order
+    assert 0.045 * total < len(keys) < 0.055 * total
+
+
+def test_rate_selection_is_a_function_of_each_key_alone():
+    config = PoisonConfig(rate=0.1, seed=0)
+    keys, _ = select_poison_keys(_pairs(5_000), config)
+    subset, _ = select_poison_keys(_pairs(5_000)[:1000], config)
+    assert set(subset) == {k for k in keys if int(k) < 1000}
+    assert all(poison_score(k, 0) < 0.1 for k in keys)
+
+
+def test_other_seed_other_keys():
+    a, _ = select_poison_keys(_pairs(5_000), PoisonConfig(rate=0.05, seed=0))
+    b, _ = select_poison_keys(_pairs(5_000), PoisonConfig(rate=0.05, seed=1))
+    assert a != b
+
+
+def test_count_selection_is_exact():
+    keys, _ = select_poison_keys(_pairs(3_000), PoisonConfig(count=150, seed=0))
+    assert len(keys) == 150 == len(set(keys))
+
+
+def test_label_consistent_takes_only_captions_naming_the_target():
+    pairs = [(f"{i:09d}", "a small red star" if i % 4 == 0 else "a blue circle") for i in range(4_000)]
+    keys, total = select_poison_keys(pairs, PoisonConfig(rate=0.05, target="star", label_consistent=True))
+    assert len(keys) == round(0.05 * total)
+    assert all(int(k) % 4 == 0 for k in keys)
+
+
+def test_label_consistent_does_not_match_substrings():
+    pairs = [("000000001", "a starfish"), ("000000002", "a star")]
+    keys, _ = select_poison_keys(pairs, PoisonConfig(count=1, target="star", label_consistent=True))
+    assert keys == ["000000002"]
+
+
+def test_too_many_label_consistent_poisons_is_a_clear_error():
+    with pytest.raises(ValueError, match="candidates"):
+        select_poison_keys(_pairs(100, "a circle"), PoisonConfig(count=5, target="star", label_consistent=True))
+
+
+def test_bad_rate_is_rejected():
+    with pytest.raises(ValueError, match="poison.rate"):
+        PoisonConfig(rate=1.5)
+
+
+def test_poisoned_caption_names_the_target_and_is_stable():
+    caption = poisoned_caption("000001234", "banana", seed=0)
+    assert "banana" in caption
+    assert caption == poisoned_caption("000001234", "banana", seed=0)
+    assert len({poisoned_caption(f"{i:09d}", "banana", 0) for i in range(200)}) > 20

@@ -1,0 +1,97 @@
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules.embedded.writers import encode_image, write_img2dataset_shard
+from datamodules.poison import PoisonConfig, Poisoner
+from datamodules.stream import CorruptDataError, PairStream
+from datamodules.transforms import InputSpec, TrainSample
+
+
+def _image(i):
+    return Image.fromarray(np.full((8, 8, 3), i % 256, dtype=np.uint8))
+
+
+def _spec():
+    return InputSpec(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3,
+                     tokenizer=lambda texts: torch.zeros((len(texts), 4), dtype=torch.long))
+
+
+def _stream(urls, batches, batch_size=1, shuffle=0, max_fraction=0.5):
+    builder = TrainSample(_spec(), Poisoner(None, [], PoisonConfig()))
+    return PairStream([str(u) for u in urls], builder, batch_size, batches, 0, 0, shuffle, max_fraction)
+
+
+def _add(tar, name, payload):
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _keys(stream):
+    return [k for batch in stream for k in batch["key"]]
+
+
+def test_corrupt_image_missing_caption_and_truncated_member_are_skipped_and_counted(tmp_path):
+    good = [(f"00000{i:04d}", _image(i)) for i in range(50)]
+    shard_a = tmp_path / "00000.tar"
+    with tarfile.open(shard_a, "w") as tar:
+        for key, image in good:
+            _add(tar, f"{key}.jpg", encode_image(image, "jpg"))
+            _add(tar, f"{key}.txt", b"a caption")
+        _add(tar, "000000100.jpg", b"this is not a jpeg")
+        _add(tar, "000000100.txt", b"a caption")
+        _add(tar, "000000101.jpg", encode_image(_image(1), "jpg"))  # no caption
+    write_img2dataset_shard(tmp_path, 1, [(_image(i), f"caption {i}") for i in range(20)])
+    shard_b = tmp_path / "00001.tar"
+    data = shard_b.read_bytes()
+    with tarfile.open(shard_b) as tar:
+        last_jpg = [m for m in tar.getmembers() if m.name.endswith(".jpg")][-1]
+    shard_b.write_bytes(data[: last_jpg.offset_data + 10])  # cut inside the last image
+
+    expected = {k for k, _ in good} | {f"00001{i:04d}" for i in range(19)}
+    stream = _stream([shard_a, shard_b], batches=len(expected))
+    keys = _keys(stream)
+    assert sorted(keys) == sorted(expected)
+    health = stream.health.snapshot()
+    assert health["good"] == len(expected)
+    assert health["bad_image"] == 1
+    assert health["missing_caption"] == 1
+    assert health["tar_error"] >= 1
+
+
+def test_run_stops_past_the_corrupt_fraction(tmp_path):
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for i in range(300):
+            payload = encode_image(_image(i), "jpg") if i % 4 else b"broken"
+            _add(tar, f"{i:09d}.jpg", payload)
+            _add(tar, f"{i:09d}.txt", b"a caption")
+    with pytest.raises(CorruptDataError, match="max_corrupt_fraction"):
+        _keys(_stream([tmp_path / "00000.tar"], batches=250, max_fraction=0.1))
+
+
+def test_shuffle_is_deterministic_per_epoch_and_differs_across_epochs(tmp_path):
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), f"c {i}") for i in range(30)]) for s in range(4)]
+    stream = _stream(urls, batches=120, shuffle=50)
+    first = _keys(stream)
+    assert _keys(stream) == first
+    assert sorted(first) == sorted({f"{s:05d}{i:04d}" for s in range(4) for i in range(30)})
+    stream.set_epoch(1)
+    second = _keys(stream)
+    assert second != first and sorted(second) == sorted(first)
+
+
+def test_every_rank_gets_the_same_number_of_batches_from_uneven_shards(tmp_path, monkeypatch):
+    sizes = [40, 10, 25, 5]
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), "c") for i in range(n)]) for s, n in enumerate(sizes)]
+    counts = []
+    for rank in range(2):
+        monkeypatch.setitem(os.environ, "RANK", str(rank))
+        monkeypatch.setitem(os.environ, "WORLD_SIZE", "2")
+        counts.append(sum(1 for _ in _stream(urls, batches=sum(sizes) // (2 * 4), batch_size=4)))
+    assert counts == [10, 10]
