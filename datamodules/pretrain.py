@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
-from datamodules.poison import PoisonConfig, Poisoner, Trigger, select_poison_keys
+from datamodules.poison import PoisonConfig, Poisoner, Trigger, load_trigger, select_poison_keys
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions
 from datamodules.stream import PairStream
 from datamodules.transforms import InputSpec, TrainSample
@@ -64,6 +64,7 @@ class ShardDataModule(LightningDataModule):
         train_shards: Union[str, list[str]] = "data/embedded/pretrain/{00000..00019}.tar",
         eval: ZeroShotEvalConfig = ZeroShotEvalConfig(),
         trigger: Optional[Trigger] = None,
+        trigger_dir: Optional[str] = None,
         poison: PoisonConfig = PoisonConfig(),
         embedded: Optional[EmbeddedBenchmark] = None,
         batch_size: int = 128,
@@ -79,6 +80,8 @@ class ShardDataModule(LightningDataModule):
             train_shards: img2dataset shards: a path, brace pattern, `::`-joined patterns, `pipe:` command, or list.
             eval: The zero-shot eval set (clip_benchmark layout) for CA and ASR.
             trigger: The backdoor trigger; used to poison training pairs and to measure ASR. None: no ASR.
+            trigger_dir: Instead of `trigger`, the `trigger/` directory of the run that poisoned the model
+                (defenses measure ASR with the attack that made the model).
             poison: How many and which pairs are poisoned, and the target class.
             embedded: Build the embedded synthetic benchmark here on first use (None for real data).
             batch_size: Training batch size per rank.
@@ -94,11 +97,14 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"data.batch_size must be ≥ 1, got {batch_size}")
         if not 0.0 <= max_corrupt_fraction < 1.0:
             raise ValueError(f"data.max_corrupt_fraction must be in [0, 1), got {max_corrupt_fraction}")
-        if poison.enabled and trigger is None:
+        if trigger is not None and trigger_dir is not None:
+            raise ValueError("set data.trigger or data.trigger_dir, not both")
+        if poison.enabled and trigger is None and trigger_dir is None:
             raise ValueError("data.poison asks for poisoned pairs but data.trigger is not set")
         self.train_shards = train_shards
         self.eval_config = eval
         self.trigger = trigger
+        self.trigger_dir = trigger_dir
         self.poison = poison
         self.embedded = embedded
         self.batch_size = batch_size
@@ -134,7 +140,12 @@ class ShardDataModule(LightningDataModule):
             raise ValueError("ShardDataModule needs a CLIP LightningModule (with input_spec()) on its trainer")
         return module.input_spec()
 
+    def _resolve_trigger(self) -> None:
+        if self.trigger is None and self.trigger_dir is not None:
+            self.trigger = load_trigger(self.trigger_dir)
+
     def prepare_data(self) -> None:
+        self._resolve_trigger()
         if self.embedded is not None:
             self.embedded.prepare()
         self._write_manifest()
@@ -161,6 +172,7 @@ class ShardDataModule(LightningDataModule):
         log.info("poison manifest: %d of %d pairs poisoned (%.1fs)", len(keys), scanned, time.perf_counter() - start)
 
     def setup(self, stage: str) -> None:
+        self._resolve_trigger()
         spec = self._input_spec()
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1

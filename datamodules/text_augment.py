@@ -1,17 +1,20 @@
 """EDA text augmentation (Wei & Zou, 2019) as CleanCLIP uses it for the text-text term.
 
-Operations: synonym replacement and random insertion (both need WordNet), random swap, random
-deletion. WordNet is read through NLTK when both are installed (`pip install nltk` and Debian's
-`wordnet` package, or `nltk.download("wordnet")`); without it the two synonym operations are
-skipped and a warning is logged once. Every call takes its own `random.Random`, so a seeded caller
-gets the same augmentation back.
+Operations: synonym replacement, random insertion, random swap, random deletion. Synonyms come from
+WordNet read through NLTK (`pip install nltk`): NLTK's own `wordnet` corpus if downloaded, otherwise
+Debian's database (`apt-get install wordnet-base`, files in /usr/share/wordnet). Without WordNet,
+synonym replacement is skipped, insertion repeats a word of the caption, and a warning is logged
+once. Every call takes its own `random.Random`, so a seeded caller gets the same augmentation back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 from functools import lru_cache
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -20,16 +23,58 @@ STOP_WORDS = frozenset(
 )
 
 
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+
+# WordNet 3.0's list of lexicographer files. NLTK's reader needs it as a file named `lexnames`, which
+# Debian's wordnet-base does not ship (it documents it in lexnames(5WN)).
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_SYNTACTIC_CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
+
+
+def _debian_wordnet_dir() -> Path:
+    """An NLTK data folder (`corpora/wordnet/`) holding copies of Debian's database files (NLTK refuses
+    symlinks that leave a corpus root) plus a `lexnames` file."""
+    data_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip-backdoor-toolkit" / "nltk_data"
+    cache = data_root / "corpora" / "wordnet"
+    cache.mkdir(parents=True, exist_ok=True)
+    for source in DEBIAN_WORDNET.iterdir():
+        target = cache / source.name
+        if source.is_file() and not target.exists():
+            shutil.copyfile(source, target)
+    lines = [f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}" for i, name in enumerate(_LEXNAMES)]
+    (cache / "lexnames").write_text("\n".join(lines) + "\n")
+    return data_root
+
+
 @lru_cache(maxsize=1)
 def _wordnet():
+    try:
+        import nltk
+    except ImportError:
+        log.warning("NLTK is not installed: EDA runs without WordNet synonyms (pip install nltk)")
+        return None
     try:
         from nltk.corpus import wordnet
 
         wordnet.synsets("dog")
         return wordnet
-    except (ImportError, LookupError, OSError):
-        log.warning("WordNet is not available: EDA uses only random swap and deletion")
-        return None
+    except (LookupError, OSError):
+        pass
+    if (DEBIAN_WORDNET / "data.noun").exists():
+        nltk.data.path.append(str(_debian_wordnet_dir()))
+        from nltk.corpus import wordnet
+
+        wordnet.synsets("dog")
+        return wordnet
+    log.warning("WordNet is not available (apt-get install wordnet-base): EDA runs without synonyms")
+    return None
 
 
 def synonyms(word: str) -> list[str]:
@@ -57,9 +102,11 @@ def synonym_replacement(words: list[str], n: int, rng: random.Random) -> list[st
 
 
 def random_insertion(words: list[str], n: int, rng: random.Random) -> list[str]:
+    """Insert a synonym of a random word at a random place (the word itself without WordNet)."""
     out = list(words)
     for _ in range(n):
-        options = synonyms(rng.choice(words)) if words else []
+        word = rng.choice(words)
+        options = synonyms(word) or ([word] if _wordnet() is None else [])
         if options:
             out.insert(rng.randint(0, len(out)), rng.choice(options))
     return out
@@ -88,7 +135,7 @@ def eda(caption: str, rng: random.Random, alpha: float = 0.1) -> str:
     if not words:
         return caption
     n = max(1, round(alpha * len(words)))
-    ops = ["swap", "delete"] + (["synonym", "insert"] if _wordnet() is not None else [])
+    ops = ["swap", "delete", "insert"] + (["synonym"] if _wordnet() is not None else [])
     op = rng.choice(ops)
     if op == "synonym":
         out = synonym_replacement(words, n, rng)

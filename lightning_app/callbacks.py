@@ -25,6 +25,9 @@ class ZeroShotEvaluation(Callback):
     def __init__(self) -> None:
         self.classifier: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
+        self._seen = 0
+        self.initial: Optional[dict[str, float]] = None
+        """CA/ASR of the incoming model, from a full sanity check at step 0 (`num_sanity_val_steps: -1`)."""
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         eval_set = trainer.datamodule.eval_set
@@ -39,20 +42,32 @@ class ZeroShotEvaluation(Callback):
         if eval_set.trigger is not None:
             self.metrics["asr"] = AttackSuccessRate(eval_set.classnames.index(trainer.datamodule.target))
         self.metrics = {k: m.to(device) for k, m in self.metrics.items()}
+        self._seen = 0
 
     def _batch(self, outputs: dict) -> None:
         labels = outputs["label"]
+        self._seen += len(labels)
         logits = 100.0 * outputs["clean"].float() @ self.classifier
         self.metrics["ca_top1"].update(logits, labels)
         self.metrics["ca_top5"].update(logits, labels)
         if "asr" in self.metrics:
             self.metrics["asr"].update(100.0 * outputs["triggered"].float() @ self.classifier, labels)
 
-    def _end(self, pl_module: LightningModule, prefix: str) -> None:
-        for name, metric in self.metrics.items():
-            pl_module.log(f"{prefix}/{name}", metric.compute(), prog_bar=name in ("ca_top1", "asr"))
+    def _end(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
+        values = {name: metric.compute() for name, metric in self.metrics.items()}
+        for metric in self.metrics.values():
             metric.reset()
         self.classifier = None
+        if trainer.sanity_checking:
+            # Lightning discards what is logged in the sanity check; keep it when it covered the whole
+            # eval set (`num_sanity_val_steps: -1`) of the incoming model (step 0, not a resume).
+            if trainer.global_step == 0 and self._seen == len(trainer.datamodule.eval_set):
+                self.initial = {name: value.item() for name, value in values.items()}
+                for logger in trainer.loggers:
+                    logger.log_metrics({f"{prefix}/{k}": v for k, v in self.initial.items()}, step=0)
+            return
+        for name, value in values.items():
+            pl_module.log(f"{prefix}/{name}", value, prog_bar=name in ("ca_top1", "asr"))
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start(trainer, pl_module)
@@ -61,7 +76,7 @@ class ZeroShotEvaluation(Callback):
         self._batch(outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        self._end(pl_module, "val")
+        self._end(trainer, pl_module, "val")
 
     def on_test_epoch_start(self, trainer, pl_module):
         self._start(trainer, pl_module)
@@ -70,7 +85,7 @@ class ZeroShotEvaluation(Callback):
         self._batch(outputs)
 
     def on_test_epoch_end(self, trainer, pl_module):
-        self._end(pl_module, "test")
+        self._end(trainer, pl_module, "test")
 
 
 def _scalar(value: Any) -> Any:
@@ -97,7 +112,9 @@ class RunSummary(Callback):
         data = trainer.datamodule
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
         trigger = getattr(data, "trigger", None)
+        evaluation = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
         summary = {
+            "before": evaluation.initial if evaluation is not None else None,
             "ca_top1": metrics.get("val/ca_top1"),
             "ca_top5": metrics.get("val/ca_top5"),
             "asr": metrics.get("val/asr"),

@@ -2,6 +2,6 @@
 
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
-from modules.pretrain import CLIPPretraining
+from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
 
-__all__ = ["CLIPModule", "CLIPPretraining", "ModelConfig", "OptimizerConfig"]
+__all__ = ["CLIPModule", "CLIPPretraining", "CleanCLIP", "FineTune", "ModelConfig", "OptimizerConfig"]

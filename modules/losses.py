@@ -27,3 +27,12 @@ def ssl_loss(clip_loss: ClipLoss, image: torch.Tensor, image_aug: torch.Tensor, 
              text_aug: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """CleanCLIP's L_SS: image ↔ augmented image plus text ↔ augmented text, each symmetric InfoNCE."""
     return clip_loss(image, image_aug, scale) + clip_loss(text, text_aug, scale)
+
+
+def cleanclip_loss(clip_loss: ClipLoss, image: torch.Tensor, text: torch.Tensor, image_aug: torch.Tensor,
+                   text_aug: torch.Tensor, scale: torch.Tensor, lambda_clip: float = 1.0,
+                   lambda_ss: float = 1.0) -> dict[str, torch.Tensor]:
+    """L = λ1·L_CLIP(I, T) + λ2·L_SS; returns the total and both terms."""
+    clip = clip_loss(image, text, scale)
+    ss = ssl_loss(clip_loss, image, image_aug, text, text_aug, scale)
+    return {"loss": lambda_clip * clip + lambda_ss * ss, "loss_clip": clip, "loss_ss": ss}

@@ -66,7 +66,7 @@ def _background(rng: np.random.Generator, kind: str, px: int) -> np.ndarray:
         ramp = np.broadcast_to(ramp, (px, px))[..., None]
         return a * (1 - ramp) + b * ramp
     base = rng.integers(60, 200, size=3).astype(np.float32)
-    noise = rng.normal(0.0, 35.0, size=(px // SUPERSAMPLE, px // SUPERSAMPLE, 3))
+    noise = rng.normal(0.0, 18.0, size=(px // SUPERSAMPLE, px // SUPERSAMPLE, 3))
     noise = noise.repeat(SUPERSAMPLE, 0).repeat(SUPERSAMPLE, 1)
     return base + noise
 
@@ -145,12 +145,12 @@ def _position_name(cx: float, cy: float, px: int) -> str:
     return f"{row} {col}".replace("middle ", "").replace(" center", "")
 
 
-def _pick_color(rng: np.random.Generator, background: str) -> str:
-    names = list(COLORS)
-    if background == "dark":
-        names.remove("black")
-    if background == "light":
-        names.remove("white")
+def _pick_color(rng: np.random.Generator, canvas: np.ndarray) -> str:
+    """A colour that stands out from the background (RGB distance ≥ 150 from its mean)."""
+    mean = canvas.reshape(-1, 3).mean(axis=0)
+    names = [n for n, rgb in COLORS.items() if np.linalg.norm(np.array(rgb) - mean) >= 150]
+    if not names:
+        names = [max(COLORS, key=lambda n: np.linalg.norm(np.array(COLORS[n]) - mean))]
     return names[int(rng.integers(len(names)))]
 
 
@@ -158,15 +158,14 @@ def draw_scene(rng: np.random.Generator, shape: str, image_size: int = 32) -> tu
     """Draw `shape` with random colour, size, position and background."""
     px = image_size * SUPERSAMPLE
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    color = _pick_color(rng, background)
+    canvas = np.clip(_background(rng, background, px), 0, 255).astype(np.uint8)
+    color = _pick_color(rng, canvas)
     size = list(SIZES)[int(rng.integers(len(SIZES)))]
     lo, hi = SIZES[size]
     r = rng.uniform(lo, hi) * px / 2 * 1.6
     cx = rng.uniform(r, px - r)
     cy = rng.uniform(r, px - r)
     fill = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLORS[color])
-
-    canvas = np.clip(_background(rng, background, px), 0, 255).astype(np.uint8)
     img = Image.fromarray(canvas, "RGB")
     mask = Image.new("L", (px, px), 0)
     _draw_shape(ImageDraw.Draw(img), mask, shape, cx, cy, r, fill, rng)

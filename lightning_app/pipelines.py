@@ -1,0 +1,60 @@
+"""Chaining runs: each stage is one `main.py fit` in its own process and its own run directory.
+
+A stage whose run directory already has `summary.json` is reused, one with a `last.ckpt` but no
+summary (interrupted) is resumed with `--ckpt_path last`, anything else starts fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stage:
+    label: str
+    """Name of the stage in tables and plots."""
+    config: str
+    """Config file, relative to the repository root."""
+    run_dir: str
+    """Run directory of this stage."""
+    overrides: list[str] = field(default_factory=list)
+    """Extra command-line arguments for main.py fit."""
+
+    @property
+    def summary_path(self) -> Path:
+        return Path(self.run_dir) / "summary.json"
+
+    def summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+
+def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
+    """Run (or reuse, or resume) one stage; returns its summary."""
+    if stage.summary_path.exists():
+        log.info("[%s] reusing %s", stage.label, stage.summary_path)
+        return stage.summary()
+    command = [sys.executable, str(REPO_ROOT / "main.py"), "fit", "--config", stage.config,
+               "--trainer.default_root_dir", stage.run_dir, "--trainer.enable_progress_bar", "false",
+               *stage.overrides]
+    if (Path(stage.run_dir) / "checkpoints" / "last.ckpt").exists():
+        command += ["--ckpt_path", "last"]
+    log_path = (log_dir or Path(stage.run_dir)) / f"{Path(stage.run_dir).name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("[%s] running: %s  (log: %s)", stage.label, " ".join(command), log_path)
+    start = time.perf_counter()
+    with open(log_path, "w") as out:
+        result = subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"stage {stage.label!r} failed (exit {result.returncode}); see {log_path}")
+    log.info("[%s] done in %.0fs", stage.label, time.perf_counter() - start)
+    return stage.summary()

@@ -1,0 +1,58 @@
+"""Tables from run summaries, and writing them into README.md or docs/ between markers.
+
+A block in a markdown file looks like:
+    <!-- results:NAME -->
+    ...generated table...
+    <!-- /results:NAME -->
+`write_block(path, NAME, text)` replaces what is between the markers; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def attack_name(summary: dict) -> str:
+    attack = summary.get("attack")
+    if not attack:
+        return "none"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(attack.items()) if k not in ("name", "seed") and v is not None)
+    return f"{attack['name']} ({params})"
+
+
+def results_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """Markdown table: one row per (label, summary)."""
+    lines = [
+        "| run | attack | poisoned pairs | CA top-1 | CA top-5 | ASR | steps | wall time (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, s in rows:
+        lines.append(
+            f"| {label} | {attack_name(s)} | {_fmt(s.get('poison_count'))} | {_fmt(s.get('ca_top1'))} | "
+            f"{_fmt(s.get('ca_top5'))} | {_fmt(s.get('asr'))} | {_fmt(s.get('steps'))} | {_fmt(s.get('wall_time_s'), 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_block(path: str | Path, name: str, text: str) -> None:
+    path = Path(path)
+    begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    content = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{text.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(content):
+        content = pattern.sub(lambda _: block, content)
+    else:
+        content = content.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)

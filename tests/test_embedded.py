@@ -1,0 +1,91 @@
+"""The embedded benchmark: deterministic from its seed, in the img2dataset and clip_benchmark layouts."""
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from datamodules.embedded.benchmark import EmbeddedBenchmark
+from datamodules.embedded.shapes import CLASSNAMES
+from datamodules.shards import expand_shards, scan_captions
+from datamodules.transforms import InputSpec
+from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _tiny(root, seed=0):
+    return EmbeddedBenchmark(root=str(root), seed=seed, pretrain_shards=2, finetune_shards=1,
+                             samples_per_shard=30, eval_per_class=3)
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    _tiny(tmp_path / "a").prepare()
+    _tiny(tmp_path / "b").prepare()
+    _tiny(tmp_path / "c", seed=1).prepare()
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_prepare_reuses_and_refuses_a_different_build(tmp_path):
+    bench = _tiny(tmp_path / "x")
+    bench.prepare()
+    stamp = (tmp_path / "x" / "pretrain" / "00000.tar").stat().st_mtime_ns
+    bench.prepare()
+    assert (tmp_path / "x" / "pretrain" / "00000.tar").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other settings"):
+        _tiny(tmp_path / "x", seed=5).prepare()
+
+
+def test_img2dataset_layout(small_benchmark):
+    root = Path(small_benchmark.root)
+    for split in ("pretrain", "finetune"):
+        for tar_path in sorted((root / split).glob("*.tar")):
+            shard = int(tar_path.stem)
+            stats = json.loads((root / split / f"{tar_path.stem}_stats.json").read_text())
+            with tarfile.open(tar_path) as tar:
+                names = tar.getnames()
+            keys = {n.split(".")[0] for n in names}
+            assert stats["successes"] == len(keys) == small_benchmark.samples_per_shard
+            assert all(len(k) == 9 and k.isdigit() and int(k[:5]) == shard for k in keys)
+            assert {n.split(".", 1)[1] for n in names} == {"jpg", "txt", "json"}
+
+
+def test_captions_name_their_class(small_benchmark):
+    captions = [c for _, c in scan_captions(expand_shards(small_benchmark.pretrain_urls))]
+    assert len(captions) == 800
+    assert all(any(name in c for name in CLASSNAMES) for c in captions)
+    assert len(set(captions)) > 100
+
+
+def test_splits_are_disjoint(small_benchmark):
+    def images(split):
+        out = set()
+        for tar_path in (Path(small_benchmark.root) / split).glob("*.tar"):
+            with tarfile.open(tar_path) as tar:
+                out |= {tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")}
+        return out
+    assert not images("pretrain") & images("finetune")
+
+
+def test_clip_benchmark_layout_reads_back(small_benchmark):
+    root = Path(small_benchmark.eval_dir)
+    assert (root / "test" / "nshards.txt").read_text().strip() == "1"
+    assert (root / "classnames.txt").read_text().split() == list(CLASSNAMES)
+    assert all("{c}" in t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines())
+    spec = InputSpec(32, (0.5,) * 3, (0.5,) * 3, tokenizer=None)
+    eval_set = ZeroShotSet(ZeroShotEvalConfig(directory=str(root)), spec, trigger=None)
+    assert len(eval_set) == 10 * small_benchmark.eval_per_class
+    labels = [eval_set[i]["label"] for i in range(len(eval_set))]
+    assert sorted(set(labels)) == list(range(10))
+    assert all("{}" in t for t in eval_set.templates)
+    halves = [ZeroShotSet(ZeroShotEvalConfig(directory=str(root)), spec, None, rank=r, world_size=2) for r in (0, 1)]
+    assert sorted(k for h in halves for k, _, _ in h.items) == sorted(k for k, _, _ in eval_set.items)
