@@ -35,6 +35,11 @@ class ModelConfig:
     """Override the momentum of BatchNorm running statistics (ResNet towers). A tiny model trained for a
     few thousand steps at a high learning rate changes faster than the default 0.1 tracks."""
 
+    def __post_init__(self) -> None:
+        # jsonargparse hands `--model.init_args.model.pretrained null` on the command line over as a string.
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
+            self.pretrained = None
+
 
 class UnsafeCheckpointError(ValueError):
     pass
