@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _fmt(value, digits: int = 3) -> str:
+def fmt(value, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -38,8 +38,8 @@ def results_table(rows: Sequence[tuple[str, dict]]) -> str:
     ]
     for label, s in rows:
         lines.append(
-            f"| {label} | {attack_name(s)} | {_fmt(s.get('poison_count'))} | {_fmt(s.get('ca_top1'))} | "
-            f"{_fmt(s.get('ca_top5'))} | {_fmt(s.get('asr'))} | {_fmt(s.get('steps'))} | {_fmt(s.get('wall_time_s'), 0)} |"
+            f"| {label} | {attack_name(s)} | {fmt(s.get('poison_count'))} | {fmt(s.get('ca_top1'))} | "
+            f"{fmt(s.get('ca_top5'))} | {fmt(s.get('asr'))} | {fmt(s.get('steps'))} | {fmt(s.get('wall_time_s'), 0)} |"
         )
     return "\n".join(lines)
 
