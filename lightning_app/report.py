@@ -56,3 +56,23 @@ def write_block(path: str | Path, name: str, text: str) -> None:
         content = content.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m lightning_app.report RUN_DIR... --file docs/results.md --block NAME [--note TEXT]`"""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Write a results table of run directories into a markdown file.")
+    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("--file", required=True)
+    parser.add_argument("--block", required=True)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args(argv)
+    rows = [(f"`{d}`", json.loads((Path(d) / "summary.json").read_text())) for d in args.run_dirs]
+    command = "python -m lightning_app.report " + " ".join(args.run_dirs) + f" --file {args.file} --block {args.block}"
+    write_block(args.file, args.block, f"{args.note}\n\nTable written by `{command}`.\n\n{results_table(rows)}")
+
+
+if __name__ == "__main__":
+    main()
