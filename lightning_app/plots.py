@@ -19,7 +19,8 @@ def ca_vs_asr_plot(rows: Sequence[tuple[str, dict]], path: str | Path) -> Path:
         if x is None or y is None:
             continue
         before = summary.get("before")
-        if before and before.get("asr") is not None:
+        # a run from scratch has a random model at step 0: only defenses get a before → after arrow
+        if before and before.get("asr") is not None and summary.get("module") != "CLIPPretraining":
             ax.annotate("", xy=(x, y), xytext=(before["asr"], before["ca_top1"]),
                         arrowprops={"arrowstyle": "->", "color": "0.6"})
         ax.scatter([x], [y], s=50, zorder=3)
