@@ -50,10 +50,6 @@ class StreamHealth:
             values = list(self._counts)
         return {"good": values[0], **dict(zip(SKIP_REASONS, values[1:]))}
 
-    def skipped(self) -> int:
-        snap = self.snapshot()
-        return sum(snap[r] for r in SKIP_REASONS)
-
 
 class CorruptDataError(RuntimeError):
     pass

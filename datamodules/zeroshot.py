@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import Normalize
 
