@@ -30,15 +30,37 @@ log = logging.getLogger(__name__)
 
 
 class _EpochSyncedLoader(DataLoader):
-    """Hands the trainer's epoch to the stream before each pass (Lightning only does so for samplers)."""
+    """The training loader. Hands the trainer's epoch to the stream before each pass (Lightning only
+    does so for samplers), and is resumable: Lightning stores `state_dict()` in checkpoints and calls
+    `load_state_dict()` on resume, after which the resumed epoch continues with the exact batches it
+    would have seen.
+    """
 
-    def __init__(self, dataset: PairStream, epoch_source, **kwargs):
+    def __init__(self, dataset: PairStream, position_source, **kwargs):
         super().__init__(dataset, **kwargs)
-        self._epoch_source = epoch_source
+        self._position_source = position_source
+        self._resume: Optional[dict] = None
 
     def __iter__(self):
-        self.dataset.set_epoch(self._epoch_source())
-        return super().__iter__()
+        epoch, _ = self._position_source()
+        self.dataset.set_epoch(epoch)
+        resume, self._resume = self._resume, None
+        self.dataset.skip_batches = resume["batches"] if resume and resume["epoch"] == epoch else 0
+        try:
+            return super().__iter__()  # workers copy the dataset (and skip_batches) as they start
+        finally:
+            self.dataset.skip_batches = 0
+
+    def state_dict(self) -> dict:
+        epoch, batches = self._position_source()
+        return {"epoch": epoch, "batches": batches, "health": self.dataset.health.snapshot()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not 0 <= state["batches"] <= len(self):
+            raise ValueError(f"checkpoint's data position {state} does not fit this loader's {len(self)} "
+                             "batches per epoch: resume with the same data, batch size, devices and workers")
+        self._resume = state
+        self.dataset.health.restore(state["health"])
 
 
 class _RankLocalSampler(DistributedSampler):
@@ -215,11 +237,17 @@ class ShardDataModule(LightningDataModule):
         assert self.train_stream is not None, "setup('fit') builds the stream"
         return _EpochSyncedLoader(
             self.train_stream,
-            epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            position_source=self._train_position,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=False,
         )
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, batches of it this rank has trained on): where the training stream stands."""
+        if self.trainer is None:
+            return 0, 0
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         assert self.eval_set is not None

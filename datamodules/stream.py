@@ -9,6 +9,10 @@ Built on webdataset's pipeline stages. What it adds:
   sample once, less each worker's last partial batch (dropped).
 - Corrupt samples (undecodable or missing image, missing caption, unreadable tar member) are skipped,
   counted in counters shared by all workers, and logged; past `max_corrupt_fraction` the run stops.
+- Exact mid-epoch resume: with `skip_batches = n` set when the DataLoader iterator is created, the
+  pass yields exactly the batches after the first n of the epoch, in the same order. The DataLoader takes batch j from worker
+  j mod W, so the workers' roles are rotated to start at worker `batches` mod W, and each worker
+  skips its share (by producing and discarding it: augmentations are seeded by key and epoch).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ class StreamHealth:
         with self._counts.get_lock():
             self._counts[index] += 1
 
+    def restore(self, counts: dict[str, int]) -> None:
+        with self._counts.get_lock():
+            for index, name in enumerate(("good", *SKIP_REASONS)):
+                self._counts[index] = counts.get(name, 0)
+
     def snapshot(self) -> dict[str, int]:
         with self._counts.get_lock():
             values = list(self._counts)
@@ -64,6 +73,11 @@ def _shard_order(urls: list[str], seed: int, epoch: int, shuffle: bool) -> list[
 
 def _passthrough(src: Iterator) -> Iterator:
     return src
+
+
+def _every_nth(src: Iterator, start: int, step: int) -> Iterator:
+    """Shards `start`, `start + step`, ...: webdataset's split_by_worker, with the worker's role given."""
+    return islice(src, start, None, step)
 
 
 class PairStream(IterableDataset):
@@ -91,6 +105,8 @@ class PairStream(IterableDataset):
         self.max_corrupt_fraction = max_corrupt_fraction
         self.health = StreamHealth()
         self._epoch = mp.Value("q", 0)
+        self.skip_batches = 0
+        """Batches of this epoch already consumed (rank-local); read when workers start, so a plain attribute."""
         self._failed_shards_in_a_row = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -145,14 +161,14 @@ class PairStream(IterableDataset):
         self.health.add(None)
         return self.sample_builder(key, image, caption)
 
-    def _one_pass(self, epoch: int) -> Iterator[dict]:
-        """This worker's share of one pass over the shards, in the order of `epoch`."""
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+    def _one_pass(self, epoch: int, worker: int) -> Iterator[dict]:
+        """Worker `worker`'s share of one pass over the shards, in the order of `epoch`."""
+        rank, _, _, _ = wds.utils.pytorch_worker_info()
         shuffle_seed = hashlib.sha256(f"{self.seed}/{epoch}/{rank}/{worker}".encode()).hexdigest()
         pipeline = wds.DataPipeline(
             partial(iter, _shard_order(self.urls, self.seed, epoch, shuffle=self.shuffle_buffer > 0)),
             wds.split_by_node,
-            wds.split_by_worker,
+            partial(_every_nth, start=worker, step=self.num_workers),
             wds.tarfile_to_samples(handler=self._on_tar_error),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(shuffle_seed))
             if self.shuffle_buffer > 0
@@ -162,12 +178,12 @@ class PairStream(IterableDataset):
         )
         return iter(pipeline)
 
-    def _passes(self) -> Iterator[dict]:
+    def _passes(self, worker: int) -> Iterator[dict]:
         epoch = self.epoch
         self.sample_builder.epoch = epoch
         while True:
             produced = 0
-            for batch in self._one_pass(epoch):
+            for batch in self._one_pass(epoch, worker):
                 produced += 1
                 yield batch
             if produced == 0:
@@ -175,4 +191,9 @@ class PairStream(IterableDataset):
             epoch += 1  # a worker whose shards ran short continues into the next pass's order
 
     def __iter__(self) -> Iterator[dict]:
-        return islice(self._passes(), self.batches_per_worker)
+        _, _, loader_worker, loader_workers = wds.utils.pytorch_worker_info()
+        assert loader_workers == self.num_workers, (loader_workers, self.num_workers)
+        skip = self.skip_batches
+        worker = (loader_worker + skip) % self.num_workers
+        own_skip = len(range(worker, skip, self.num_workers))  # batches j < skip with j mod W == worker
+        return islice(self._passes(worker), own_skip, self.batches_per_worker)

@@ -81,9 +81,13 @@ class TrainSample:
             "poisoned": poisoned,
         }
         if self.augmented_views:
+            rng = _rng(self.seed, key, self.epoch)
             uint8 = (pixels * 255).round().to(torch.uint8)
-            sample["image_aug"] = self.normalize(self.auto_augment(uint8).float() / 255.0)
-            sample["text_aug"] = self.tokenizer([eda(caption, _rng(self.seed, key, self.epoch))])[0]
+            with torch.random.fork_rng(devices=[]):  # AutoAugment draws from torch's global RNG
+                torch.manual_seed(rng.getrandbits(63))
+                augmented = self.auto_augment(uint8)
+            sample["image_aug"] = self.normalize(augmented.float() / 255.0)
+            sample["text_aug"] = self.tokenizer([eda(caption, rng)])[0]
         return sample
 
 

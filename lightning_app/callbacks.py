@@ -69,6 +69,12 @@ class ZeroShotEvaluation(Callback):
         for name, value in values.items():
             pl_module.log(f"{prefix}/{name}", value, prog_bar=name in ("ca_top1", "asr"))
 
+    def state_dict(self) -> dict:
+        return {"initial": self.initial}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.initial = state_dict.get("initial")
+
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start(trainer, pl_module)
 
@@ -93,10 +99,23 @@ def _scalar(value: Any) -> Any:
 
 
 class RunSummary(Callback):
-    """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, skipped data."""
+    """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, skipped data.
+
+    The wall time is that of the whole run: a resumed run adds the time spent before its checkpoint.
+    """
 
     def __init__(self) -> None:
-        self._fit_start = 0.0
+        self._fit_start = time.perf_counter()
+        self._earlier_wall_time = 0.0
+
+    def wall_time(self) -> float:
+        return self._earlier_wall_time + time.perf_counter() - self._fit_start
+
+    def state_dict(self) -> dict:
+        return {"wall_time_s": self.wall_time()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._earlier_wall_time = state_dict.get("wall_time_s", 0.0)
 
     def on_fit_start(self, trainer, pl_module):
         self._fit_start = time.perf_counter()
@@ -124,7 +143,7 @@ class RunSummary(Callback):
             "module": type(pl_module).__name__,
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
-            "wall_time_s": round(time.perf_counter() - self._fit_start, 2),
+            "wall_time_s": round(self.wall_time(), 2),
             "data_health": getattr(data, "data_health", lambda: {})(),
             "metrics": metrics,
         }

@@ -2,7 +2,8 @@
 
 `trainer.default_root_dir` is the run directory, the single record of a run:
     config.yaml            the resolved config (rewritten on resume)
-    checkpoints/last.ckpt  and per-epoch checkpoints, so `--ckpt_path last` resumes
+    checkpoints/last.ckpt  and per-epoch (and with --checkpoint_every_n_steps, per-step) checkpoints;
+                           `--ckpt_path last` resumes, mid-epoch with the exact batches to come
     metrics.csv, tensorboard/   logs
     poison/manifest.json   the poisoned keys;  trigger/  the trigger's parameters and patterns
     summary.json           final CA/ASR, attack, poison count, steps, wall time
@@ -21,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_app.callbacks import RunSummary
+from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
 from modules.base import CLIPModule
 
 
@@ -38,6 +40,13 @@ class BackdoorCLI(LightningCLI):
             help="Intra-op CPU threads for torch (None: torch's default). On a small CPU, 1 thread beside "
                  "one data worker beats 2 threads fighting the worker for the cores.",
         )
+        parser.add_argument(
+            "--checkpoint_every_n_steps", type=Optional[int], default=None,
+            help="Also checkpoint every N optimizer steps (and refresh last.ckpt), for mid-epoch resume "
+                 "after preemption. None: checkpoints at epoch ends only.",
+        )
+        parser.add_argument("--keep_step_checkpoints", type=int, default=2,
+                            help="How many of the newest step checkpoints to keep.")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
@@ -46,11 +55,14 @@ class BackdoorCLI(LightningCLI):
 
     def before_fit(self) -> None:
         checkpoints = Path(self.trainer.default_root_dir) / "checkpoints"
-        if self.config.fit.get("ckpt_path") is None and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        ckpt_path = self.config_init.fit.get("ckpt_path")
+        if ckpt_path is None and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
             raise ValueError(
                 f"run directory {self.trainer.default_root_dir} already holds checkpoints: resume it with "
                 "`--ckpt_path last`, or remove it / set another trainer.default_root_dir for a new run"
             )
+        if ckpt_path == "last":
+            self.config_init.fit.ckpt_path = str(newest_checkpoint(checkpoints))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -62,8 +74,10 @@ class BackdoorCLI(LightningCLI):
             ]
         callbacks = list(trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
-                                             filename="epoch{epoch:03d}-step{step:07d}", auto_insert_metric_name=False))
+            callbacks += run_checkpoints(run_dir / "checkpoints", self._get(self.config_init, "checkpoint_every_n_steps"),
+                                         self._get(self.config_init, "keep_step_checkpoints"))
+        if not trainer_config.get("plugins") and "deepspeed" not in str(trainer_config.get("strategy", "")).lower():
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, RichProgressBar) for c in callbacks):
             callbacks.append(RichProgressBar(leave=True))
         callbacks += [LearningRateMonitor(logging_interval="step"), RunSummary()]

@@ -46,7 +46,7 @@ def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
     command = [sys.executable, str(REPO_ROOT / "main.py"), "fit", "--config", stage.config,
                "--trainer.default_root_dir", stage.run_dir, "--trainer.enable_progress_bar", "false",
                *stage.overrides]
-    if (Path(stage.run_dir) / "checkpoints" / "last.ckpt").exists():
+    if any((Path(stage.run_dir) / "checkpoints").glob("*.ckpt")):
         command += ["--ckpt_path", "last"]
     log_path = (log_dir or Path(stage.run_dir)) / f"{Path(stage.run_dir).name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from lightning.pytorch import LightningModule
@@ -46,6 +45,27 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """`warmup_cosine` as LambdaLR's factor, with the total step count set at `on_train_start`.
+
+    Asking `trainer.estimated_stepping_batches` in `configure_optimizers` makes Lightning create the
+    training iterator before it restores a checkpoint, so a resumable loader never gets its state
+    back and a mid-epoch resume replays the wrong batches. At `on_train_start` the loader exists.
+    Its attributes are plain numbers, so LambdaLR's state_dict stays loadable with weights_only.
+    """
+
+    def __init__(self, warmup: int, floor: float):
+        self.warmup = max(1, warmup)
+        self.floor = floor
+        self.total: int | None = None
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        assert self.total is not None, "the total step count is set at on_train_start"
+        return warmup_cosine(step, self.warmup, self.total, self.floor)
 
 
 class CLIPModule(LightningModule):
@@ -95,6 +115,13 @@ class CLIPModule(LightningModule):
     def configure_callbacks(self):
         return [ZeroShotEvaluation()]
 
+    def on_train_start(self) -> None:
+        total = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            for factor in getattr(config.scheduler, "lr_lambdas", []):
+                if isinstance(factor, WarmupCosine):
+                    factor.total = total
+
     def configure_optimizers(self):
         cfg = self.optimizer_config
         decay, no_decay = [], []
@@ -105,7 +132,5 @@ class CLIPModule(LightningModule):
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused,
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = LambdaLR(optimizer, partial(warmup_cosine, warmup=max(1, cfg.warmup_steps), total=total,
-                                               floor=cfg.min_lr_ratio))
+        schedule = LambdaLR(optimizer, WarmupCosine(cfg.warmup_steps, cfg.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

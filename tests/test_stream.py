@@ -95,3 +95,43 @@ def test_every_rank_gets_the_same_number_of_batches_from_uneven_shards(tmp_path,
         monkeypatch.setitem(os.environ, "WORLD_SIZE", "2")
         counts.append(sum(1 for _ in _stream(urls, batches=sum(sizes) // (2 * 4), batch_size=4)))
     assert counts == [10, 10]
+
+
+def _loader_keys(stream, workers):
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+    return [list(batch["key"]) for batch in loader]
+
+
+@pytest.mark.parametrize("shard_size, missing_per_worker", [(25, 0), (23, 1)])
+def test_two_ranks_two_workers_see_every_sample_once(tmp_path, monkeypatch, shard_size, missing_per_worker):
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), "c") for i in range(shard_size)])
+            for s in range(8)]
+    batches_per_worker = 8 * shard_size // (2 * 2 * 5)
+    seen, per_rank = [], []
+    for rank in range(2):
+        monkeypatch.setitem(os.environ, "RANK", str(rank))
+        monkeypatch.setitem(os.environ, "WORLD_SIZE", "2")
+        stream = PairStream([str(u) for u in urls], TrainSample(_spec(), Poisoner(None, [], PoisonConfig())),
+                            5, batches_per_worker, 2, 0, 10, 0.5)
+        batches = _loader_keys(stream, workers=2)
+        per_rank.append(len(batches))
+        seen += [key for batch in batches for key in batch]
+    assert per_rank[0] == per_rank[1] == 2 * batches_per_worker
+    assert len(seen) == len(set(seen)), "a sample was seen twice"
+    # what is missing is each worker's last partial batch, nothing else
+    assert 8 * shard_size - len(seen) == 4 * missing_per_worker
+
+
+@pytest.mark.parametrize("skip", [0, 3, 4, 7])
+def test_a_resumed_pass_yields_exactly_the_batches_after_the_skipped_ones(tmp_path, skip):
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), "c") for i in range(20)])
+            for s in range(4)]
+
+    def stream():
+        builder = TrainSample(_spec(), Poisoner(None, [], PoisonConfig()))
+        return PairStream([str(u) for u in urls], builder, 4, 10, 2, 0, 8, 0.5)
+
+    full = _loader_keys(stream(), workers=2)
+    resumed = stream()
+    resumed.skip_batches = skip
+    assert _loader_keys(resumed, workers=2) == full[skip:]

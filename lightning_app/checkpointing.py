@@ -1,0 +1,54 @@
+"""Checkpoints of runs that get killed (preemption, OOM killer).
+
+- `AtomicCheckpointIO`: Lightning writes checkpoints in place, so a kill while saving leaves a
+  truncated file. This writes a `.partial` file beside the target and renames it over the target,
+  which POSIX makes atomic on one filesystem: every `.ckpt` is whole.
+- `newest_checkpoint`: what `--ckpt_path last` means here. Lightning's "last" looks only for
+  `*last*.ckpt` and, finding none, silently trains from scratch; a kill between writing the step
+  checkpoint and refreshing `last.ckpt` leaves exactly that. We take the newest whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if "://" in str(path):  # remote filesystems: fsspec's own semantics
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+
+
+def newest_checkpoint(directory: Path) -> Path:
+    """The most recently written `.ckpt` in `directory` (files appear whole, so newest = latest state)."""
+    candidates = sorted(Path(directory).glob("*.ckpt"), key=lambda path: path.stat().st_mtime_ns)
+    if not candidates:
+        raise ValueError(f"--ckpt_path last: no checkpoint in {directory} to resume from")
+    return candidates[-1]
+
+
+def run_checkpoints(checkpoint_dir: Path, every_n_steps: Optional[int], keep: int) -> list[ModelCheckpoint]:
+    """An end-of-epoch checkpoint and `last.ckpt`; with `every_n_steps`, also a step checkpoint that
+    keeps the newest `keep` and refreshes `last.ckpt`, so `--ckpt_path last` resumes mid-epoch."""
+    callbacks = [ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, filename="epoch{epoch:03d}-step{step:07d}",
+                                 auto_insert_metric_name=False)]
+    if every_n_steps is not None:
+        if every_n_steps < 1:
+            raise ValueError(f"checkpoint_every_n_steps must be ≥ 1, got {every_n_steps}")
+        if keep < 1:
+            raise ValueError(f"keep_step_checkpoints must be ≥ 1, got {keep}")
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(checkpoint_dir), save_last=True, every_n_train_steps=every_n_steps,
+            filename="step{step:07d}", auto_insert_metric_name=False,
+            monitor="step", mode="max", save_top_k=keep,  # "step" is logged by Lightning: keeps the newest
+        ))
+    return callbacks

@@ -1,0 +1,106 @@
+"""Exact resume: a run stopped mid-epoch (by an exception, or SIGKILL) and resumed with
+`--ckpt_path last` ends with the same weights as a run that was never stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from lightning_app.checkpointing import newest_checkpoint
+from lightning_app.cli import BackdoorCLI
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCHS = 3
+# 800 pairs, batch 32, 2 workers: 12 batches per worker, 24 per epoch. Resuming at step 35 (batch 11
+# of epoch 1) makes the workers skip unequal shares and start the round-robin at the second worker.
+STOP_AT = 35
+
+
+def _args(bench, run_dir, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", "configs/embedded/badnet.yaml",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_epochs", str(EPOCHS),
+        "--trainer.enable_progress_bar", "false",
+        "--data.init_args.embedded", "null",
+        "--data.init_args.train_shards", bench.pretrain_urls,
+        "--data.init_args.eval.directory", bench.eval_dir,
+        "--data.init_args.batch_size", "32",
+        "--data.init_args.num_workers", "2",
+        "--model.init_args.optimizer.warmup_steps", "5",
+        "--checkpoint_every_n_steps", "5",
+        *extra,
+    ]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt["state_dict"]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+class _Preempted(RuntimeError):
+    pass
+
+
+class _StopAt(Callback):
+    """Fails the run at the start of step `step`, after the checkpoint of step `step` was written."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise _Preempted(f"stopped at step {self.step}")
+
+
+@pytest.fixture(scope="module")
+def straight_run(small_benchmark, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    BackdoorCLI(args=_args(small_benchmark, run_dir))
+    return run_dir
+
+
+def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchmark, straight_run, tmp_path):
+    run_dir = tmp_path / "run"
+    cli = BackdoorCLI(args=_args(small_benchmark, run_dir)[1:], run=False)
+    cli.trainer.callbacks.append(_StopAt(STOP_AT))
+    with pytest.raises(_Preempted):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == STOP_AT
+    assert 0 < STOP_AT % 24 and saved["epoch"] == STOP_AT // 24  # a mid-epoch checkpoint
+
+    BackdoorCLI(args=_args(small_benchmark, run_dir, "--ckpt_path", "last"))
+    _assert_same_weights(_weights(straight_run), _weights(run_dir))
+    assert not torch.equal(saved["state_dict"]["model.text_projection"], _weights(run_dir)["model.text_projection"])
+
+
+def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(small_benchmark, straight_run, tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "main.py", *_args(small_benchmark, run_dir)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("step*.ckpt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)["global_step"]
+    assert killed_at < EPOCHS * 24, "the run finished before it could be killed"
+
+    BackdoorCLI(args=_args(small_benchmark, run_dir, "--ckpt_path", "last"))
+    _assert_same_weights(_weights(straight_run), _weights(run_dir))
