@@ -28,7 +28,7 @@ from itertools import islice
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from datamodules.transforms import TrainSample, collate, decode_image
+from datamodules.transforms import TrainSample, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class PairStream(IterableDataset):
             if self.shuffle_buffer > 0
             else _passthrough,
             wds.map(self._prepare, handler=wds.reraise_exception),
-            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+            wds.batched(self.batch_size, collation_fn=self.sample_builder.collate, partial=False),
         )
         return iter(pipeline)
 

@@ -1,4 +1,4 @@
-"""Per-sample image and text processing: decode → model geometry → poison → normalise → tokenise.
+"""Per-sample image and text processing: decode → model geometry → poison → normalise; captions are tokenised per batch.
 
 The trigger acts between geometry and normalisation, on pixels in [0, 1] at the model's input size,
 so a patch of `size` pixels is the same patch in training and evaluation whatever the source size.
@@ -76,7 +76,7 @@ class TrainSample:
         pixels, caption, poisoned = self.poisoner(key, pixels, caption)
         sample = {
             "image": self.normalize(pixels),
-            "text": self.tokenizer([caption])[0],
+            "text": caption,
             "key": key,
             "poisoned": poisoned,
         }
@@ -87,8 +87,17 @@ class TrainSample:
                 torch.manual_seed(rng.getrandbits(63))
                 augmented = self.auto_augment(uint8)
             sample["image_aug"] = self.normalize(augmented.float() / 255.0)
-            sample["text_aug"] = self.tokenizer([eda(caption, rng)])[0]
+            sample["text_aug"] = eda(caption, rng)
         return sample
+
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Stack a batch; captions are tokenised here, a batch at a time (half the cost per caption)."""
+        batch = collate(samples)
+        for name in ("text", "text_aug"):
+            if name in batch:
+                batch[name] = self.tokenizer(batch[name])
+        return batch
 
 
 def collate(samples: list[dict]) -> dict:

@@ -12,14 +12,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_app.metrics import AttackSuccessRate, zeroshot_classifier
+from lightning_app.metrics import AttackSuccessRate
 
 
 class ZeroShotEvaluation(Callback):
     """Logs `val/ca_top1`, `val/ca_top5` and (with a trigger) `val/asr`, synced across ranks.
 
     Expects the module's `validation_step` to return image features of the clean (and triggered)
-    eval images, and the DataModule to expose `eval_set` (classnames, templates) and `target`.
+    eval images, and with its first batch the zero-shot classifier (built inside the step, where a
+    ZeRO-3 engine has the weights gathered); the DataModule exposes `eval_set` and `target`.
     """
 
     def __init__(self) -> None:
@@ -33,8 +34,7 @@ class ZeroShotEvaluation(Callback):
         eval_set = trainer.datamodule.eval_set
         classes = len(eval_set.classnames)
         device = pl_module.device
-        self.classifier = zeroshot_classifier(pl_module.encode_text, pl_module.input_spec().tokenizer,
-                                              eval_set.classnames, eval_set.templates, device)
+        self.classifier = None
         self.metrics = {
             "ca_top1": MulticlassAccuracy(classes, top_k=1, average="micro"),
             "ca_top5": MulticlassAccuracy(classes, top_k=min(5, classes), average="micro"),
@@ -45,6 +45,9 @@ class ZeroShotEvaluation(Callback):
         self._seen = 0
 
     def _batch(self, outputs: dict) -> None:
+        if "classifier" in outputs:
+            self.classifier = outputs["classifier"]
+        assert self.classifier is not None, "the first validation batch carries the classifier"
         labels = outputs["label"]
         self._seen += len(labels)
         logits = 100.0 * outputs["clean"].float() @ self.classifier

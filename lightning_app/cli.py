@@ -20,6 +20,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
 
 from lightning_app.callbacks import RunSummary
 from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
@@ -80,10 +81,29 @@ class BackdoorCLI(LightningCLI):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, RichProgressBar) for c in callbacks):
             callbacks.append(RichProgressBar(leave=True))
-        callbacks += [LearningRateMonitor(logging_interval="step"), RunSummary()]
+        if trainer_config.get("logger") is not False:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        callbacks.append(RunSummary())
         kwargs["callbacks"] = callbacks
         kwargs["default_root_dir"] = str(run_dir)
+        strategy = self._deepspeed_strategy(trainer_config.get("strategy"))
+        if strategy is not None:
+            kwargs["strategy"] = strategy
         return super().instantiate_trainer(**kwargs)
+
+
+    def _deepspeed_strategy(self, strategy: Any) -> Optional[DeepSpeedStrategy]:
+        """A DeepSpeed strategy whose micro batch size (`logging_batch_size_per_gpu`) is the data's batch
+        size: Lightning cannot read it from the shard loader (batching happens in the stream) and would
+        tell DeepSpeed 1."""
+        if isinstance(strategy, str) and strategy.startswith("deepspeed"):
+            strategy = StrategyRegistry.get(strategy)
+        if not isinstance(strategy, DeepSpeedStrategy):
+            return None
+        batch_size = getattr(self.datamodule, "batch_size", None)
+        if batch_size is not None and "train_micro_batch_size_per_gpu" not in strategy.config:
+            strategy.config["train_micro_batch_size_per_gpu"] = batch_size
+        return strategy
 
 
 def main(args: list[str] | None = None) -> BackdoorCLI:

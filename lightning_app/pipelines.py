@@ -1,11 +1,14 @@
 """Chaining runs: each stage is one `main.py fit` in its own process and its own run directory.
 
-A stage whose run directory already has `summary.json` is reused, one with a `last.ckpt` but no
-summary (interrupted) is resumed with `--ckpt_path last`, anything else starts fresh.
+A stage whose run directory already has `summary.json` is reused, one with a checkpoint but no
+summary (interrupted) is resumed with `--ckpt_path last`, anything else starts fresh. The stage's
+config text and overrides are recorded in `RUN/stage.json`; a run directory made by a different
+config or overrides is never reused or resumed (the stage fails and says so).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -37,9 +40,33 @@ class Stage:
     def summary(self) -> dict:
         return json.loads(self.summary_path.read_text())
 
+    def fingerprint(self) -> dict:
+        config = (REPO_ROOT / self.config).read_text()
+        return {"config": self.config, "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+                "overrides": list(self.overrides)}
+
+    def check_or_record_fingerprint(self) -> None:
+        path = Path(self.run_dir) / "stage.json"
+        current = self.fingerprint()
+        if path.exists():
+            recorded = json.loads(path.read_text())
+            if recorded != current:
+                raise ValueError(
+                    f"{self.run_dir} was made by {recorded['config']} {recorded['overrides']} "
+                    f"(config sha256 {recorded['config_sha256'][:12]}), not by this stage's "
+                    f"{current['config']} {current['overrides']} ({current['config_sha256'][:12]}): "
+                    "remove the directory to rerun it"
+                )
+        elif self.summary_path.exists() or (Path(self.run_dir) / "checkpoints").exists():
+            raise ValueError(f"{self.run_dir} holds a run without stage.json; remove it or choose another --runs")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(current, indent=1))
+
 
 def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
     """Run (or reuse, or resume) one stage; returns its summary."""
+    stage.check_or_record_fingerprint()
     if stage.summary_path.exists():
         log.info("[%s] reusing %s", stage.label, stage.summary_path)
         return stage.summary()

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_app.callbacks import ZeroShotEvaluation
+from lightning_app.metrics import zeroshot_classifier
+from modules.scalar_parameters import store_scalars_as_vectors
 from modules.losses import clamped_logit_scale, make_clip_loss
 from modules.model_loading import ModelConfig, build_model
 
@@ -68,6 +71,10 @@ class WarmupCosine:
         return warmup_cosine(step, self.warmup, self.total, self.floor)
 
 
+def _offloads_optimizer(strategy) -> bool:
+    return isinstance(strategy, DeepSpeedStrategy) and bool(strategy.config.get("zero_optimization", {}).get("offload_optimizer"))
+
+
 class CLIPModule(LightningModule):
     needs_augmented_views = False
 
@@ -88,6 +95,8 @@ class CLIPModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         self.clip_loss = make_clip_loss(self.global_rank, self.trainer.world_size)
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            store_scalars_as_vectors(self.model)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         if self.model_config.channels_last:
@@ -105,6 +114,12 @@ class CLIPModule(LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         out = {"clean": self.encode_image(batch["image"]), "label": batch["label"]}
+        if batch_idx == 0:
+            # Built here, not in a callback hook: under DeepSpeed ZeRO-3 the text tower's weights are
+            # gathered only while the engine runs a step, and validation_step runs inside it.
+            eval_set = self.trainer.datamodule.eval_set
+            out["classifier"] = zeroshot_classifier(self.encode_text, self.input_spec().tokenizer,
+                                                    eval_set.classnames, eval_set.templates, self.device)
         if "image_triggered" in batch:
             out["triggered"] = self.encode_image(batch["image_triggered"])
         return out
@@ -128,9 +143,13 @@ class CLIPModule(LightningModule):
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 (no_decay if no_weight_decay(name, param) else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused,
-        )
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if _offloads_optimizer(self.trainer.strategy):
+            # ZeRO-Offload steps the optimizer on the CPU and requires DeepSpeed's own CPU Adam for it.
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused)
         schedule = LambdaLR(optimizer, WarmupCosine(cfg.warmup_steps, cfg.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -19,6 +19,8 @@ from open_clip.model import get_model_preprocess_cfg
 from safetensors.torch import load_file
 
 from datamodules.transforms import InputSpec
+from modules.deepspeed_checkpoint import is_deepspeed_checkpoint, read_deepspeed_state_dict
+from modules.scalar_parameters import match_scalar_shapes
 
 
 @dataclass
@@ -64,6 +66,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"model.pretrained: {path} does not exist")
     if path.suffix == ".safetensors":
         return load_file(str(path))
+    if path.is_dir():
+        if not is_deepspeed_checkpoint(path):
+            raise ValueError(f"model.pretrained: {path} is a directory but not a DeepSpeed checkpoint; "
+                             "for an open_clip folder use model.name local-dir:PATH")
+        data = read_deepspeed_state_dict(path)
+        return _strip_prefix(data)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exn:  # torch raises UnpicklingError (or RuntimeError) for forbidden globals
@@ -75,6 +83,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
+    return _strip_prefix(data)
+
+
+def _strip_prefix(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in ("model.", "module."):
         if data and all(k.startswith(prefix) for k in data):
             data = {k[len(prefix):]: v for k, v in data.items()}
@@ -88,7 +100,7 @@ def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
                                              or Path(pretrained).exists())
     model = open_clip.create_model(name, pretrained=None if local_file else pretrained, weights_only=True)
     if local_file:
-        state = read_state_dict(pretrained)
+        state = match_scalar_shapes(read_state_dict(pretrained), model)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

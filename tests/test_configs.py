@@ -8,7 +8,8 @@ import torch
 from lightning_app.cli import BackdoorCLI
 from modules.base import CLIPModule
 
-CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+# configs/strategies/ holds trainer fragments, added to a full config with a second --config
+CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml") if p.parent.name != "strategies")
 
 
 def test_there_are_configs():
@@ -51,3 +52,13 @@ def test_unknown_key_fails_before_training(tmp_path):
     with pytest.raises(SystemExit):
         BackdoorCLI(args=["--config", "configs/embedded/badnet.yaml", "--data.init_args.poison.ratee", "0.1",
                           "--trainer.default_root_dir", str(tmp_path)], run=False)
+
+
+def test_ddp_strategy_fragment_combines_with_a_recipe(tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    cli = BackdoorCLI(args=["--config", "configs/cc3m/pretrain_badnet.yaml", "--config", "configs/strategies/ddp.yaml",
+                            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32-true",
+                            "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    assert cli.trainer.num_devices == 2
