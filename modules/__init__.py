@@ -1,7 +1,9 @@
 """LightningModules (pretraining, defenses) and their losses."""
 
+from modules.abd import ABD, CraftAdversarialPatch
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
 
-__all__ = ["CLIPModule", "CLIPPretraining", "CleanCLIP", "FineTune", "ModelConfig", "OptimizerConfig"]
+__all__ = ["ABD", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "ModelConfig",
+           "OptimizerConfig"]

@@ -87,9 +87,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _strip_prefix(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("model.", "module."):
-        if data and all(k.startswith(prefix) for k in data):
-            data = {k[len(prefix):]: v for k, v in data.items()}
+    """The CLIP model's weights: a LightningModule of ours keeps them under `model.` (beside extras
+    such as ABD's patch); DDP/DeepSpeed wrappers add `module.`."""
+    if data and all(k.startswith("module.") for k in data):
+        data = {k[len("module."):]: v for k, v in data.items()}
+    if any(k.startswith("model.") for k in data):
+        data = {k[len("model."):]: v for k, v in data.items() if k.startswith("model.")}
     return data
 
 
