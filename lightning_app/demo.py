@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from lightning_app.defense_compare import defense_stages
 from lightning_app.export import export_run
 from lightning_app.pipelines import Stage, run_stage
 from lightning_app.plots import ca_vs_asr_plot
@@ -19,16 +20,8 @@ from lightning_app.report import results_table, write_block
 
 
 def demo_stages(root: Path) -> list[Stage]:
-    poisoned = root / "badnet"
-    starts_from_poisoned = [
-        "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
-        "--data.init_args.trigger_dir", str(poisoned / "trigger"),
-    ]
-    return [
-        Stage("poisoned (BadNet)", "configs/embedded/badnet.yaml", str(poisoned)),
-        Stage("FT", "configs/embedded/ft.yaml", str(root / "ft"), starts_from_poisoned),
-        Stage("CleanCLIP", "configs/embedded/cleanclip.yaml", str(root / "cleanclip"), starts_from_poisoned),
-    ]
+    poisoned = Stage("poisoned (BadNet)", "configs/embedded/badnet.yaml", str(root / "badnet"))
+    return [poisoned, *defense_stages(poisoned, root, methods=("ft", "cleanclip"))]
 
 
 def main(argv: list[str] | None = None) -> str:
