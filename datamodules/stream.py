@@ -161,6 +161,18 @@ class PairStream(IterableDataset):
         self.health.add(None)
         return self.sample_builder(key, image, caption)
 
+    def every_pair_once(self) -> Iterator[dict]:
+        """One pass over all shards in this process, in shard order, unshuffled, the last batch kept
+        partial: for scoring every training pair (defenses), not for training."""
+        pipeline = wds.DataPipeline(
+            partial(iter, [{"url": url} for url in self.urls]),
+            wds.tarfile_to_samples(handler=self._on_tar_error),
+            wds.map(self._prepare, handler=wds.reraise_exception),
+            wds.batched(self.batch_size, collation_fn=self.sample_builder.collate, partial=True),
+        )
+        self.sample_builder.epoch = self.epoch
+        return iter(pipeline)
+
     def _one_pass(self, epoch: int, worker: int) -> Iterator[dict]:
         """Worker `worker`'s share of one pass over the shards, in the order of `epoch`."""
         rank, _, _, _ = wds.utils.pytorch_worker_info()

@@ -149,6 +149,7 @@ class RunSummary(Callback):
             "wall_time_s": round(self.wall_time(), 2),
             "data_health": getattr(data, "data_health", lambda: {})(),
             "metrics": metrics,
+            **getattr(pl_module, "summary_extras", dict)(),
         }
         path = Path(trainer.default_root_dir) / "summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)

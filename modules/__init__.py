@@ -4,6 +4,7 @@ from modules.abd import ABD, CraftAdversarialPatch
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
+from modules.ubt import SuspiciousPairDiscovery
 
 __all__ = ["ABD", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "ModelConfig",
-           "OptimizerConfig"]
+           "OptimizerConfig", "SuspiciousPairDiscovery"]

@@ -18,3 +18,42 @@ def small_benchmark(tmp_path_factory) -> EmbeddedBenchmark:
     )
     bench.prepare()
     return bench
+
+
+@pytest.fixture(scope="session")
+def learning_benchmark(tmp_path_factory) -> EmbeddedBenchmark:
+    """3,000 pretraining pairs: enough for a strongly poisoned model to learn its backdoor in ~1 minute."""
+    bench = EmbeddedBenchmark(root=str(tmp_path_factory.mktemp("learn") / "embedded"), pretrain_shards=6,
+                              finetune_shards=1, samples_per_shard=500, eval_per_class=30)
+    bench.prepare()
+    return bench
+
+
+def train_small(bench: EmbeddedBenchmark, run_dir, rate: float) -> dict:
+    """The strongly poisoned small recipe (fixed 8x8 patch at a fixed corner, 8 epochs, batch 64)."""
+    import json
+
+    from lightning_app.cli import BackdoorCLI
+
+    BackdoorCLI(args=[
+        "fit", "--config", "configs/embedded/badnet.yaml",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_epochs", "8",
+        "--data.init_args.trigger.init_args.size", "8",
+        "--data.init_args.trigger.init_args.location", "fixed",
+        "--trainer.enable_progress_bar", "false",
+        "--data.init_args.embedded", "null",
+        "--data.init_args.train_shards", bench.pretrain_urls,
+        "--data.init_args.eval.directory", bench.eval_dir,
+        "--data.init_args.batch_size", "64",
+        "--data.init_args.poison.rate", str(rate),
+        "--model.init_args.optimizer.warmup_steps", "20",
+    ])
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def small_poisoned_run(learning_benchmark, tmp_path_factory):
+    """(run directory, summary) of a model pretrained with 30% of pairs poisoned."""
+    run_dir = tmp_path_factory.mktemp("poisoned") / "run"
+    return run_dir, train_small(learning_benchmark, run_dir, rate=0.3)

@@ -135,3 +135,12 @@ def test_a_resumed_pass_yields_exactly_the_batches_after_the_skipped_ones(tmp_pa
     resumed = stream()
     resumed.skip_batches = skip
     assert _loader_keys(resumed, workers=2) == full[skip:]
+
+
+def test_every_pair_once_covers_all_pairs_including_a_partial_batch(tmp_path):
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), "c") for i in range(7)]) for s in range(3)]
+    stream = _stream(urls, batches=1, batch_size=4, shuffle=5)
+    batches = list(stream.every_pair_once())
+    keys = [k for b in batches for k in b["key"]]
+    assert len(keys) == len(set(keys)) == 21
+    assert [len(b["key"]) for b in batches] == [4, 4, 4, 4, 4, 1]

@@ -1,0 +1,155 @@
+"""UBT, stage 1 (Liang et al., arXiv 2403.16257 / 2409.19526): find suspicious pairs by overfitting.
+
+    python main.py fit --config configs/embedded/ubt_detect.yaml
+
+Run on the (possibly poisoned) training data as the model saw it, from the model to clean:
+1. score every pair by the cosine similarity of its image and caption;
+2. overfit the model on the same data, each pair's contrastive loss weighted toward weak-similarity
+   pairs (`softmax(-s/τ)` within the batch, mean 1): the clean pairs that the model fits worst get the
+   push, and the backdoor shortcut, which fits its pairs easily, is strengthened rather than diluted;
+3. score again and rank the pairs, by the similarity after overfitting (`score: after`) or by its rise
+   (`score: rise`); both rankings, and the one before overfitting, are evaluated.
+Writes RUN/ubt/ranking.json (every key with its scores, ranked) and RUN/ubt/suspicious.json (top m).
+Detection quality against the run's poison manifest (which no decision reads) goes to
+RUN/ubt/detection.json and summary.json: AUROC, precision and recall at k, as torchmetrics.
+Choice made here (the papers leave it open): loss weighting within the batch rather than weighted
+sampling, because the shards stream and cannot be sampled by weight.
+
+Status: measured on a strongly poisoned small case (30% BadNet, 3K pairs), the similarity ranking does
+not find the poisoned pairs yet: AUROC 0.47 before overfitting, 0.63 (after) / 0.60 (rise) after one
+epoch, lower after three. Poisoned captions are near-identical templates, so in a contrastive batch
+they are each other's hard negatives and their similarity stays low. Stage 2 (token-local unlearning)
+is not built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
+
+from modules.base import CLIPModule, OptimizerConfig
+from modules.model_loading import ModelConfig
+
+SCORES = ("before", "after", "rise")
+
+
+def per_pair_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """(N,) symmetric contrastive loss of each pair within the batch (normalised features)."""
+    logits = scale * image @ text.t()
+    labels = torch.arange(len(image), device=image.device)
+    return (F.cross_entropy(logits, labels, reduction="none") + F.cross_entropy(logits.t(), labels, reduction="none")) / 2
+
+
+def weak_pair_weights(similarity: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(-s/τ) over the batch, scaled to mean 1: weak-similarity pairs weigh more."""
+    return torch.softmax(-similarity.detach() / temperature, dim=0) * len(similarity)
+
+
+def rank_keys(scores: dict[str, float]) -> list[str]:
+    """Keys from most to least suspicious (highest score first; ties by key, for determinism)."""
+    return sorted(scores, key=lambda k: (-scores[k], k))
+
+
+def detection_metrics(scores: dict[str, float], poisoned: set[str], ks: list[int]) -> dict[str, float]:
+    """AUROC and precision/recall at k of `scores` as a detector of the `poisoned` keys."""
+    keys = sorted(scores)
+    preds = torch.tensor([scores[k] for k in keys], dtype=torch.float64)
+    target = torch.tensor([k in poisoned for k in keys])
+    out = {"auroc": BinaryAUROC()(preds, target.long()).item() if 0 < target.sum() < len(target) else float("nan")}
+    indexes = torch.zeros(len(keys), dtype=torch.long)
+    for k in ks:
+        out[f"precision@{k}"] = RetrievalPrecision(top_k=k)(preds, target, indexes=indexes).item()
+        out[f"recall@{k}"] = RetrievalRecall(top_k=k)(preds, target, indexes=indexes).item()
+    out["num_poisoned"], out["num_pairs"] = int(target.sum()), len(keys)
+    return out
+
+
+class SuspiciousPairDiscovery(CLIPModule):
+    """UBT stage 1: overfit toward weak-similarity pairs, then rank the pairs; see the module docstring."""
+
+    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
+                 temperature: float = 0.05, score: Literal["after", "rise"] = "after", top_m: int = 200,
+                 report_k: list[int] = [100, 200, 1000]):
+        """
+        Args:
+            model: The (possibly poisoned) model; a copy of it is overfitted, the original is untouched.
+            optimizer: AdamW and the schedule of the overfitting.
+            temperature: τ of the weak-pair weights softmax(-similarity/τ).
+            score: Which score ranks the pairs in suspicious.json: similarity after overfitting, or its rise.
+            top_m: How many of the top-ranked keys make up the suspicious set (UBT's unlearning set).
+            report_k: The k of precision@k and recall@k.
+        """
+        super().__init__(model, optimizer)
+        if temperature <= 0 or top_m < 1:
+            raise ValueError("model.temperature must be > 0 and model.top_m ≥ 1")
+        self.temperature = temperature
+        self.score = score
+        self.top_m = top_m
+        self.report_k = list(report_k)
+        self.similarity_before: dict[str, float] = {}
+        self.detection: dict[str, dict[str, float]] = {}
+
+    @torch.no_grad()
+    def score_pairs(self) -> dict[str, float]:
+        """Cosine similarity of every training pair under the current model (one unshuffled pass over
+        all shards in this process, eval mode)."""
+        if self.trainer.world_size != 1:
+            raise ValueError("suspicious-pair discovery runs on one device (it scores the whole stream)")
+        was_training = self.training
+        self.eval()
+        scores: dict[str, float] = {}
+        for batch in self.trainer.datamodule.train_stream.every_pair_once():
+            image = self.encode_image(batch["image"].to(self.device))
+            text = self.encode_text(batch["text"].to(self.device))
+            scores.update(zip(batch["key"], (image * text).sum(-1).tolist()))
+        self.train(was_training)
+        return scores
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if not self.similarity_before:  # (restored from the checkpoint on resume)
+            self.similarity_before = self.score_pairs()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        image, text = self.encode_image(batch["image"]), self.encode_text(batch["text"])
+        weights = weak_pair_weights((image * text).sum(-1), self.temperature)
+        loss = (weights * per_pair_clip_loss(image, text, self.logit_scale())).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ubt_similarity_before"] = self.similarity_before
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.similarity_before = checkpoint.get("ubt_similarity_before", {})
+
+    def on_train_end(self) -> None:
+        after = self.score_pairs()
+        before = self.similarity_before
+        scores = {"before": before, "after": after, "rise": {k: after[k] - before[k] for k in after if k in before}}
+        self._write(scores)
+
+    @rank_zero_only
+    def _write(self, scores: dict[str, dict[str, float]]) -> None:
+        out = Path(self.trainer.default_root_dir) / "ubt"
+        out.mkdir(parents=True, exist_ok=True)
+        ranked = rank_keys(scores[self.score])
+        (out / "ranking.json").write_text(json.dumps(
+            {"score": self.score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in SCORES)] for k in ranked],
+             "columns": ["key", *SCORES]}))
+        (out / "suspicious.json").write_text(json.dumps({"score": self.score, "m": self.top_m, "keys": ranked[: self.top_m]}, indent=1))
+        manifest = Path(self.trainer.datamodule.manifest_path)
+        if manifest.exists():  # evaluation only: the ranking above never saw it
+            poisoned = set(json.loads(manifest.read_text())["keys"])
+            self.detection = {name: detection_metrics(scores[name], poisoned, self.report_k) for name in SCORES}
+            (out / "detection.json").write_text(json.dumps(self.detection, indent=1))
+
+    def summary_extras(self) -> dict:
+        return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score}

@@ -1,0 +1,43 @@
+"""UBT stage 1: the per-pair loss and weights on hand-made tensors, and detection metrics on a planted
+ranking. (The end-to-end claim, poisoned pairs ranked first, does not hold yet: see issue 6's note.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modules.ubt import detection_metrics, per_pair_clip_loss, rank_keys, weak_pair_weights
+
+
+def test_per_pair_loss_matches_a_direct_computation_and_averages_to_the_clip_loss():
+    image = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=1)
+    text = F.normalize(torch.tensor([[0.9, 0.1], [0.0, 1.0], [-0.3, 1.0]]), dim=1)
+    losses = per_pair_clip_loss(image, text, 10.0)
+    sim = 10.0 * image @ text.t()
+    for i in range(3):
+        row = -sim[i, i] + torch.logsumexp(sim[i], 0)
+        col = -sim[i, i] + torch.logsumexp(sim[:, i], 0)
+        assert losses[i].item() == pytest.approx(((row + col) / 2).item(), rel=1e-4)
+    from open_clip.loss import ClipLoss
+    assert losses.mean().item() == pytest.approx(ClipLoss()(image, text, 10.0).item(), rel=1e-4)
+
+
+def test_weak_pairs_weigh_more_and_weights_average_one():
+    weights = weak_pair_weights(torch.tensor([0.9, 0.5, 0.1]), temperature=0.1)
+    assert weights[2] > weights[1] > weights[0]
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights[2].item() / weights[1].item() == pytest.approx(math.exp(4.0), rel=1e-5)
+
+
+def test_detection_metrics_of_a_planted_ranking():
+    scores = {f"k{i:02d}": float(i) for i in range(20)}  # k19 highest
+    poisoned = {"k19", "k18", "k17", "k03"}
+    m = detection_metrics(scores, poisoned, ks=[3, 4])
+    assert m["precision@3"] == pytest.approx(1.0) and m["recall@3"] == pytest.approx(0.75)
+    assert m["precision@4"] == pytest.approx(0.75)
+    # AUROC: of 4 × 16 (poisoned, clean) pairs, k03 ranks below 16 - 3 = 13 clean keys
+    assert m["auroc"] == pytest.approx((3 * 16 + 3) / 64)
+    assert rank_keys(scores)[:2] == ["k19", "k18"]
