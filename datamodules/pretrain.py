@@ -10,6 +10,7 @@ keys and writes the run's poison manifest (`RUN/poison/manifest.json`) and trigg
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,6 +28,8 @@ from datamodules.transforms import InputSpec, TrainSample
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
 log = logging.getLogger(__name__)
+
+TARGET_FILE = "target.json"
 
 
 class _EpochSyncedLoader(DataLoader):
@@ -165,6 +168,20 @@ class ShardDataModule(LightningDataModule):
     def _resolve_trigger(self) -> None:
         if self.trigger is None and self.trigger_dir is not None:
             self.trigger = load_trigger(self.trigger_dir)
+            self._adopt_attack_target(Path(self.trigger_dir) / TARGET_FILE)
+
+    def _adopt_attack_target(self, path: Path) -> None:
+        """A defense measures ASR toward the target of the attack that made its model."""
+        if not path.exists():
+            return  # trigger artifacts from before targets were recorded: poison.target stands
+        target = json.loads(path.read_text())["target"]
+        if target == self.poison.target:
+            return
+        if self.poison.enabled:
+            raise ValueError(f"data.poison.target {self.poison.target!r} differs from the target {target!r} of the "
+                             f"trigger in {path.parent}; poisoning with another run's trigger needs the same target")
+        log.info("ASR target %r taken from %s (config said %r)", target, path, self.poison.target)
+        self.poison = dataclasses.replace(self.poison, target=target)
 
     def prepare_data(self) -> None:
         self._resolve_trigger()
@@ -173,6 +190,7 @@ class ShardDataModule(LightningDataModule):
         self._write_manifest()
         if self.trigger is not None:
             self.trigger.save(self.run_dir / "trigger", self._input_spec().image_size)
+            (self.run_dir / "trigger" / TARGET_FILE).write_text(json.dumps({"target": self.poison.target}))
 
     def _write_manifest(self) -> None:
         start = time.perf_counter()

@@ -63,3 +63,21 @@ def test_poisoned_caption_names_the_target_and_is_stable():
     assert "banana" in caption
     assert caption == poisoned_caption("000001234", "banana", seed=0)
     assert len({poisoned_caption(f"{i:09d}", "banana", 0) for i in range(200)}) > 20
+
+
+def test_a_defense_takes_the_attack_target_from_the_trigger_artifacts(tmp_path):
+    import json
+
+    from datamodules import BadNet, ShardDataModule
+
+    trigger_dir = tmp_path / "trigger"
+    BadNet(size=4, pattern="fixed").save(trigger_dir, 32)
+    (trigger_dir / "target.json").write_text(json.dumps({"target": "square"}))
+
+    defense = ShardDataModule(trigger_dir=str(trigger_dir), poison=PoisonConfig(rate=0.0, target="star"), run_dir=str(tmp_path))
+    defense._resolve_trigger()
+    assert defense.target == "square"
+
+    reuse = ShardDataModule(trigger_dir=str(trigger_dir), poison=PoisonConfig(rate=0.05, target="star"), run_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="target"):
+        reuse._resolve_trigger()
