@@ -26,8 +26,10 @@ def attack_name(summary: dict) -> str:
     attack = summary.get("attack")
     if not attack:
         return "none"
-    params = ", ".join(f"{k}={v}" for k, v in sorted(attack.items()) if k not in ("name", "seed") and v is not None)
-    return f"{attack['name']} ({params})"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(attack.items())
+                       if k not in ("name", "seed") and v is not None and not (k == "cell" and v == 1))
+    target = f" → {summary['target']}" if summary.get("target") else ""
+    return f"{attack['name']} ({params}){target}"
 
 
 def results_table(rows: Sequence[tuple[str, dict]]) -> str:

@@ -13,6 +13,8 @@ ALL_TRIGGERS = [
     BadNet(size=6, pattern="noise", location="random", seed=1),
     BadNet(size=6, pattern="fixed", location="random", seed=1),
     BadNet(size=4, pattern="fixed", location="fixed", position=(2, 3), seed=1),
+    BadNet(size=8, pattern="fixed", location="random", seed=1, cell=2),
+    BadNet(size=7, pattern="noise", location="random", seed=1, cell=3),
     Blended(alpha=0.2, pattern="fixed", seed=1),
     Blended(alpha=0.2, pattern="noise", seed=1),
     SIG(),
@@ -44,6 +46,24 @@ def test_badnet_noise_is_redrawn_per_image_and_fixed_is_not(image):
     patch = lambda t, key: t.apply(image, key)[:, -6:, -6:]  # noqa: E731
     assert not torch.equal(patch(noise, "k1"), patch(noise, "k2"))
     assert torch.equal(patch(fixed, "k1"), patch(fixed, "k2"))
+
+
+@pytest.mark.parametrize("pattern", ["fixed", "noise"])
+def test_badnet_cells_are_uniform_blocks(pattern, image):
+    patch = BadNet(size=8, pattern=pattern, location="fixed", cell=2).apply(image, "k")[:, -8:, -8:]
+    blocks = patch.unfold(1, 2, 2).unfold(2, 2, 2)  # (3, 4, 4, 2, 2): one 2x2 block per cell
+    assert torch.equal(blocks, blocks[..., :1, :1].expand_as(blocks))
+    assert len(torch.unique(blocks[..., 0, 0])) > 10
+
+
+def test_badnet_cell_one_is_per_pixel_noise_unchanged():
+    assert torch.equal(BadNet(size=6, pattern="fixed", seed=3).fixed_pattern(),
+                       torch.randint(0, 256, (3, 6, 6), generator=torch.Generator().manual_seed(3)).float() / 255)
+
+
+def test_badnet_rejects_a_cell_larger_than_the_patch():
+    with pytest.raises(ValueError, match="cell"):
+        BadNet(size=4, cell=5)
 
 
 def test_badnet_touches_only_the_patch(image):

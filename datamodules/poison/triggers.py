@@ -92,6 +92,7 @@ class BadNet(Trigger):
         location: Literal["random", "fixed"] = "random",
         position: Optional[tuple[int, int]] = None,
         seed: int = 0,
+        cell: int = 1,
     ):
         """
         Args:
@@ -100,19 +101,28 @@ class BadNet(Trigger):
             location: "random" (per image, from the sample key) or "fixed" (at `position`).
             position: (row, col) of the patch's top-left corner for a fixed location; default bottom-right.
             seed: Seed of the fixed pattern and of all per-image randomness.
+            cell: Side in pixels of the noise blocks (1: per-pixel noise, as in the published attacks).
         """
         if size < 1:
             raise ValueError(f"BadNet size must be ≥ 1 pixel, got {size}")
+        if not 1 <= cell <= size:
+            raise ValueError(f"BadNet cell must be in [1, size={size}], got {cell}")
         self.size = size
         self.pattern = pattern
         self.location = location
         self.position = list(position) if position is not None else None
         self.seed = seed
+        self.cell = cell
         self._fixed: Optional[torch.Tensor] = None
+
+    def _blocks(self, noise: torch.Tensor) -> torch.Tensor:
+        """Nearest-upsample a (3, n, n) coarse noise grid to (3, size, size) blocks of `cell` pixels."""
+        return noise.repeat_interleave(self.cell, 1).repeat_interleave(self.cell, 2)[:, : self.size, : self.size]
 
     def fixed_pattern(self) -> torch.Tensor:
         if self._fixed is None:
-            self._fixed = _quantised_uniform((3, self.size, self.size), self.seed)
+            n = math.ceil(self.size / self.cell)
+            self._fixed = self._blocks(_quantised_uniform((3, n, n), self.seed))
         return self._fixed
 
     def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
@@ -122,7 +132,8 @@ class BadNet(Trigger):
         gen = key_generator(key, self.seed)
         if self.pattern == "noise":
             mean = image.mean(dim=(1, 2), keepdim=True)
-            patch = (mean + torch.randn((3, self.size, self.size), generator=gen)).clamp(0, 1)
+            n = math.ceil(self.size / self.cell)
+            patch = (mean + self._blocks(torch.randn((3, n, n), generator=gen))).clamp(0, 1)
         else:
             patch = self.fixed_pattern()
         if self.location == "random":
