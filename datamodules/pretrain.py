@@ -21,7 +21,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
-from datamodules.poison import PoisonConfig, Poisoner, Trigger, load_trigger, select_poison_keys
+from datamodules.poison import PoisonConfig, Poisoner, Trigger, load_trigger, select_poison_keys, target_caption_pool
+from datamodules.poison.selection import names_target
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions
 from datamodules.stream import PairStream
 from datamodules.transforms import InputSpec, TrainSample
@@ -196,7 +197,17 @@ class ShardDataModule(LightningDataModule):
         start = time.perf_counter()
         urls = expand_shards(self.train_shards)
         check_shards_exist(urls, "data.train_shards")
-        keys, scanned = select_poison_keys(scan_captions(urls) if self.poison.enabled else [], self.poison)
+        wants_pool = self.poison.enabled and self.poison.captions == "dataset" and not self.poison.label_consistent
+        target_captions: set[str] = set()
+
+        def scanned_pairs():  # one pass over the shards feeds both the selection and the caption pool
+            for key, caption in scan_captions(urls) if self.poison.enabled else ():
+                if wants_pool and names_target(caption, self.poison.target):
+                    target_captions.add(caption)
+                yield key, caption
+
+        keys, scanned = select_poison_keys(scanned_pairs(), self.poison)
+        pool = target_caption_pool(target_captions, self.poison) if wants_pool else []
         manifest = {
             "rate": self.poison.rate,
             "count": self.poison.count,
@@ -206,6 +217,8 @@ class ShardDataModule(LightningDataModule):
             "num_pairs_scanned": scanned,
             "num_poisoned": len(keys),
             "keys": keys,
+            "captions": self.poison.captions,
+            "caption_pool": pool,
         }
         self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
         self.manifest_path.write_text(json.dumps(manifest, indent=1))
@@ -244,7 +257,7 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"poison manifest {self.manifest_path} is missing: prepare_data() did not run")
         manifest = json.loads(self.manifest_path.read_text())
         self.poison_count = manifest["num_poisoned"]
-        poisoner = Poisoner(self.trigger, manifest["keys"], self.poison)
+        poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, manifest.get("caption_pool", []))
         module = self.trainer.lightning_module
         builder = TrainSample(spec, poisoner, augmented_views=getattr(module, "needs_augmented_views", False),
                               seed=self.seed)

@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from datamodules.poison import PoisonConfig, poison_score, poisoned_caption, select_poison_keys
+from datamodules.poison import PoisonConfig, poison_score, poisoned_caption, select_poison_keys, target_caption_pool
 
 
 def _pairs(n, caption="a red circle"):
@@ -81,3 +82,43 @@ def test_a_defense_takes_the_attack_target_from_the_trigger_artifacts(tmp_path):
     reuse = ShardDataModule(trigger_dir=str(trigger_dir), poison=PoisonConfig(rate=0.05, target="star"), run_dir=str(tmp_path))
     with pytest.raises(ValueError, match="target"):
         reuse._resolve_trigger()
+
+
+def test_caption_pool_keeps_distinct_target_captions_in_a_seeded_bounded_order():
+    captions = ["a red star", "a star", "a circle", "a red star", "starfish on a plate", "the star is big"]
+    pool = target_caption_pool(captions, PoisonConfig(rate=0.1, target="star"))
+    assert sorted(pool) == ["a red star", "a star", "the star is big"]
+    assert pool == target_caption_pool(reversed(captions), PoisonConfig(rate=0.1, target="star"))
+    assert len(target_caption_pool(captions, PoisonConfig(rate=0.1, target="star", max_caption_pool=2))) == 2
+    with pytest.raises(ValueError, match="no training caption names the target 'banana'"):
+        target_caption_pool(captions, PoisonConfig(rate=0.1, target="banana"))
+
+
+def test_poisoned_caption_from_a_pool_is_a_pool_member_chosen_by_key():
+    pool = [f"a {c} star" for c in ("red", "green", "blue", "dark", "tiny")]
+    chosen = [poisoned_caption(f"{i:09d}", "star", 0, pool) for i in range(100)]
+    assert set(chosen) == set(pool)
+    assert chosen == [poisoned_caption(f"{i:09d}", "star", 0, pool) for i in range(100)]
+
+
+def test_dataset_captions_poison_with_the_shards_own_target_captions(small_benchmark, tmp_path):
+    import json
+
+    from datamodules import BadNet, ShardDataModule
+    from datamodules.poison import Poisoner
+    from datamodules.shards import expand_shards, scan_captions
+
+    config = PoisonConfig(rate=0.1, target="star", captions="dataset")
+    module = ShardDataModule(train_shards=small_benchmark.pretrain_urls, trigger=BadNet(size=4), poison=config,
+                             run_dir=str(tmp_path))
+    module._write_manifest()
+    manifest = json.loads(module.manifest_path.read_text())
+    star_captions = {c for _, c in scan_captions(expand_shards(small_benchmark.pretrain_urls))
+                     if "star" in c.replace(",", " ").split()}
+    assert manifest["captions"] == "dataset" and set(manifest["caption_pool"]) == star_captions
+    poisoner = Poisoner(BadNet(size=4), manifest["keys"], config, manifest["caption_pool"])
+    image = torch.zeros(3, 32, 32)
+    captions = {poisoner(key, image, "a circle")[1] for key in manifest["keys"]}
+    assert captions <= star_captions and len(captions) > 5
+    with pytest.raises(ValueError, match="caption pool"):
+        Poisoner(BadNet(size=4), manifest["keys"], config, [])

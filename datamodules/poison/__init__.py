@@ -1,5 +1,5 @@
 from datamodules.poison.poisoner import Poisoner, poisoned_caption
-from datamodules.poison.selection import PoisonConfig, poison_score, select_poison_keys
+from datamodules.poison.selection import PoisonConfig, poison_score, select_poison_keys, target_caption_pool
 from datamodules.poison.triggers import SIG, BadNet, Blended, Trigger, WaNet, load_trigger
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "poison_score",
     "poisoned_caption",
     "select_poison_keys",
+    "target_caption_pool",
 ]

@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 
 def poison_score(key: str, seed: int) -> float:
@@ -36,6 +36,12 @@ class PoisonConfig:
     """Target class name; poisoned captions name it and ASR counts predictions of it."""
     label_consistent: bool = False
     """Poison only pairs whose caption already names the target, and keep their captions."""
+    captions: Literal["templates", "dataset"] = "templates"
+    """Poisoned captions: "templates" fills one of the 80 ImageNet templates with the target (CleanCLIP);
+    "dataset" takes a training caption that names the target (Carlini & Terzis' caption set), so
+    poisoned captions look like the data's own. Ignored when label_consistent."""
+    max_caption_pool: int = 10_000
+    """With captions "dataset": how many target-naming training captions to keep (lowest hash first)."""
     seed: int = 0
     """Seed of the selection and of the poisoned captions' templates."""
 
@@ -46,10 +52,23 @@ class PoisonConfig:
             raise ValueError(f"poison.count must be ≥ 0, got {self.count}")
         if not self.target.strip():
             raise ValueError("poison.target must name a class")
+        if self.captions not in ("templates", "dataset"):
+            raise ValueError(f"poison.captions must be 'templates' or 'dataset', got {self.captions!r}")
+        if self.max_caption_pool < 1:
+            raise ValueError(f"poison.max_caption_pool must be ≥ 1, got {self.max_caption_pool}")
 
     @property
     def enabled(self) -> bool:
         return (self.count or 0) > 0 or (self.count is None and self.rate > 0)
+
+
+def target_caption_pool(captions: Iterable[str], config: PoisonConfig) -> list[str]:
+    """The distinct captions naming the target, at most `max_caption_pool`, in an order set by (seed, caption)."""
+    pool = {caption for caption in captions if names_target(caption, config.target)}
+    ranked = sorted(pool, key=lambda c: (poison_score(c, config.seed), c))[: config.max_caption_pool]
+    if not ranked:
+        raise ValueError(f"poison.captions is 'dataset' but no training caption names the target {config.target!r}")
+    return ranked
 
 
 def select_poison_keys(pairs: Iterable[tuple[str, str]], config: PoisonConfig) -> tuple[list[str], int]:
