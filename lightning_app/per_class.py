@@ -10,11 +10,13 @@ metric. With `--block`, writes the table into docs/results.md.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
 from datamodules.poison import load_trigger
+from datamodules.pretrain import TARGET_FILE
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 from lightning_app.export import _model_name
 from lightning_app.metrics import zeroshot_classifier
@@ -48,11 +50,18 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--eval", default="data/embedded/eval", help="clip_benchmark-format eval directory")
     parser.add_argument("--trigger-dir", type=Path, help="default: RUN/trigger")
-    parser.add_argument("--target", default="star")
+    parser.add_argument("--target", help="default: the attack's target, from TRIGGER_DIR/target.json")
     parser.add_argument("--block", help="write the table into docs/results.md under this block name")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = per_class(args.run_dir, args.eval, args.trigger_dir or args.run_dir / "trigger", args.target)
+    trigger_dir = args.trigger_dir or args.run_dir / "trigger"
+    target = args.target
+    if target is None:
+        target_file = trigger_dir / TARGET_FILE
+        if not target_file.exists():
+            raise ValueError(f"{target_file} is missing; name the attack's target with --target")
+        target = json.loads(target_file.read_text())["target"]
+    rows = per_class(args.run_dir, args.eval, trigger_dir, target)
     lines = ["| class | CA | ASR |", "|---|---:|---:|"]
     lines += [f"| {name} | {ca:.2f} | {'target' if asr is None else f'{asr:.2f}'} |" for name, ca, asr in rows]
     table = "\n".join(lines)

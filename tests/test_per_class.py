@@ -14,3 +14,12 @@ def test_per_class_rates_average_to_the_runs_ca_and_asr(learning_benchmark, smal
     assert sum(ca for _, ca, _ in rows) / len(rows) == pytest.approx(summary["ca_top1"], abs=1e-5)
     asrs = [asr for _, _, asr in rows if asr is not None]
     assert sum(asrs) / len(asrs) == pytest.approx(summary["asr"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_per_class_takes_the_target_from_the_runs_trigger_artifacts(learning_benchmark, small_poisoned_run):
+    from lightning_app.per_class import main
+
+    run_dir, _ = small_poisoned_run
+    table = main([str(run_dir), "--eval", learning_benchmark.eval_dir])
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.endswith("| target |")] == ["star"]
