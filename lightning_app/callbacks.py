@@ -101,6 +101,14 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
+def _poisoned_captions(data) -> str | None:
+    """What the poisoned pairs' captions were: "kept" (label-consistent), "templates" or "dataset"."""
+    poison = getattr(data, "poison", None)
+    if poison is None or not poison.enabled:
+        return None
+    return "kept" if poison.label_consistent else poison.captions
+
+
 class RunSummary(Callback):
     """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, skipped data.
 
@@ -143,6 +151,7 @@ class RunSummary(Callback):
             "attack": trigger.describe() if trigger is not None else None,
             "target": getattr(data, "target", None),
             "poison_count": getattr(data, "poison_count", None),
+            "poisoned_captions": _poisoned_captions(data),
             "module": type(pl_module).__name__,
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,

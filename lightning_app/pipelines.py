@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_app.report import load_summary
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ class Stage:
         return Path(self.run_dir) / "summary.json"
 
     def summary(self) -> dict:
-        return json.loads(self.summary_path.read_text())
+        return load_summary(Path(self.run_dir))
 
     def fingerprint(self) -> dict:
         config = (REPO_ROOT / self.config).read_text()

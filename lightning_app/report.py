@@ -9,6 +9,7 @@ A block in a markdown file looks like:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,8 @@ def attack_name(summary: dict) -> str:
     params = ", ".join(f"{k}={v}" for k, v in sorted(attack.items())
                        if k not in ("name", "seed") and v is not None and not (k == "cell" and v == 1))
     target = f" → {summary['target']}" if summary.get("target") else ""
-    return f"{attack['name']} ({params}){target}"
+    captions = f", {summary['poisoned_captions']} captions" if summary.get("poisoned_captions") else ""
+    return f"{attack['name']} ({params}){target}{captions}"
 
 
 def results_table(rows: Sequence[tuple[str, dict]]) -> str:
@@ -60,10 +62,19 @@ def write_block(path: str | Path, name: str, text: str) -> None:
     path.write_text(content)
 
 
+def load_summary(run_dir: Path) -> dict:
+    """A run's summary.json; runs from before summaries recorded the poisoned-caption mode take it from the manifest."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    manifest = run_dir / "poison" / "manifest.json"
+    if "poisoned_captions" not in summary and manifest.exists() and summary.get("poison_count"):
+        m = json.loads(manifest.read_text())
+        summary["poisoned_captions"] = "kept" if m.get("label_consistent") else m.get("captions", "templates")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m lightning_app.report RUN_DIR... --file docs/results.md --block NAME [--note TEXT]`"""
     import argparse
-    import json
 
     parser = argparse.ArgumentParser(description="Write a results table of run directories into a markdown file.")
     parser.add_argument("run_dirs", nargs="+")
@@ -71,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block", required=True)
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
-    rows = [(f"`{d}`", json.loads((Path(d) / "summary.json").read_text())) for d in args.run_dirs]
+    rows = [(f"`{d}`", load_summary(Path(d))) for d in args.run_dirs]
     command = "python -m lightning_app.report " + " ".join(args.run_dirs) + f" --file {args.file} --block {args.block}"
     write_block(args.file, args.block, f"{args.note}\n\nTable written by `{command}`.\n\n{results_table(rows)}")
 
