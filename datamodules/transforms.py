@@ -94,6 +94,7 @@ class TrainSample:
     def collate(self, samples: list[dict]) -> dict:
         """Stack a batch; captions are tokenised here, a batch at a time (half the cost per caption)."""
         batch = collate(samples)
+        batch["caption"] = list(batch["text"])
         for name in ("text", "text_aug"):
             if name in batch:
                 batch[name] = self.tokenizer(batch[name])

@@ -5,6 +5,7 @@ from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
 from modules.ubt import SuspiciousPairDiscovery
+from modules.ubt_unlearn import TokenUnlearning
 
 __all__ = ["ABD", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "ModelConfig",
-           "OptimizerConfig", "SuspiciousPairDiscovery"]
+           "OptimizerConfig", "SuspiciousPairDiscovery", "TokenUnlearning"]

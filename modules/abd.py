@@ -14,7 +14,6 @@ patch pasted at a random place, or (`adversarial: pgd`) a per-image L∞ PGD exa
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Literal, Optional
@@ -25,23 +24,12 @@ from safetensors.torch import load_file, save_file
 from torchvision.utils import save_image
 
 from modules.adversarial import CraftingWeights, crafting_objective, paste_patch, pgd_perturb, random_positions
-from modules.base import CLIPModule, OptimizerConfig
+from modules.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.losses import cleanclip_loss
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP
 
 PATCH_FILE = "patch.safetensors"
-
-
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    """BatchNorm must not learn its running statistics from the crafting passes."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def load_patch(directory: str | Path) -> torch.Tensor:
@@ -58,7 +46,7 @@ class _Crafting:
         return torch.Generator().manual_seed(hash((self.seed, self.global_step, salt)) & 0x7FFF_FFFF)
 
     def _targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad(), _eval_mode(self.model):
+        with torch.no_grad(), eval_mode(self.model):
             return self.encode_image(batch["image"]), self.encode_text(batch["text"])
 
     def _paste(self, images: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
@@ -180,7 +168,7 @@ class ABD(_Crafting, CleanCLIP):
     def _refresh_patch(self, batch: dict, clean: torch.Tensor, text: torch.Tensor) -> None:
         patch = self.patch.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([patch], lr=self.refresh_lr)
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             for _ in range(self.refresh_steps):
                 feats = self.encode_image(self._paste(batch["image"], patch))
                 objective = crafting_objective(feats, clean, text, self.logit_scale().detach(), self.weights)["objective"]
@@ -203,7 +191,7 @@ class ABD(_Crafting, CleanCLIP):
             feats = self.encode_image(images)
             return crafting_objective(feats, clean, text, self.logit_scale().detach(), self.weights)["objective"]
 
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             return pgd_perturb(batch["image"], objective, self.epsilon, self.pgd_steps, self.pgd_step_size,
                                spec.mean, spec.std, self._generator(2))
 

@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
 
@@ -38,6 +40,25 @@ from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 
 SCORES = ("before", "after", "rise")
+SUSPICIOUS_PAIRS = "suspicious_pairs.safetensors"
+
+
+def save_suspicious_pairs(path: Path, keys: list[str], images: torch.Tensor, captions: list[str]) -> None:
+    """Ranked suspicious pairs: uint8 images (m, 3, S, S) and, in the metadata, keys and captions (no pickle)."""
+    assert images.dtype == torch.uint8 and len(images) == len(keys) == len(captions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"images": images.contiguous()}, str(path), metadata={"keys": json.dumps(keys), "captions": json.dumps(captions)})
+
+
+def load_suspicious_pairs(path: Path, m: int) -> tuple[list[str], torch.Tensor, list[str]]:
+    """The first (most suspicious) `m` pairs written by `save_suspicious_pairs`."""
+    if not path.exists():
+        raise ValueError(f"suspicious pairs {path} do not exist: run UBT stage 1 (ubt_detect) first")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        images = f.get_tensor("images")
+    keys, captions = json.loads(meta["keys"]), json.loads(meta["captions"])
+    return keys[:m], images[:m], captions[:m]
 
 
 def per_pair_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -135,6 +156,22 @@ class SuspiciousPairDiscovery(CLIPModule):
         before = self.similarity_before
         scores = {"before": before, "after": after, "rise": {k: after[k] - before[k] for k in after if k in before}}
         self._write(scores)
+        self._export_suspicious(rank_keys(scores[self.score])[: self.top_m])
+
+    @torch.no_grad()
+    def _export_suspicious(self, keys: list[str]) -> None:
+        """The top-m pairs as the model saw them (uint8 pixels at its input size, captions) for stage 2."""
+        wanted, images, captions = set(keys), {}, {}
+        spec = self.input_spec()
+        mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+        for batch in self.trainer.datamodule.train_stream.every_pair_once():
+            for key, image, caption in zip(batch["key"], batch["image"], batch["caption"]):
+                if key in wanted:
+                    images[key] = ((image.cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+                    captions[key] = caption
+        keys = [k for k in keys if k in images]
+        save_suspicious_pairs(Path(self.trainer.default_root_dir) / "ubt" / SUSPICIOUS_PAIRS,
+                              keys, torch.stack([images[k] for k in keys]), [captions[k] for k in keys])
 
     @rank_zero_only
     def _write(self, scores: dict[str, dict[str, float]]) -> None:

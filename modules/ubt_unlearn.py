@@ -1,0 +1,173 @@
+"""UBT, stage 2: token-local unlearning of the suspicious pairs found by stage 1.
+
+    python main.py fit --config configs/embedded/ubt_unlearn.yaml
+
+Reads RUN/ubt/suspicious_pairs.safetensors of a stage-1 run (`suspicious_dir`: its `ubt/` directory),
+at most `m` pairs: the images as the model saw them and their captions. The training data is the clean
+fine-tuning stream, for the retain loss. Each step:
+1. attribution: on a mini-batch of suspicious pairs, the similarity s(I, T) is attributed to the
+   text tokens (token embeddings) and image tokens (ViT patches, or the positions entering a
+   ModifiedResNet's attention pool) by grad × activation; the top `text_tokens` / `image_tokens` of
+   each pair are kept;
+2. unlearning: s(I, T) of the same pairs is recomputed with gradient flowing through those tokens only,
+   and L_forget = mean(relu(s − margin)) pushes each suspicious image away from its caption;
+3. retain: L_retain = the CLIP loss on the clean batch.
+L = L_retain + λ·L_forget, and only the parameters named by `trainable` (prefixes) are updated; the
+BatchNorm statistics of frozen layers stay fixed, and the suspicious passes run in eval mode (they
+do not move any running statistics).
+
+What "through the top tokens only" controls: the gate sits at the token sites, so it restricts the
+forget gradient of the parameters *at or below* a site: the token-embedding rows of the top text
+tokens, a ViT's patch embedding through the top patches, a ModifiedResNet's last stage through the
+top attention-pool positions. Those are the default trainable set. Parameters above a site (e.g. the
+text transformer) may be made trainable too; their forget gradient then comes from every token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from modules.base import CLIPModule, OptimizerConfig, eval_mode
+from modules.model_loading import ModelConfig
+from modules.token_attribution import TokenTap, token_attribution, top_token_mask
+from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs
+
+
+def freeze_all_but(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
+    """requires_grad only on parameters whose name starts with one of `prefixes`; returns their names."""
+    names = [name for name, _ in model.named_parameters()]
+    trainable = [n for n in names if any(n.startswith(p) for p in prefixes)]
+    if not trainable:
+        examples = ", ".join(sorted({n.rsplit(".", 2)[0] for n in names})[:12])
+        raise ValueError(f"model.trainable {prefixes} matches no parameter; parameter names start like: {examples}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    return trainable
+
+
+def token_local_parameters(model: torch.nn.Module) -> list[str]:
+    """The parameters whose forget gradient the token gates control (see the module docstring)."""
+    visual = "visual.layer4" if hasattr(model.visual, "attnpool") else "visual.conv1"
+    return ["token_embedding", visual]
+
+
+def keep_frozen_norms_in_eval(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
+
+
+@contextlib.contextmanager
+def _no_param_grads(model: torch.nn.Module):
+    """The attribution pass needs gradients w.r.t. activations only."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class TokenUnlearning(CLIPModule):
+    """UBT stage 2; see the module docstring."""
+
+    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
+                 suspicious_dir: str = "runs/embedded/ubt_detect/ubt", m: int = 200, forget_batch_size: int = 64,
+                 text_tokens: int = 3, image_tokens: int = 4, margin: float = 0.0, lambda_forget: float = 1.0,
+                 trainable: Optional[list[str]] = None,
+                 seed: int = 0):
+        """
+        Args:
+            model: The (possibly poisoned) model to clean.
+            optimizer: AdamW and the schedule (only the trainable parameters are in it).
+            suspicious_dir: The `ubt/` directory of a stage-1 run (holds suspicious_pairs.safetensors).
+            m: At most this many of the top-ranked suspicious pairs are unlearned.
+            forget_batch_size: Suspicious pairs per step.
+            text_tokens: Text tokens per pair that the unlearning acts through (top by attribution).
+            image_tokens: Image tokens (ViT patches / attention-pool positions) per pair.
+            margin: L_forget = mean(relu(similarity − margin)).
+            lambda_forget: Weight of L_forget against the retain CLIP loss.
+            trainable: Parameter-name prefixes that are updated; all others are frozen. The default is the
+                token-local set of a ModifiedResNet (`visual.layer4`) or a ViT (`visual.conv1`), whichever exists.
+            seed: Seed of the suspicious mini-batch draws.
+        """
+        super().__init__(model, optimizer)
+        if m < 1 or forget_batch_size < 1:
+            raise ValueError("model.m and model.forget_batch_size must be ≥ 1")
+        self.suspicious_dir = suspicious_dir
+        self.m = m
+        self.forget_batch_size = forget_batch_size
+        self.text_tokens = text_tokens
+        self.image_tokens = image_tokens
+        self.margin = margin
+        self.lambda_forget = lambda_forget
+        self.seed = seed
+        self.trainable = freeze_all_but(self.model, list(trainable) if trainable is not None else token_local_parameters(self.model))
+        self.forget_keys: list[str] = []
+        self.forget_images = torch.empty(0)
+        self.forget_tokens = torch.empty(0)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        keys, images, captions = load_suspicious_pairs(Path(self.suspicious_dir) / SUSPICIOUS_PAIRS, self.m)
+        if not keys:
+            raise ValueError(f"{Path(self.suspicious_dir) / SUSPICIOUS_PAIRS} holds no pairs")
+        spec = self.input_spec()
+        if images.shape[-1] != spec.image_size:
+            raise ValueError(f"suspicious pairs are {images.shape[-1]} px but the model takes {spec.image_size} px")
+        self.forget_keys = keys
+        self.forget_images = images
+        self.forget_tokens = spec.tokenizer(captions)
+
+    def forget_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A seeded draw (by step) of suspicious pairs: normalised images and tokens, on the module's device."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
+        n = min(self.forget_batch_size, len(self.forget_keys))
+        index = torch.randperm(len(self.forget_keys), generator=gen)[:n]
+        spec = self.input_spec()
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        images = (self.forget_images[index].float() / 255.0 - mean) / std
+        return images.to(self.device), self.forget_tokens[index].to(self.device)
+
+    def token_masks(self, tap: TokenTap, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-attributed text and image tokens of each pair for its similarity s(I, T)."""
+        tap.record()
+        with _no_param_grads(self.model), torch.enable_grad():
+            similarity = (self.encode_image(images) * self.encode_text(tokens)).sum(-1)
+            text_grad, image_grad = torch.autograd.grad(similarity.sum(), [tap.text, tap.image])
+        text_scores = token_attribution(tap.text, text_grad, channel_dim=-1)
+        image_scores = token_attribution(tap.image, image_grad, channel_dim=1)
+        text_mask = top_token_mask(text_scores, self.text_tokens, valid=tokens != 0)
+        image_mask = top_token_mask(image_scores, self.image_tokens)
+        return text_mask, image_mask
+
+    def forget_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_forget and the (gated) similarity of each suspicious pair."""
+        with TokenTap(self.model) as tap, eval_mode(self.model):
+            text_mask, image_mask = self.token_masks(tap, images, tokens)
+            tap.gate_with(text_mask, image_mask)
+            similarity = (self.encode_image(images) * self.encode_text(tokens)).sum(-1)
+        return torch.relu(similarity - self.margin).mean(), similarity.detach()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        keep_frozen_norms_in_eval(self.model)  # Lightning puts the model back in train mode after validation
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        retain = self.clip_loss(self.encode_image(batch["image"]), self.encode_text(batch["text"]), self.logit_scale())
+        forget, similarity = self.forget_loss(*self.forget_batch())
+        loss = retain + self.lambda_forget * forget
+        self.log_dict({"train/loss": loss, "train/loss_retain": retain, "train/loss_forget": forget}, prog_bar=True)
+        self.log("train/forget_similarity", similarity.mean())
+        return loss
+
+    def summary_extras(self) -> dict:
+        return {"unlearned_pairs": len(self.forget_keys), "trainable_parameters": sum(
+            p.numel() for n, p in self.model.named_parameters() if n in self.trainable)}
