@@ -29,8 +29,9 @@ def learning_benchmark(tmp_path_factory) -> EmbeddedBenchmark:
     return bench
 
 
-def train_small(bench: EmbeddedBenchmark, run_dir, rate: float) -> dict:
-    """The strongly poisoned small recipe (fixed 8x8 patch at a fixed corner, 8 epochs, batch 64)."""
+def train_small(bench: EmbeddedBenchmark, run_dir, rate: float, *extra: str) -> dict:
+    """The strongly poisoned small recipe (fixed 8x8 patch at a fixed corner, target star, template
+    captions, 8 epochs, batch 64), pinned here so that the shipped recipe can change; `extra` overrides."""
     import json
 
     from lightning_app.cli import BackdoorCLI
@@ -47,7 +48,10 @@ def train_small(bench: EmbeddedBenchmark, run_dir, rate: float) -> dict:
         "--data.init_args.eval.directory", bench.eval_dir,
         "--data.init_args.batch_size", "64",
         "--data.init_args.poison.rate", str(rate),
+        "--data.init_args.poison.target", "star",
+        "--data.init_args.poison.captions", "templates",
         "--model.init_args.optimizer.warmup_steps", "20",
+        *extra,
     ])
     return json.loads((run_dir / "summary.json").read_text())
 
