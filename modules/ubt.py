@@ -7,19 +7,18 @@ Run on the (possibly poisoned) training data as the model saw it, from the model
 2. overfit the model on the same data, each pair's contrastive loss weighted toward weak-similarity
    pairs (`softmax(-s/τ)` within the batch, mean 1): the clean pairs that the model fits worst get the
    push, and the backdoor shortcut, which fits its pairs easily, is strengthened rather than diluted;
-3. score again and rank the pairs, by the similarity after overfitting (`score: after`) or by its rise
-   (`score: rise`); both rankings, and the one before overfitting, are evaluated.
+3. score again and rank the pairs, by the similarity after overfitting (`score: after`), by its rise
+   (`score: rise`), or by the weakness of the similarity before (`score: weak`); every ranking is
+   evaluated.
 Writes RUN/ubt/ranking.json (every key with its scores, ranked) and RUN/ubt/suspicious.json (top m).
 Detection quality against the run's poison manifest (which no decision reads) goes to
 RUN/ubt/detection.json and summary.json: AUROC, precision and recall at k, as torchmetrics.
 Choice made here (the papers leave it open): loss weighting within the batch rather than weighted
 sampling, because the shards stream and cannot be sampled by weight.
 
-Status: measured on a strongly poisoned small case (30% BadNet, 3K pairs), the similarity ranking does
-not find the poisoned pairs yet: AUROC 0.47 before overfitting, 0.63 (after) / 0.60 (rise) after one
-epoch, lower after three. Poisoned captions are near-identical templates, so in a contrastive batch
-they are each other's hard negatives and their similarity stays low. Stage 2 (token-local unlearning)
-is not built.
+Measured detection quality of each score: docs/results.md (block `ubt`). Where poisoned captions
+describe another picture than the triggered image (the caption-set attack), the poisoned pairs are
+the weakest-matched ones under the poisoned model, so `weak` finds them and `after` ranks them last.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 
-SCORES = ("before", "after", "rise")
+SCORES = ("before", "after", "rise", "weak")
 SUSPICIOUS_PAIRS = "suspicious_pairs.safetensors"
 
 
@@ -96,14 +95,15 @@ class SuspiciousPairDiscovery(CLIPModule):
     """UBT stage 1: overfit toward weak-similarity pairs, then rank the pairs; see the module docstring."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
-                 temperature: float = 0.05, score: Literal["after", "rise"] = "after", top_m: int = 200,
+                 temperature: float = 0.05, score: Literal["after", "rise", "weak"] = "after", top_m: int = 200,
                  report_k: list[int] = [100, 200, 1000]):
         """
         Args:
             model: The (possibly poisoned) model; a copy of it is overfitted, the original is untouched.
             optimizer: AdamW and the schedule of the overfitting.
             temperature: τ of the weak-pair weights softmax(-similarity/τ).
-            score: Which score ranks the pairs in suspicious.json: similarity after overfitting, or its rise.
+            score: Which score ranks the pairs in suspicious.json: similarity after overfitting (UBT), its
+                rise, or `weak`: the lowest similarity under the incoming model (SafeCLIP's signal).
             top_m: How many of the top-ranked keys make up the suspicious set (UBT's unlearning set).
             report_k: The k of precision@k and recall@k.
         """
@@ -154,7 +154,8 @@ class SuspiciousPairDiscovery(CLIPModule):
     def on_train_end(self) -> None:
         after = self.score_pairs()
         before = self.similarity_before
-        scores = {"before": before, "after": after, "rise": {k: after[k] - before[k] for k in after if k in before}}
+        scores = {"before": before, "after": after, "rise": {k: after[k] - before[k] for k in after if k in before},
+                  "weak": {k: -v for k, v in before.items()}}
         self._write(scores)
         self._export_suspicious(rank_keys(scores[self.score])[: self.top_m])
 

@@ -41,3 +41,18 @@ def test_detection_metrics_of_a_planted_ranking():
     # AUROC: of 4 × 16 (poisoned, clean) pairs, k03 ranks below 16 - 3 = 13 clean keys
     assert m["auroc"] == pytest.approx((3 * 16 + 3) / 64)
     assert rank_keys(scores)[:2] == ["k19", "k18"]
+
+
+def test_stage_one_streams_the_poisoned_runs_own_data_with_defaults_for_keys_it_predates(tmp_path):
+    import yaml
+
+    from lightning_app.ubt_compare import poisoning_overrides
+
+    config = {"data": {"init_args": {"train_shards": "d/{0..3}.tar", "poison": {"rate": 0.05, "target": "star"}}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    overrides = poisoning_overrides(tmp_path)
+    pairs = dict(zip(overrides[::2], overrides[1::2]))
+    assert pairs["--data.init_args.train_shards"] == "d/{0..3}.tar"
+    assert pairs["--data.init_args.poison.target"] == "star" and pairs["--data.init_args.poison.rate"] == "0.05"
+    assert pairs["--data.init_args.poison.captions"] == "templates"  # the default before the key existed
+    assert pairs["--data.init_args.poison.count"] == "null"
