@@ -15,14 +15,27 @@ import argparse
 import logging
 from pathlib import Path
 
-from lightning_app.pipelines import Stage, run_stage
+import yaml
+
+from lightning_app.pipelines import REPO_ROOT, Stage, run_stage
 from lightning_app.report import results_table, write_block
 
 POISONED = {
     "badnet": Stage("poisoned (BadNet)", "configs/embedded/badnet.yaml", "runs/demo/badnet"),
     "blended": Stage("blended", "configs/embedded/blended.yaml", "runs/attacks/blended"),
+    "badnet_vit": Stage("poisoned (BadNet, ViT)", "configs/embedded/badnet_vit.yaml", "runs/attacks/badnet_vit"),
 }
-DEFENSE_ROOT = {"badnet": "runs/demo", "blended": "runs/defenses/blended"}
+DEFENSE_ROOT = {"badnet": "runs/demo", "blended": "runs/defenses/blended", "badnet_vit": "runs/defenses/badnet_vit"}
+
+
+def _model_name(config: str) -> str:
+    return yaml.safe_load((REPO_ROOT / config).read_text())["model"]["init_args"]["model"]["name"]
+
+
+def same_model(poisoned: Stage, defense_config: str) -> list[str]:
+    """Overrides that give a defense config the poisoned run's architecture, when they differ."""
+    name = _model_name(poisoned.config)
+    return [] if name == _model_name(defense_config) else ["--model.init_args.model.name", name]
 METHODS = ("ft", "cleanclip", "abd")
 
 
@@ -30,17 +43,23 @@ def defense_stages(poisoned: Stage, root: Path, methods: tuple[str, ...] = METHO
     """The defense stages cleaning `poisoned`, in run directories under `root`."""
     weights = str(Path(poisoned.run_dir) / "checkpoints" / "last.ckpt")
     trigger = str(Path(poisoned.run_dir) / "trigger")
-    starts_from_poisoned = ["--model.init_args.model.pretrained", weights, "--data.init_args.trigger_dir", trigger]
+    start = ["--model.init_args.model.pretrained", weights, "--data.init_args.trigger_dir", trigger]
+
+    def starts_from_poisoned(config: str) -> list[str]:
+        return [*start, *same_model(poisoned, config)]
+
     stages = []
     if "ft" in methods:
-        stages.append(Stage("FT", "configs/embedded/ft.yaml", str(root / "ft"), starts_from_poisoned))
+        stages.append(Stage("FT", "configs/embedded/ft.yaml", str(root / "ft"), starts_from_poisoned("configs/embedded/ft.yaml")))
     if "cleanclip" in methods:
-        stages.append(Stage("CleanCLIP", "configs/embedded/cleanclip.yaml", str(root / "cleanclip"), starts_from_poisoned))
+        stages.append(Stage("CleanCLIP", "configs/embedded/cleanclip.yaml", str(root / "cleanclip"),
+                            starts_from_poisoned("configs/embedded/cleanclip.yaml")))
     if "abd" in methods:
         stages.append(Stage("ABD: crafting the patch", "configs/embedded/abd_craft.yaml", str(root / "abd_craft"),
-                            starts_from_poisoned))
+                            starts_from_poisoned("configs/embedded/abd_craft.yaml")))
         stages.append(Stage("ABD", "configs/embedded/abd.yaml", str(root / "abd"),
-                            [*starts_from_poisoned, "--model.init_args.patch_dir", str(root / "abd_craft" / "adversarial")]))
+                            [*starts_from_poisoned("configs/embedded/abd.yaml"),
+                             "--model.init_args.patch_dir", str(root / "abd_craft" / "adversarial")]))
     return stages
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from datamodules.poison import PoisonConfig
-from lightning_app.defense_compare import POISONED, defense_stages
+from lightning_app.defense_compare import POISONED, defense_stages, same_model
 from lightning_app.pipelines import Stage, run_stage
 from lightning_app.report import fmt, results_table, write_block
 
@@ -43,10 +43,13 @@ def ubt_stages(poisoned: Stage, root: Path, score: str, m: int) -> list[Stage]:
     run = Path(poisoned.run_dir)
     start = ["--model.init_args.model.pretrained", str(run / "checkpoints" / "last.ckpt"),
              "--data.init_args.trigger_dir", str(run / "trigger")]
-    detect = Stage("UBT 1: suspicious pairs", "configs/embedded/ubt_detect.yaml", str(root / "detect"),
-                   [*start, *poisoning_overrides(run), "--model.init_args.score", score, "--model.init_args.top_m", str(m)])
-    unlearn = Stage("UBT 2: token unlearning", "configs/embedded/ubt_unlearn.yaml", str(root / "unlearn"),
-                    [*start, "--model.init_args.suspicious_dir", str(root / "detect" / "ubt"), "--model.init_args.m", str(m)])
+    detect_config, unlearn_config = "configs/embedded/ubt_detect.yaml", "configs/embedded/ubt_unlearn.yaml"
+    detect = Stage("UBT 1: suspicious pairs", detect_config, str(root / "detect"),
+                   [*start, *same_model(poisoned, detect_config), *poisoning_overrides(run),
+                    "--model.init_args.score", score, "--model.init_args.top_m", str(m)])
+    unlearn = Stage("UBT 2: token unlearning", unlearn_config, str(root / "unlearn"),
+                    [*start, *same_model(poisoned, unlearn_config),
+                     "--model.init_args.suspicious_dir", str(root / "detect" / "ubt"), "--model.init_args.m", str(m)])
     return [detect, unlearn]
 
 
@@ -70,9 +73,10 @@ def main(argv: list[str] | None = None) -> str:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     poisoned = POISONED[args.attack]
     root = Path(args.runs) / args.attack
+    summaries = {poisoned.label: run_stage(poisoned)}  # stage 1 reads the poisoned run's config.yaml
     cleanclip = defense_stages(poisoned, root, ("cleanclip",))[0]
     detect, unlearn = ubt_stages(poisoned, root, args.score, args.m)
-    summaries = {stage.label: run_stage(stage) for stage in (poisoned, cleanclip, detect, unlearn)}
+    summaries.update({stage.label: run_stage(stage) for stage in (cleanclip, detect, unlearn)})
     ubt_time = summaries[detect.label]["wall_time_s"] + summaries[unlearn.label]["wall_time_s"]
     cleanclip_time = summaries[cleanclip.label]["wall_time_s"]
     before = summaries[poisoned.label]
