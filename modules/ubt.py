@@ -23,9 +23,10 @@ the weakest-matched ones under the poisoned model, so `weak` finds them and `aft
 
 from __future__ import annotations
 
+import heapq
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -118,25 +119,42 @@ class SuspiciousPairDiscovery(CLIPModule):
         self.detection: dict[str, dict[str, float]] = {}
 
     @torch.no_grad()
-    def score_pairs(self) -> dict[str, float]:
+    def score_pairs(self, keep: Optional[Callable[[str, float], float]] = None) -> tuple[dict[str, float], dict]:
         """Cosine similarity of every training pair under the current model (one unshuffled pass over
-        all shards in this process, eval mode)."""
+        all shards in this process, eval mode). With `keep(key, similarity) → priority`, the pass also
+        keeps the pairs of the `top_m` highest priorities as the model saw them (uint8 pixels at its
+        input size, caption), so that stage 2 needs no further pass: {key: (image, caption)}."""
         if self.trainer.world_size != 1:
             raise ValueError("suspicious-pair discovery runs on one device (it scores the whole stream)")
         was_training = self.training
         self.eval()
+        spec = self.input_spec()
+        mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
         scores: dict[str, float] = {}
+        heap: list[tuple[float, int, str, torch.Tensor, str]] = []  # min-heap of the best so far
         for batch in self.trainer.datamodule.train_stream.every_pair_once():
             image = self.encode_image(batch["image"].to(self.device))
             text = self.encode_text(batch["text"].to(self.device))
-            scores.update(zip(batch["key"], (image * text).sum(-1).tolist()))
+            similarity = (image * text).sum(-1).tolist()
+            scores.update(zip(batch["key"], similarity))
+            if keep is None:
+                continue
+            for i, (key, value) in enumerate(zip(batch["key"], similarity)):
+                # a little slack beyond m, so that ties are settled by rank_keys, not by arrival order
+                entry = (keep(key, value), len(scores) + i, key, batch["image"][i], batch["caption"][i])
+                if len(heap) < self.top_m + 16:
+                    heapq.heappush(heap, entry)
+                elif entry[0] > heap[0][0]:
+                    heapq.heapreplace(heap, entry)
         self.train(was_training)
-        return scores
+        kept = {key: (((pixels.cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8), caption)
+                for _, _, key, pixels, caption in heap}
+        return scores, kept
 
     def on_train_start(self) -> None:
         super().on_train_start()
         if not self.similarity_before:  # (restored from the checkpoint on resume)
-            self.similarity_before = self.score_pairs()
+            self.similarity_before, _ = self.score_pairs()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image, text = self.encode_image(batch["image"]), self.encode_text(batch["text"])
@@ -152,27 +170,16 @@ class SuspiciousPairDiscovery(CLIPModule):
         self.similarity_before = checkpoint.get("ubt_similarity_before", {})
 
     def on_train_end(self) -> None:
-        after = self.score_pairs()
         before = self.similarity_before
+        priority = {"after": lambda key, s: s, "rise": lambda key, s: s - before[key], "weak": lambda key, s: -before[key]}
+        after, kept = self.score_pairs(keep=priority[self.score])
         scores = {"before": before, "after": after, "rise": {k: after[k] - before[k] for k in after if k in before},
                   "weak": {k: -v for k, v in before.items()}}
         self._write(scores)
-        self._export_suspicious(rank_keys(scores[self.score])[: self.top_m])
-
-    @torch.no_grad()
-    def _export_suspicious(self, keys: list[str]) -> None:
-        """The top-m pairs as the model saw them (uint8 pixels at its input size, captions) for stage 2."""
-        wanted, images, captions = set(keys), {}, {}
-        spec = self.input_spec()
-        mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
-        for batch in self.trainer.datamodule.train_stream.every_pair_once():
-            for key, image, caption in zip(batch["key"], batch["image"], batch["caption"]):
-                if key in wanted:
-                    images[key] = ((image.cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-                    captions[key] = caption
-        keys = [k for k in keys if k in images]
-        save_suspicious_pairs(Path(self.trainer.default_root_dir) / "ubt" / SUSPICIOUS_PAIRS,
-                              keys, torch.stack([images[k] for k in keys]), [captions[k] for k in keys])
+        top = rank_keys(scores[self.score])[: self.top_m]
+        assert all(key in kept for key in top), "the scoring pass kept every top-m pair"
+        save_suspicious_pairs(Path(self.trainer.default_root_dir) / "ubt" / SUSPICIOUS_PAIRS, top,
+                              torch.stack([kept[k][0] for k in top]), [kept[k][1] for k in top])
 
     @rank_zero_only
     def _write(self, scores: dict[str, dict[str, float]]) -> None:
