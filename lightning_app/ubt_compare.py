@@ -35,7 +35,8 @@ def poisoning_overrides(poisoned_run: Path) -> list[str]:
     # keys the run's config lacks (written before they existed) had their default then
     poison = {**dataclasses.asdict(PoisonConfig()), **data["poison"]}
     for key, value in poison.items():
-        overrides += [f"--data.init_args.poison.{key}", "null" if value is None else str(value)]
+        if value is not None:  # None is every optional key's default (and jsonargparse takes no "null" here)
+            overrides += [f"--data.init_args.poison.{key}", str(value)]
     return overrides
 
 

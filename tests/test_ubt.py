@@ -55,4 +55,4 @@ def test_stage_one_streams_the_poisoned_runs_own_data_with_defaults_for_keys_it_
     assert pairs["--data.init_args.train_shards"] == "d/{0..3}.tar"
     assert pairs["--data.init_args.poison.target"] == "star" and pairs["--data.init_args.poison.rate"] == "0.05"
     assert pairs["--data.init_args.poison.captions"] == "templates"  # the default before the key existed
-    assert pairs["--data.init_args.poison.count"] == "null"
+    assert "--data.init_args.poison.count" not in pairs
