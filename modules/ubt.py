@@ -85,6 +85,8 @@ def detection_metrics(scores: dict[str, float], poisoned: set[str], ks: list[int
     target = torch.tensor([k in poisoned for k in keys])
     out = {"auroc": BinaryAUROC()(preds, target.long()).item() if 0 < target.sum() < len(target) else float("nan")}
     indexes = torch.zeros(len(keys), dtype=torch.long)
+    # torchmetrics' retrieval metrics return 0 when the scores are negative; a shift keeps the ranking
+    preds = preds - preds.min() + 1.0
     for k in ks:
         out[f"precision@{k}"] = RetrievalPrecision(top_k=k)(preds, target, indexes=indexes).item()
         out[f"recall@{k}"] = RetrievalRecall(top_k=k)(preds, target, indexes=indexes).item()

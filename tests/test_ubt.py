@@ -41,6 +41,8 @@ def test_detection_metrics_of_a_planted_ranking():
     # AUROC: of 4 × 16 (poisoned, clean) pairs, k03 ranks below 16 - 3 = 13 clean keys
     assert m["auroc"] == pytest.approx((3 * 16 + 3) / 64)
     assert rank_keys(scores)[:2] == ["k19", "k18"]
+    negated = detection_metrics({k: -v for k, v in scores.items()}, {"k00", "k01", "k10"}, ks=[2, 3])
+    assert negated["precision@2"] == pytest.approx(1.0) and negated["recall@3"] == pytest.approx(2 / 3)
 
 
 def test_stage_one_streams_the_poisoned_runs_own_data_with_defaults_for_keys_it_predates(tmp_path):
