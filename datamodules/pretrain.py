@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
+import yaml
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -171,11 +172,24 @@ class ShardDataModule(LightningDataModule):
             self.trigger = load_trigger(self.trigger_dir)
             self._adopt_attack_target(Path(self.trigger_dir) / TARGET_FILE)
 
+    @staticmethod
+    def _recorded_target(path: Path) -> Optional[str]:
+        """The target in trigger/target.json, or for runs from before that file, in the run's config.yaml."""
+        if path.exists():
+            return json.loads(path.read_text())["target"]
+        config = path.parent.parent / "config.yaml"
+        if config.exists():
+            poison = (yaml.safe_load(config.read_text()).get("data") or {}).get("init_args", {}).get("poison") or {}
+            return poison.get("target")
+        return None
+
     def _adopt_attack_target(self, path: Path) -> None:
         """A defense measures ASR toward the target of the attack that made its model."""
-        if not path.exists():
-            return  # trigger artifacts from before targets were recorded: poison.target stands
-        target = json.loads(path.read_text())["target"]
+        target = self._recorded_target(path)
+        if target is None:
+            log.warning("no attack target recorded with %s: ASR is measured toward data.poison.target %r",
+                        path.parent, self.poison.target)
+            return
         if target == self.poison.target:
             return
         if self.poison.enabled:

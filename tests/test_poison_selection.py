@@ -122,3 +122,16 @@ def test_dataset_captions_poison_with_the_shards_own_target_captions(small_bench
     assert captions <= star_captions and len(captions) > 5
     with pytest.raises(ValueError, match="caption pool"):
         Poisoner(BadNet(size=4), manifest["keys"], config, [])
+
+
+def test_a_defense_takes_the_target_from_the_attack_runs_config_when_no_target_file_exists(tmp_path):
+    import yaml
+
+    from datamodules import BadNet, ShardDataModule
+
+    BadNet(size=4, pattern="fixed").save(tmp_path / "attack" / "trigger", 32)
+    (tmp_path / "attack" / "config.yaml").write_text(yaml.safe_dump({"data": {"init_args": {"poison": {"target": "heart"}}}}))
+    defense = ShardDataModule(trigger_dir=str(tmp_path / "attack" / "trigger"), poison=PoisonConfig(rate=0.0, target="star"),
+                              run_dir=str(tmp_path))
+    defense._resolve_trigger()
+    assert defense.target == "heart"
