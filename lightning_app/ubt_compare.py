@@ -51,7 +51,9 @@ def ubt_stages(poisoned: Stage, root: Path, score: str, m: int) -> list[Stage]:
     unlearn = Stage("UBT 2: token unlearning", unlearn_config, str(root / "unlearn"),
                     [*start, *same_model(poisoned, unlearn_config),
                      "--model.init_args.suspicious_dir", str(root / "detect" / "ubt"), "--model.init_args.m", str(m)])
-    return [detect, unlearn]
+    control = Stage("control: stage 2 without the forget term", unlearn_config, str(root / "retain_only"),
+                    [*unlearn.overrides, "--model.init_args.lambda_forget", "0"])
+    return [detect, unlearn, control]
 
 
 def detection_table(detection: dict) -> str:
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None) -> str:
     root = Path(args.runs) / args.attack
     summaries = {poisoned.label: run_stage(poisoned)}  # stage 1 reads the poisoned run's config.yaml
     cleanclip = None if args.skip_cleanclip else defense_stages(poisoned, root, ("cleanclip",))[0]
-    detect, unlearn = ubt_stages(poisoned, root, args.score, args.m)
-    summaries.update({stage.label: run_stage(stage) for stage in (cleanclip, detect, unlearn) if stage is not None})
+    detect, unlearn, control = ubt_stages(poisoned, root, args.score, args.m)
+    summaries.update({stage.label: run_stage(stage) for stage in (cleanclip, detect, unlearn, control) if stage is not None})
     ubt_time = summaries[detect.label]["wall_time_s"] + summaries[unlearn.label]["wall_time_s"]
     before = summaries[poisoned.label]
     after = summaries[unlearn.label]
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> str:
         f"from each run's summary.json. UBT unlearns {after['unlearned_pairs']} of {pairs} training pairs "
         f"({100 * after['unlearned_pairs'] / pairs:.1f}%), ranked by `{args.score}`"
         + ("" if cleanclip is None else "; CleanCLIP: the clean fine-tuning split (10K pairs), 10 epochs")
-        + ". Stage 1 has no CA/ASR of its own (it changes no weights of the model it hands on).\n\n"
+        + ". Stage 1 has no CA/ASR of its own (it changes no weights of the model it hands on). The control "
+        "is stage 2 with λ_forget = 0: the same steps, trainable parameters and retain loss, so what it "
+        "removes is not the unlearning's doing.\n\n"
         + results_table([(label, {**s, "ca_top1": None, "ca_top5": None, "asr": None} if label == detect.label else s)
                          for label, s in summaries.items()])
         + f"\n\n{timing}UBT's CA change: {fmt(100 * (after['ca_top1'] - before['ca_top1']), 1)} points.\n\n"
