@@ -16,6 +16,10 @@ RUN/ubt/detection.json and summary.json: AUROC, precision and recall at k, as to
 Choice made here (the papers leave it open): loss weighting within the batch rather than weighted
 sampling, because the shards stream and cannot be sampled by weight.
 
+`overfit: false` skips steps 2 and 3: one scoring pass ranks by `weak`, the only score that does not
+need the overfitted model, at a third of the cost. The embedded configs use it, because `weak` is the
+ranking that finds the poisoned pairs there; `overfit: true` measures every ranking.
+
 Measured detection quality of each score: docs/results.md (block `ubt`). Where poisoned captions
 describe another picture than the triggered image (the caption-set attack), the poisoned pairs are
 the weakest-matched ones under the poisoned model, so `weak` finds them and `after` ranks them last.
@@ -99,7 +103,7 @@ class SuspiciousPairDiscovery(CLIPModule):
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  temperature: float = 0.05, score: Literal["after", "rise", "weak"] = "after", top_m: int = 200,
-                 report_k: list[int] = [100, 200, 1000]):
+                 report_k: list[int] = [100, 200, 1000], overfit: bool = True):
         """
         Args:
             model: The (possibly poisoned) model; a copy of it is overfitted, the original is untouched.
@@ -109,10 +113,16 @@ class SuspiciousPairDiscovery(CLIPModule):
                 rise, or `weak`: the lowest similarity under the incoming model (SafeCLIP's signal).
             top_m: How many of the top-ranked keys make up the suspicious set (UBT's unlearning set).
             report_k: The k of precision@k and recall@k.
+            overfit: Overfit and score again (UBT). False: one scoring pass and no training, which only
+                the `weak` ranking allows.
         """
-        super().__init__(model, optimizer)
         if temperature <= 0 or top_m < 1:
             raise ValueError("model.temperature must be > 0 and model.top_m ≥ 1")
+        if not overfit and score != "weak":
+            raise ValueError(f"model.score {score!r} ranks by the overfitted model: it needs model.overfit true "
+                             "(without overfitting only model.score 'weak' is defined)")
+        super().__init__(model, optimizer)
+        self.overfit = overfit
         self.temperature = temperature
         self.score = score
         self.top_m = top_m
@@ -155,6 +165,11 @@ class SuspiciousPairDiscovery(CLIPModule):
 
     def on_train_start(self) -> None:
         super().on_train_start()
+        if not self.overfit:
+            before, kept = self.score_pairs(keep=lambda key, s: -s)
+            self._finish({"before": before, "weak": {k: -v for k, v in before.items()}}, kept)
+            self.trainer.should_stop = True  # the fit loop ends before its first batch
+            return
         if not self.similarity_before:  # (restored from the checkpoint on resume)
             self.similarity_before, _ = self.score_pairs()
 
@@ -172,11 +187,17 @@ class SuspiciousPairDiscovery(CLIPModule):
         self.similarity_before = checkpoint.get("ubt_similarity_before", {})
 
     def on_train_end(self) -> None:
+        if not self.overfit:
+            return
         before = self.similarity_before
         priority = {"after": lambda key, s: s, "rise": lambda key, s: s - before[key], "weak": lambda key, s: -before[key]}
         after, kept = self.score_pairs(keep=priority[self.score])
         scores = {"before": before, "after": after, "rise": {k: after[k] - before[k] for k in after if k in before},
                   "weak": {k: -v for k, v in before.items()}}
+        self._finish(scores, kept)
+
+    def _finish(self, scores: dict[str, dict[str, float]], kept: dict) -> None:
+        """Write the rankings and detection quality, and the top-m pairs for stage 2."""
         self._write(scores)
         top = rank_keys(scores[self.score])[: self.top_m]
         assert all(key in kept for key in top), "the scoring pass kept every top-m pair"
@@ -189,14 +210,14 @@ class SuspiciousPairDiscovery(CLIPModule):
         out.mkdir(parents=True, exist_ok=True)
         ranked = rank_keys(scores[self.score])
         (out / "ranking.json").write_text(json.dumps(
-            {"score": self.score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in SCORES)] for k in ranked],
-             "columns": ["key", *SCORES]}))
+            {"score": self.score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in SCORES if s in scores)] for k in ranked],
+             "columns": ["key", *(s for s in SCORES if s in scores)]}))
         (out / "suspicious.json").write_text(json.dumps({"score": self.score, "m": self.top_m, "keys": ranked[: self.top_m]}, indent=1))
         manifest = Path(self.trainer.datamodule.manifest_path)
         if manifest.exists():  # evaluation only: the ranking above never saw it
             poisoned = set(json.loads(manifest.read_text())["keys"])
-            self.detection = {name: detection_metrics(scores[name], poisoned, self.report_k) for name in SCORES}
+            self.detection = {name: detection_metrics(scores[name], poisoned, self.report_k) for name in SCORES if name in scores}
             (out / "detection.json").write_text(json.dumps(self.detection, indent=1))
 
     def summary_extras(self) -> dict:
-        return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score}
+        return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit}

@@ -1,5 +1,5 @@
 """UBT stage 1: the per-pair loss and weights on hand-made tensors, and detection metrics on a planted
-ranking. (The end-to-end claim, poisoned pairs ranked first, does not hold yet: see issue 6's note.)"""
+ranking. The end-to-end ranking of planted poisoned pairs is tests/test_ubt_fit.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.ubt import detection_metrics, per_pair_clip_loss, rank_keys, weak_pair_weights
+from modules.ubt import SuspiciousPairDiscovery, detection_metrics, per_pair_clip_loss, rank_keys, weak_pair_weights
 
 
 def test_per_pair_loss_matches_a_direct_computation_and_averages_to_the_clip_loss():
@@ -58,3 +58,8 @@ def test_stage_one_streams_the_poisoned_runs_own_data_with_defaults_for_keys_it_
     assert pairs["--data.init_args.poison.target"] == "star" and pairs["--data.init_args.poison.rate"] == "0.05"
     assert pairs["--data.init_args.poison.captions"] == "templates"  # the default before the key existed
     assert "--data.init_args.poison.count" not in pairs
+
+
+def test_rankings_by_the_overfitted_model_are_refused_without_overfitting():
+    with pytest.raises(ValueError, match="model.overfit"):
+        SuspiciousPairDiscovery(score="after", overfit=False)

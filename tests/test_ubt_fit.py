@@ -25,19 +25,27 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
                   "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
                   "--data.init_args.trigger_dir", str(poisoned / "trigger")]
 
-    detect = tmp_path / "detect"
-    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_detect.yaml", "--trainer.default_root_dir", str(detect),
-                      *small_data, "--data.init_args.train_shards", learning_benchmark.pretrain_urls,
-                      "--data.init_args.poison.rate", str(RATE), *caption_set[:4],
-                      "--model.init_args.score", "weak", "--model.init_args.top_m", str(M),
-                      "--model.init_args.report_k", f"[{M}]"])
-    detection = json.loads((detect / "ubt" / "detection.json").read_text())
+    def detect(run, *extra):
+        BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_detect.yaml", "--trainer.default_root_dir", str(run),
+                          *small_data, "--data.init_args.train_shards", learning_benchmark.pretrain_urls,
+                          "--data.init_args.poison.rate", str(RATE), *caption_set[:4],
+                          "--model.init_args.top_m", str(M), "--model.init_args.report_k", f"[{M}]", *extra])
+        return json.loads((run / "ubt" / "detection.json").read_text()), json.loads((run / "ubt" / "suspicious.json").read_text())
+
+    detection, suspicious = detect(tmp_path / "detect")  # the shipped config: one scoring pass
     print({score: round(d["auroc"], 3) for score, d in detection.items()})
+    assert set(detection) == {"before", "weak"}
     assert abs(detection["weak"]["num_poisoned"] - RATE * 3000) < 30  # the rate is met per key hash, not exactly
     assert detection["weak"]["auroc"] >= 0.75  # measured 0.82 (a clean-model ranking is at 0.5)
     assert detection["weak"][f"precision@{M}"] >= 2 * RATE
-    suspicious = json.loads((detect / "ubt" / "suspicious.json").read_text())
     assert len(suspicious["keys"]) == M
+
+    # UBT's overfitting scores every ranking; its `weak` ranking is the same pass over the same model
+    overfitted, overfitted_suspicious = detect(tmp_path / "detect_overfit", "--model.init_args.overfit", "true")
+    assert set(overfitted) == {"before", "after", "rise", "weak"}
+    assert overfitted["weak"] == detection["weak"] and overfitted_suspicious["keys"] == suspicious["keys"]
+    assert overfitted["after"] != overfitted["before"]  # the overfitting moved the model
+    detect = tmp_path / "detect"
 
     unlearn = tmp_path / "unlearn"
     BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_unlearn.yaml", "--trainer.default_root_dir", str(unlearn),
