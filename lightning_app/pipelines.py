@@ -2,8 +2,9 @@
 
 A stage whose run directory already has `summary.json` is reused, one with a checkpoint but no
 summary (interrupted) is resumed with `--ckpt_path last`, anything else starts fresh. The stage's
-config text and overrides are recorded in `RUN/stage.json`; a run directory made by a different
-config or overrides is never reused or resumed (the stage fails and says so).
+config values (a hash of the parsed YAML: comments do not count) and overrides are recorded in
+`RUN/stage.json`; a run directory made by a different config or overrides is never reused or resumed
+(the stage fails and says so).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from lightning_app.report import load_summary
 
@@ -43,22 +46,32 @@ class Stage:
         return load_summary(Path(self.run_dir))
 
     def fingerprint(self) -> dict:
-        config = (REPO_ROOT / self.config).read_text()
-        return {"config": self.config, "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+        """What made the run: the config's values (its comments and layout may change) and the overrides."""
+        values = yaml.safe_load((REPO_ROOT / self.config).read_text())
+        canonical = json.dumps(values, sort_keys=True, default=str)
+        return {"config": self.config, "config_values_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
                 "overrides": list(self.overrides)}
+
+    def _legacy_match(self, recorded: dict) -> bool:
+        """stage.json of earlier versions hashed the config's text; an unchanged text still matches."""
+        text = (REPO_ROOT / self.config).read_text()
+        return (recorded.get("config_sha256") == hashlib.sha256(text.encode()).hexdigest()
+                and recorded.get("config") == self.config and recorded.get("overrides") == list(self.overrides))
 
     def check_or_record_fingerprint(self) -> None:
         path = Path(self.run_dir) / "stage.json"
         current = self.fingerprint()
         if path.exists():
             recorded = json.loads(path.read_text())
-            if recorded != current:
+            if recorded != current and not self._legacy_match(recorded):
+                digest = recorded.get("config_values_sha256", recorded.get("config_sha256", ""))[:12]
                 raise ValueError(
                     f"{self.run_dir} was made by {recorded['config']} {recorded['overrides']} "
-                    f"(config sha256 {recorded['config_sha256'][:12]}), not by this stage's "
-                    f"{current['config']} {current['overrides']} ({current['config_sha256'][:12]}): "
+                    f"(config sha256 {digest}), not by this stage's "
+                    f"{current['config']} {current['overrides']} ({current['config_values_sha256'][:12]}): "
                     "remove the directory to rerun it"
                 )
+            path.write_text(json.dumps(current, indent=1))
         elif self.summary_path.exists() or (Path(self.run_dir) / "checkpoints").exists():
             raise ValueError(f"{self.run_dir} holds a run without stage.json; remove it or choose another --runs")
         else:

@@ -25,3 +25,31 @@ def test_a_run_directory_of_unknown_origin_is_not_reused(tmp_path):
     (tmp_path / "run" / "summary.json").write_text("{}")
     with pytest.raises(ValueError, match="stage.json"):
         run_stage(Stage("ft", "configs/embedded/ft.yaml", str(tmp_path / "run")))
+
+
+def test_a_config_comment_does_not_change_the_fingerprint_but_a_value_does(tmp_path):
+    config = tmp_path / "ft.yaml"
+    config.write_text("# FT\ntrainer:\n  max_epochs: 3\n")
+    run_dir = tmp_path / "run"
+    Stage("ft", str(config), str(run_dir)).check_or_record_fingerprint()
+    (run_dir / "summary.json").write_text(json.dumps({"asr": 0.5}))
+
+    config.write_text("# FT, with a better comment\ntrainer: {max_epochs: 3}\n")
+    assert run_stage(Stage("ft", str(config), str(run_dir))) == {"asr": 0.5}
+    config.write_text("# FT\ntrainer:\n  max_epochs: 4\n")
+    with pytest.raises(ValueError, match="remove the directory"):
+        run_stage(Stage("ft", str(config), str(run_dir)))
+
+
+def test_a_run_recorded_with_the_config_text_hash_is_still_reused(tmp_path):
+    import hashlib
+
+    config = tmp_path / "ft.yaml"
+    config.write_text("trainer:\n  max_epochs: 3\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    legacy = {"config": str(config), "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "overrides": []}
+    (run_dir / "stage.json").write_text(json.dumps(legacy))
+    (run_dir / "summary.json").write_text(json.dumps({"asr": 0.5}))
+    assert run_stage(Stage("ft", str(config), str(run_dir))) == {"asr": 0.5}
+    assert "config_values_sha256" in json.loads((run_dir / "stage.json").read_text())  # upgraded in place
