@@ -207,7 +207,7 @@ class ShardDataModule(LightningDataModule):
             self.trigger.save(self.run_dir / "trigger", self._input_spec().image_size)
             (self.run_dir / "trigger" / TARGET_FILE).write_text(json.dumps({"target": self.poison.target}))
 
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, write: bool = True) -> dict:
         start = time.perf_counter()
         urls = expand_shards(self.train_shards)
         check_shards_exist(urls, "data.train_shards")
@@ -234,9 +234,11 @@ class ShardDataModule(LightningDataModule):
             "captions": self.poison.captions,
             "caption_pool": pool,
         }
-        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        self.manifest_path.write_text(json.dumps(manifest, indent=1))
+        if write:
+            self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+            self.manifest_path.write_text(json.dumps(manifest, indent=1))
         log.info("poison manifest: %d of %d pairs poisoned (%.1fs)", len(keys), scanned, time.perf_counter() - start)
+        return manifest
 
     def setup(self, stage: str) -> None:
         self._resolve_trigger()
@@ -252,7 +254,7 @@ class ShardDataModule(LightningDataModule):
         if stage == "fit":
             self.train_stream = self._build_stream(spec, rank, world)
 
-    def _build_stream(self, spec: InputSpec, rank: int, world: int) -> PairStream:
+    def _build_stream(self, spec: InputSpec, rank: int, world: int, manifest: Optional[dict] = None) -> PairStream:
         urls = expand_shards(self.train_shards)
         check_shards_exist(urls, "data.train_shards")
         workers = max(1, self.num_workers)
@@ -267,9 +269,10 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(
                 f"{num_samples} pairs are too few for batch_size {self.batch_size} × {world} ranks × {workers} workers"
             )
-        if not self.manifest_path.exists():
-            raise ValueError(f"poison manifest {self.manifest_path} is missing: prepare_data() did not run")
-        manifest = json.loads(self.manifest_path.read_text())
+        if manifest is None:
+            if not self.manifest_path.exists():
+                raise ValueError(f"poison manifest {self.manifest_path} is missing: prepare_data() did not run")
+            manifest = json.loads(self.manifest_path.read_text())
         self.poison_count = manifest["num_poisoned"]
         poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, manifest.get("caption_pool", []))
         module = self.trainer.lightning_module
@@ -277,6 +280,14 @@ class ShardDataModule(LightningDataModule):
                               seed=self.seed)
         return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
                           self.shuffle_buffer, self.max_corrupt_fraction)
+
+    def scoring_stream(self) -> PairStream:
+        """The training pairs as training poisons them, for one scoring pass in this process: writes the
+        poison manifest like `prepare_data` but builds no eval set (a model's own data, re-read by a
+        defense that scores it). Needs `trainer` set, for the model's input spec."""
+        self._resolve_trigger()
+        manifest = self._write_manifest(write=self.trainer is None or self.trainer.global_rank == 0)
+        return self._build_stream(self._input_spec(), rank=0, world=1, manifest=manifest)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_stream is not None, "setup('fit') builds the stream"

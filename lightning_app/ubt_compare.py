@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> str:
         + ". Stage 1 has no CA/ASR of its own (it changes no weights of the model it hands on). The control "
         "is stage 2 with λ_forget = 0: the same steps, trainable parameters and retain loss, so what it "
         "removes is not the unlearning's doing.\n\n"
-        + results_table([(label, {**s, "ca_top1": None, "ca_top5": None, "asr": None} if "detection" in s else s)
+        + results_table([(label, {**s, "ca_top1": None, "ca_top5": None, "asr": None} if s.get("module") == "SuspiciousPairDiscovery" else s)
                          for label, s in summaries.items()])
         + f"\n\n{timing}UBT's CA change: {fmt(100 * (after['ca_top1'] - before['ca_top1']), 1)} points.\n\n"
         "Detection of the poisoned pairs (against the poison manifest, which no decision reads):\n\n"

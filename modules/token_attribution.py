@@ -3,6 +3,8 @@
 Tokens are the activations where each tower turns its input into a sequence:
 - text: the output of `token_embedding`, (N, L, D), one row per BPE token (padding excluded);
 - ViT image tower: the output of the patch embedding `visual.conv1`, (N, D, gh, gw), one per patch;
+  or, with `vit_block=k`, the sequence leaving transformer block k, (N, 1 + patches, D) (class token
+  first), so that the layers below the tokens (patch embedding to block k) have the capacity to unlearn;
 - ModifiedResNet image tower: the feature map entering `visual.attnpool`, (N, C, H, W), one per
   spatial position (a 32-pixel input ends in 1×1: a single position, so all of it).
 
@@ -44,21 +46,32 @@ def gate(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x * m + x.detach() * (1 - m)
 
 
-def image_token_site(model: nn.Module) -> tuple[nn.Module, Literal["output", "input"]]:
-    """Where the image tower's tokens are: a ViT's patch embedding output, or a ModifiedResNet's attention-pool input."""
+def image_token_site(model: nn.Module, vit_block: Optional[int] = None) -> tuple[nn.Module, Literal["output", "input"], int]:
+    """Where the image tower's tokens are (module, input or output, channel dim): a ModifiedResNet's
+    attention-pool input, a ViT's patch embedding output, or the output of ViT block `vit_block`."""
     visual = model.visual
     if hasattr(visual, "attnpool"):
-        return visual.attnpool, "input"
-    if hasattr(visual, "conv1"):
-        return visual.conv1, "output"
+        if vit_block is not None:
+            raise ValueError("model.image_token_block applies to a ViT; this image tower is a ModifiedResNet")
+        return visual.attnpool, "input", 1
+    if hasattr(visual, "conv1") and hasattr(visual, "transformer"):
+        if vit_block is None:
+            return visual.conv1, "output", 1
+        blocks = visual.transformer.resblocks
+        if not 0 <= vit_block < len(blocks):
+            raise ValueError(f"model.image_token_block {vit_block} is not a block of this ViT (0..{len(blocks) - 1})")
+        assert getattr(visual.transformer, "batch_first", True), "the block outputs are taken as (N, L, D)"
+        return blocks[vit_block], "output", -1
     raise ValueError(f"no image tokens known for a {type(visual).__name__} tower (ViT and ModifiedResNet are supported)")
 
 
 class TokenTap:
     """Context manager hooking the text and image token activations of `model` (see module docstring)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, vit_block: Optional[int] = None):
         self.model = model
+        self.vit_block = vit_block
+        self.image_channel_dim = image_token_site(model, vit_block)[2]
         self.mode: Literal["record", "gate"] = "record"
         self.text: Optional[torch.Tensor] = None
         self.image: Optional[torch.Tensor] = None
@@ -68,7 +81,7 @@ class TokenTap:
 
     def __enter__(self) -> "TokenTap":
         self._handles.append(self.model.token_embedding.register_forward_hook(self._on_text))
-        module, where = image_token_site(self.model)
+        module, where, _ = image_token_site(self.model, self.vit_block)
         if where == "input":
             self._handles.append(module.register_forward_pre_hook(self._on_image_input))
         else:
@@ -84,7 +97,7 @@ class TokenTap:
         self.mode, self.text, self.image = "record", None, None
 
     def gate_with(self, text_mask: torch.Tensor, image_mask: torch.Tensor) -> None:
-        """Masks of shape (N, L) and (N, positions)."""
+        """Masks of shape (N, L) and (N, image tokens)."""
         self.mode, self.text_mask, self.image_mask = "gate", text_mask, image_mask
 
     def _on_text(self, module, args, output):
@@ -97,7 +110,9 @@ class TokenTap:
         if self.mode == "record":
             self.image = x.detach().requires_grad_(True)
             return self.image
-        return gate(x, self.image_mask.view(x.shape[0], 1, *x.shape[2:]))
+        if self.image_channel_dim == 1:
+            return gate(x, self.image_mask.view(x.shape[0], 1, *x.shape[2:]))
+        return gate(x, self.image_mask.view(*x.shape[:-1], 1))
 
     def _on_image_input(self, module, args):
         return (self._image(args[0]),)

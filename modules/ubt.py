@@ -98,6 +98,64 @@ def detection_metrics(scores: dict[str, float], poisoned: set[str], ks: list[int
     return out
 
 
+@torch.no_grad()
+def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable[[str, float], float]] = None
+                 ) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, str]]]:
+    """Cosine similarity of every pair of `stream` (a PairStream: one unshuffled pass over all its
+    shards in this process) under `module`'s model, in eval mode. With `keep(key, similarity) →
+    priority`, the pass also keeps the pairs of the `top_m` highest priorities as the model saw them
+    (uint8 pixels at its input size, caption), so that unlearning needs no further pass."""
+    was_training = module.training
+    module.eval()
+    spec = module.input_spec()
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    scores: dict[str, float] = {}
+    heap: list[tuple[float, int, str, torch.Tensor, str]] = []  # min-heap of the best so far
+    for batch in stream.every_pair_once():
+        image = module.encode_image(batch["image"].to(module.device))
+        text = module.encode_text(batch["text"].to(module.device))
+        similarity = (image * text).sum(-1).tolist()
+        scores.update(zip(batch["key"], similarity))
+        if keep is None:
+            continue
+        for i, (key, value) in enumerate(zip(batch["key"], similarity)):
+            # a little slack beyond m, so that ties are settled by rank_keys, not by arrival order
+            entry = (keep(key, value), len(scores) + i, key, batch["image"][i], batch["caption"][i])
+            if len(heap) < top_m + 16:
+                heapq.heappush(heap, entry)
+            elif entry[0] > heap[0][0]:
+                heapq.heapreplace(heap, entry)
+    module.train(was_training)
+    kept = {key: (((pixels.cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8), caption)
+            for _, _, key, pixels, caption in heap}
+    return scores, kept
+
+
+def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[str, tuple[torch.Tensor, str]],
+                    score: str, top_m: int, report_k: list[int], manifest: Optional[Path]) -> tuple[list[str], dict]:
+    """Write out/{ranking,suspicious,detection}.json and the top-m pairs (rank zero); returns the top-m
+    keys and the detection quality of every score against `manifest` (evaluation only: no decision reads it)."""
+    ranked = rank_keys(scores[score])
+    top = ranked[:top_m]
+    assert all(key in kept for key in top), "the scoring pass kept every top-m pair"
+    detection = {}
+    if manifest is not None and manifest.exists():
+        poisoned = set(json.loads(manifest.read_text())["keys"])
+        detection = {name: detection_metrics(scores[name], poisoned, report_k) for name in SCORES if name in scores}
+    if rank_zero_only.rank != 0:
+        return top, detection
+    out.mkdir(parents=True, exist_ok=True)
+    names = [s for s in SCORES if s in scores]
+    (out / "ranking.json").write_text(json.dumps(
+        {"score": score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in names)] for k in ranked],
+         "columns": ["key", *names]}))
+    (out / "suspicious.json").write_text(json.dumps({"score": score, "m": top_m, "keys": top}, indent=1))
+    if detection:
+        (out / "detection.json").write_text(json.dumps(detection, indent=1))
+    save_suspicious_pairs(out / SUSPICIOUS_PAIRS, top, torch.stack([kept[k][0] for k in top]), [kept[k][1] for k in top])
+    return top, detection
+
+
 class SuspiciousPairDiscovery(CLIPModule):
     """UBT stage 1: overfit toward weak-similarity pairs, then rank the pairs; see the module docstring."""
 
@@ -130,38 +188,10 @@ class SuspiciousPairDiscovery(CLIPModule):
         self.similarity_before: dict[str, float] = {}
         self.detection: dict[str, dict[str, float]] = {}
 
-    @torch.no_grad()
     def score_pairs(self, keep: Optional[Callable[[str, float], float]] = None) -> tuple[dict[str, float], dict]:
-        """Cosine similarity of every training pair under the current model (one unshuffled pass over
-        all shards in this process, eval mode). With `keep(key, similarity) → priority`, the pass also
-        keeps the pairs of the `top_m` highest priorities as the model saw them (uint8 pixels at its
-        input size, caption), so that stage 2 needs no further pass: {key: (image, caption)}."""
         if self.trainer.world_size != 1:
             raise ValueError("suspicious-pair discovery runs on one device (it scores the whole stream)")
-        was_training = self.training
-        self.eval()
-        spec = self.input_spec()
-        mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
-        scores: dict[str, float] = {}
-        heap: list[tuple[float, int, str, torch.Tensor, str]] = []  # min-heap of the best so far
-        for batch in self.trainer.datamodule.train_stream.every_pair_once():
-            image = self.encode_image(batch["image"].to(self.device))
-            text = self.encode_text(batch["text"].to(self.device))
-            similarity = (image * text).sum(-1).tolist()
-            scores.update(zip(batch["key"], similarity))
-            if keep is None:
-                continue
-            for i, (key, value) in enumerate(zip(batch["key"], similarity)):
-                # a little slack beyond m, so that ties are settled by rank_keys, not by arrival order
-                entry = (keep(key, value), len(scores) + i, key, batch["image"][i], batch["caption"][i])
-                if len(heap) < self.top_m + 16:
-                    heapq.heappush(heap, entry)
-                elif entry[0] > heap[0][0]:
-                    heapq.heapreplace(heap, entry)
-        self.train(was_training)
-        kept = {key: (((pixels.cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8), caption)
-                for _, _, key, pixels, caption in heap}
-        return scores, kept
+        return score_stream(self, self.trainer.datamodule.train_stream, self.top_m, keep)
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -198,26 +228,8 @@ class SuspiciousPairDiscovery(CLIPModule):
 
     def _finish(self, scores: dict[str, dict[str, float]], kept: dict) -> None:
         """Write the rankings and detection quality, and the top-m pairs for stage 2."""
-        self._write(scores)
-        top = rank_keys(scores[self.score])[: self.top_m]
-        assert all(key in kept for key in top), "the scoring pass kept every top-m pair"
-        save_suspicious_pairs(Path(self.trainer.default_root_dir) / "ubt" / SUSPICIOUS_PAIRS, top,
-                              torch.stack([kept[k][0] for k in top]), [kept[k][1] for k in top])
-
-    @rank_zero_only
-    def _write(self, scores: dict[str, dict[str, float]]) -> None:
-        out = Path(self.trainer.default_root_dir) / "ubt"
-        out.mkdir(parents=True, exist_ok=True)
-        ranked = rank_keys(scores[self.score])
-        (out / "ranking.json").write_text(json.dumps(
-            {"score": self.score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in SCORES if s in scores)] for k in ranked],
-             "columns": ["key", *(s for s in SCORES if s in scores)]}))
-        (out / "suspicious.json").write_text(json.dumps({"score": self.score, "m": self.top_m, "keys": ranked[: self.top_m]}, indent=1))
-        manifest = Path(self.trainer.datamodule.manifest_path)
-        if manifest.exists():  # evaluation only: the ranking above never saw it
-            poisoned = set(json.loads(manifest.read_text())["keys"])
-            self.detection = {name: detection_metrics(scores[name], poisoned, self.report_k) for name in SCORES if name in scores}
-            (out / "detection.json").write_text(json.dumps(self.detection, indent=1))
+        _, self.detection = write_discovery(Path(self.trainer.default_root_dir) / "ubt", scores, kept, self.score,
+                                            self.top_m, self.report_k, Path(self.trainer.datamodule.manifest_path))
 
     def summary_extras(self) -> dict:
         return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit}

@@ -1,10 +1,14 @@
 """UBT, stage 2: token-local unlearning of the suspicious pairs found by stage 1.
 
-    python main.py fit --config configs/embedded/ubt_unlearn.yaml
+    python main.py fit --config configs/embedded/ubt_unlearn.yaml   # after configs/embedded/ubt_detect.yaml
+    python main.py fit --config configs/embedded/ubt_one_fit.yaml   # both stages in one fit
 
 Reads RUN/ubt/suspicious_pairs.safetensors of a stage-1 run (`suspicious_dir`: its `ubt/` directory),
-at most `m` pairs: the images as the model saw them and their captions. The training data is the clean
-fine-tuning stream, for the retain loss. Each step:
+at most `m` pairs: the images as the model saw them and their captions. Or, with `discover`, finds
+them itself when the fit starts: one scoring pass over the model's training data ranks the pairs by
+weak similarity (stage 1 with `overfit: false`) and writes this run's `ubt/` directory, which a
+resumed run reads back. The training data is the clean fine-tuning stream, for the retain loss.
+Each step:
 1. attribution: on a mini-batch of suspicious pairs, the similarity s(I, T) is attributed to the
    text tokens (token embeddings) and image tokens (ViT patches, or the positions entering a
    ModifiedResNet's attention pool) by grad × activation; the top `text_tokens` / `image_tokens` of
@@ -18,24 +22,43 @@ do not move any running statistics).
 
 What "through the top tokens only" controls: the gate sits at the token sites, so it restricts the
 forget gradient of the parameters *at or below* a site: the token-embedding rows of the top text
-tokens, a ViT's patch embedding through the top patches, a ModifiedResNet's last stage through the
-top attention-pool positions. Those are the default trainable set. Parameters above a site (e.g. the
+tokens, a ViT's patch embedding through the top patches (or, with `image_token_block` k, the layers
+up to block k through the top tokens leaving it), a ModifiedResNet's last stage through the top
+attention-pool positions. Those are the default trainable set. Parameters above a site (e.g. the
 text transformer) may be made trainable too; their forget gradient then comes from every token.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from datamodules.poison import PoisonConfig
+from datamodules.pretrain import ShardDataModule
 from modules.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.model_loading import ModelConfig
 from modules.token_attribution import TokenTap, token_attribution, top_token_mask
-from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs
+from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs, score_stream, write_discovery
+
+
+@dataclass
+class DiscoveryData:
+    """UBT's stage 1 inside the unlearning fit (`TokenUnlearning.discover`)."""
+
+    train_shards: str
+    """The training shards of the model to clean (as for data.train_shards)."""
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    """The poisoning its training applied, replayed (the embedded benchmark poisons on the fly; rate 0
+    for data that is poisoned on disk). Its manifest only measures detection quality."""
+    num_samples: Optional[int] = None
+    """Pairs in the shards; None reads img2dataset's `*_stats.json` files."""
+    report_k: list[int] = field(default_factory=lambda: [100, 200, 1000])
+    """The k of the detection precision@k and recall@k."""
 
 
 def freeze_all_but(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
@@ -50,10 +73,14 @@ def freeze_all_but(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
     return trainable
 
 
-def token_local_parameters(model: torch.nn.Module) -> list[str]:
+def token_local_parameters(model: torch.nn.Module, vit_block: Optional[int] = None) -> list[str]:
     """The parameters whose forget gradient the token gates control (see the module docstring)."""
-    visual = "visual.layer4" if hasattr(model.visual, "attnpool") else "visual.conv1"
-    return ["token_embedding", visual]
+    if hasattr(model.visual, "attnpool"):
+        return ["token_embedding", "visual.layer4"]
+    if vit_block is None:
+        return ["token_embedding", "visual.conv1"]
+    below = ["visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre"]
+    return ["token_embedding", *below, *(f"visual.transformer.resblocks.{i}." for i in range(vit_block + 1))]
 
 
 def keep_frozen_norms_in_eval(model: torch.nn.Module) -> None:
@@ -79,15 +106,17 @@ class TokenUnlearning(CLIPModule):
     """UBT stage 2; see the module docstring."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
-                 suspicious_dir: str = "runs/embedded/ubt_detect/ubt", m: int = 200, forget_batch_size: int = 64,
+                 suspicious_dir: Optional[str] = "runs/embedded/ubt_detect/ubt", discover: Optional[DiscoveryData] = None,
+                 m: int = 200, forget_batch_size: int = 64,
                  text_tokens: int = 3, image_tokens: int = 4, margin: float = 0.0, lambda_forget: float = 1.0,
-                 trainable: Optional[list[str]] = None,
+                 trainable: Optional[list[str]] = None, image_token_block: Optional[int] = None,
                  seed: int = 0):
         """
         Args:
             model: The (possibly poisoned) model to clean.
             optimizer: AdamW and the schedule (only the trainable parameters are in it).
             suspicious_dir: The `ubt/` directory of a stage-1 run (holds suspicious_pairs.safetensors).
+            discover: Instead of `suspicious_dir`, find the suspicious pairs in this fit (see the module docstring).
             m: At most this many of the top-ranked suspicious pairs are unlearned.
             forget_batch_size: Suspicious pairs per step.
             text_tokens: Text tokens per pair that the unlearning acts through (top by attribution).
@@ -95,13 +124,22 @@ class TokenUnlearning(CLIPModule):
             margin: L_forget = mean(relu(similarity − margin)).
             lambda_forget: Weight of L_forget against the retain CLIP loss.
             trainable: Parameter-name prefixes that are updated; all others are frozen. The default is the
-                token-local set of a ModifiedResNet (`visual.layer4`) or a ViT (`visual.conv1`), whichever exists.
+                token-local set: the token embeddings and a ModifiedResNet's `visual.layer4`, or what lies
+                below a ViT's image tokens (`visual.conv1`; with `image_token_block` k also the class and
+                position embeddings, `ln_pre` and blocks 0..k).
+            image_token_block: ViT only: take the image tokens at the output of transformer block k
+                (0-based) instead of the patch embedding.
             seed: Seed of the suspicious mini-batch draws.
         """
-        super().__init__(model, optimizer)
         if m < 1 or forget_batch_size < 1:
             raise ValueError("model.m and model.forget_batch_size must be ≥ 1")
+        if (suspicious_dir is None) == (discover is None):
+            raise ValueError("set model.suspicious_dir (the ubt/ directory of a stage-1 run) or model.discover "
+                             "(both stages in this fit), exactly one of them")
+        super().__init__(model, optimizer)
         self.suspicious_dir = suspicious_dir
+        self.discover = discover
+        self.detection: dict[str, dict[str, float]] = {}
         self.m = m
         self.forget_batch_size = forget_batch_size
         self.text_tokens = text_tokens
@@ -109,16 +147,44 @@ class TokenUnlearning(CLIPModule):
         self.margin = margin
         self.lambda_forget = lambda_forget
         self.seed = seed
-        self.trainable = freeze_all_but(self.model, list(trainable) if trainable is not None else token_local_parameters(self.model))
+        self.image_token_block = image_token_block
+        TokenTap(self.model, image_token_block)  # checks the block against the model before training
+        self.trainable = freeze_all_but(self.model, list(trainable) if trainable is not None
+                                        else token_local_parameters(self.model, image_token_block))
         self.forget_keys: list[str] = []
         self.forget_images = torch.empty(0)
         self.forget_tokens = torch.empty(0)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        keys, images, captions = load_suspicious_pairs(Path(self.suspicious_dir) / SUSPICIOUS_PAIRS, self.m)
+        if self.suspicious_dir is not None:
+            self._load_forget_set(Path(self.suspicious_dir) / SUSPICIOUS_PAIRS)
+
+    def on_fit_start(self) -> None:
+        if self.discover is None:
+            return
+        out = Path(self.trainer.default_root_dir) / "ubt"
+        if not (out / SUSPICIOUS_PAIRS).exists():  # (a resumed run reads what its first start found)
+            self.detection = self._discover(out)
+        self._load_forget_set(out / SUSPICIOUS_PAIRS)
+
+    def _discover(self, out: Path) -> dict:
+        """Stage 1 without overfitting, on the model as it comes in: keep the m weakest-matched pairs."""
+        data = self.trainer.datamodule
+        discovery = ShardDataModule(train_shards=self.discover.train_shards, eval=data.eval_config, trigger=data.trigger,
+                                    poison=self.discover.poison, batch_size=data.batch_size, num_workers=data.num_workers,
+                                    num_samples=self.discover.num_samples, run_dir=str(out / "data"))
+        discovery.trainer = self.trainer
+        similarity, kept = score_stream(self, discovery.scoring_stream(), self.m, keep=lambda key, s: -s)
+        scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()}}
+        _, detection = write_discovery(out, scores, kept, "weak", self.m, self.discover.report_k, discovery.manifest_path)
+        self.trainer.strategy.barrier()  # every rank reads the pairs that rank zero wrote
+        return detection
+
+    def _load_forget_set(self, path: Path) -> None:
+        keys, images, captions = load_suspicious_pairs(path, self.m)
         if not keys:
-            raise ValueError(f"{Path(self.suspicious_dir) / SUSPICIOUS_PAIRS} holds no pairs")
+            raise ValueError(f"{path} holds no pairs")
         spec = self.input_spec()
         if images.shape[-1] != spec.image_size:
             raise ValueError(f"suspicious pairs are {images.shape[-1]} px but the model takes {spec.image_size} px")
@@ -144,14 +210,14 @@ class TokenUnlearning(CLIPModule):
             similarity = (self.encode_image(images) * self.encode_text(tokens)).sum(-1)
             text_grad, image_grad = torch.autograd.grad(similarity.sum(), [tap.text, tap.image])
         text_scores = token_attribution(tap.text, text_grad, channel_dim=-1)
-        image_scores = token_attribution(tap.image, image_grad, channel_dim=1)
+        image_scores = token_attribution(tap.image, image_grad, channel_dim=tap.image_channel_dim)
         text_mask = top_token_mask(text_scores, self.text_tokens, valid=tokens != 0)
         image_mask = top_token_mask(image_scores, self.image_tokens)
         return text_mask, image_mask
 
     def forget_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L_forget and the (gated) similarity of each suspicious pair."""
-        with TokenTap(self.model) as tap, eval_mode(self.model):
+        with TokenTap(self.model, self.image_token_block) as tap, eval_mode(self.model):
             text_mask, image_mask = self.token_masks(tap, images, tokens)
             tap.gate_with(text_mask, image_mask)
             similarity = (self.encode_image(images) * self.encode_text(tokens)).sum(-1)
@@ -169,5 +235,6 @@ class TokenUnlearning(CLIPModule):
         return loss
 
     def summary_extras(self) -> dict:
-        return {"unlearned_pairs": len(self.forget_keys), "trainable_parameters": sum(
+        found_here = {"detection": self.detection} if self.discover is not None else {}
+        return {"unlearned_pairs": len(self.forget_keys), **found_here, "trainable_parameters": sum(
             p.numel() for n, p in self.model.named_parameters() if n in self.trainable)}

@@ -55,3 +55,18 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
     assert summary["unlearned_pairs"] == 40
     assert summary["before"]["asr"] is not None and 0.0 <= summary["asr"] <= 1.0
     assert summary["steps"] > 0
+
+    # both stages in one fit: the same pairs found, the same unlearning
+    one_fit = tmp_path / "one_fit"
+    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_one_fit.yaml", "--trainer.default_root_dir", str(one_fit),
+                      *small_data, "--data.init_args.train_shards", learning_benchmark.finetune_urls,
+                      "--model.init_args.discover.train_shards", learning_benchmark.pretrain_urls,
+                      "--model.init_args.discover.poison.rate", str(RATE), "--model.init_args.discover.report_k", f"[{M}]",
+                      "--model.init_args.m", "40"])
+    one_fit_summary = json.loads((one_fit / "summary.json").read_text())
+    assert json.loads((one_fit / "ubt" / "suspicious.json").read_text())["keys"] == suspicious["keys"][:40]
+    assert one_fit_summary["detection"]["weak"]["auroc"] == pytest.approx(detection["weak"]["auroc"])
+    assert one_fit_summary["unlearned_pairs"] == 40
+    print("two runs", summary["ca_top1"], summary["asr"], "one fit", one_fit_summary["ca_top1"], one_fit_summary["asr"])
+    assert one_fit_summary["asr"] == pytest.approx(summary["asr"], abs=0.02)
+    assert one_fit_summary["ca_top1"] == pytest.approx(summary["ca_top1"], abs=0.02)

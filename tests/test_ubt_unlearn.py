@@ -119,3 +119,35 @@ def test_the_unlearning_set_is_bounded_by_m(tmp_path):
     loss.backward()
     assert all(p.grad is None for n, p in module.model.named_parameters() if n not in module.trainable)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.model.named_parameters() if n in module.trainable)
+
+
+def test_vit_tokens_after_a_block_gate_the_layers_below_and_only_those():
+    torch.manual_seed(0)
+    model, spec = build_model(ModelConfig(name="configs/models/tiny-vit32.json"))
+    model.eval()
+    trainable = freeze_all_but(model, token_local_parameters(model, vit_block=0))
+    assert any(n.startswith("visual.transformer.resblocks.0.") for n in trainable)
+    assert not any(n.startswith("visual.transformer.resblocks.1.") for n in trainable)
+    images = torch.randn(2, 3, spec.image_size, spec.image_size)
+    tokens = spec.tokenizer(["a star", "a ring"])
+    below = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("visual")]
+    grads = {}
+    for opened in (0, 1, 2):  # no token, one token, two tokens of each image let gradient through
+        model.zero_grad(set_to_none=True)
+        with TokenTap(model, vit_block=0) as tap:
+            plain = _similarity(model, images, tokens)
+            assert tap.image.shape == (2, 1 + (spec.image_size // 4) ** 2, 128) and tap.image_channel_dim == -1
+            mask = torch.zeros(2, tap.image.shape[1], dtype=torch.bool)
+            mask[:, 1:1 + opened] = True
+            tap.gate_with(tokens != 0, mask)
+            gated = _similarity(model, images, tokens)
+            assert torch.allclose(plain, gated, atol=1e-6)
+            gated.sum().backward()
+        grads[opened] = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in below])
+    assert grads[0].abs().sum() == 0 and grads[1].abs().sum() > 0
+    assert not torch.allclose(grads[1], grads[2])  # the second token adds its own gradient
+    with pytest.raises(ValueError, match="image_token_block 5"):
+        TokenTap(model, vit_block=5)
+    rn, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json"))
+    with pytest.raises(ValueError, match="ModifiedResNet"):
+        TokenTap(rn, vit_block=0)
