@@ -60,6 +60,11 @@ def image_token_site(model: nn.Module, vit_block: Optional[int] = None) -> tuple
         blocks = visual.transformer.resblocks
         if not 0 <= vit_block < len(blocks):
             raise ValueError(f"model.image_token_block {vit_block} is not a block of this ViT (0..{len(blocks) - 1})")
+        if (vit_block == len(blocks) - 1 and getattr(visual, "pool_type", None) == "tok"
+                and getattr(visual, "attn_pool", None) is None):
+            raise ValueError(f"model.image_token_block {vit_block} is this ViT's last block, whose tokens reach the "
+                             "output only through the class token (no token would be singled out); "
+                             f"choose one of 0..{len(blocks) - 2}")
         assert getattr(visual.transformer, "batch_first", True), "the block outputs are taken as (N, L, D)"
         return blocks[vit_block], "output", -1
     raise ValueError(f"no image tokens known for a {type(visual).__name__} tower (ViT and ModifiedResNet are supported)")

@@ -148,6 +148,8 @@ def test_vit_tokens_after_a_block_gate_the_layers_below_and_only_those():
     assert not torch.allclose(grads[1], grads[2])  # the second token adds its own gradient
     with pytest.raises(ValueError, match="image_token_block 5"):
         TokenTap(model, vit_block=5)
+    with pytest.raises(ValueError, match="last block"):  # its patch tokens never reach the pooled class token
+        TokenTap(model, vit_block=1)
     rn, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json"))
     with pytest.raises(ValueError, match="ModifiedResNet"):
         TokenTap(rn, vit_block=0)
