@@ -139,8 +139,8 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
     top = ranked[:top_m]
     assert all(key in kept for key in top), "the scoring pass kept every top-m pair"
     detection = {}
-    if manifest is not None and manifest.exists():
-        poisoned = set(json.loads(manifest.read_text())["keys"])
+    poisoned = set(json.loads(manifest.read_text())["keys"]) if manifest is not None and manifest.exists() else set()
+    if poisoned:  # (no replayed poisoning, nothing to measure against)
         detection = {name: detection_metrics(scores[name], poisoned, report_k) for name in SCORES if name in scores}
     if rank_zero_only.rank != 0:
         return top, detection
