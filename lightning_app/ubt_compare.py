@@ -40,14 +40,14 @@ def poisoning_overrides(poisoned_run: Path) -> list[str]:
     return overrides
 
 
-def ubt_stages(poisoned: Stage, root: Path, score: str, m: int, image_token_block: int | None = None
+def ubt_stages(poisoned: Stage, root: Path, score: str, m: int, unlearn_config: str = "configs/embedded/ubt_unlearn.yaml"
                ) -> tuple[Stage, Stage, Stage, Stage | None]:
     """UBT's two stages, the control, and (for the `weak` ranking, which needs no overfitting) a stage-1
     run with UBT's overfitting that measures every ranking; it is not part of UBT's time."""
     run = Path(poisoned.run_dir)
     start = ["--model.init_args.model.pretrained", str(run / "checkpoints" / "last.ckpt"),
              "--data.init_args.trigger_dir", str(run / "trigger")]
-    detect_config, unlearn_config = "configs/embedded/ubt_detect.yaml", "configs/embedded/ubt_unlearn.yaml"
+    detect_config = "configs/embedded/ubt_detect.yaml"
     detect = Stage("UBT 1: suspicious pairs", detect_config, str(root / "detect"),
                    [*start, *same_model(poisoned, detect_config), *poisoning_overrides(run),
                     "--model.init_args.score", score, "--model.init_args.top_m", str(m)])
@@ -57,14 +57,19 @@ def ubt_stages(poisoned: Stage, root: Path, score: str, m: int, image_token_bloc
     every_ranking = None if score != "weak" else Stage(
         "UBT 1 with overfitting (measures every ranking; not in UBT's time)", detect_config, str(root / "detect_overfit"),
         [*detect.overrides, *overfit])
-    block = [] if image_token_block is None else ["--model.init_args.image_token_block", str(image_token_block)]
-    suffix = "" if image_token_block is None else f"_block{image_token_block}"
+    suffix = variant_suffix(unlearn_config)
     unlearn = Stage("UBT 2: token unlearning", unlearn_config, str(root / f"unlearn{suffix}"),
                     [*start, *same_model(poisoned, unlearn_config),
-                     "--model.init_args.suspicious_dir", str(root / "detect" / "ubt"), "--model.init_args.m", str(m), *block])
+                     "--model.init_args.suspicious_dir", str(root / "detect" / "ubt"), "--model.init_args.m", str(m)])
     control = Stage("control: stage 2 without the forget term", unlearn_config, str(root / f"retain_only{suffix}"),
                     [*unlearn.overrides, "--model.init_args.lambda_forget", "0"])
     return detect, unlearn, control, every_ranking
+
+
+def variant_suffix(unlearn_config: str) -> str:
+    """'' for the default stage-2 config, else `_<its name after ubt_unlearn>` (run directories, doc block)."""
+    stem = Path(unlearn_config).stem
+    return "" if stem == "ubt_unlearn" else "_" + stem.removeprefix("ubt_unlearn_")
 
 
 def detection_table(detection: dict) -> str:
@@ -82,8 +87,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--score", choices=["after", "rise", "weak"], default="weak",
                         help="which stage-1 ranking picks the unlearning set")
     parser.add_argument("--m", type=int, default=200, help="suspicious pairs to unlearn (≤ 1%% of 20K pairs)")
-    parser.add_argument("--image-token-block", type=int, default=None,
-                        help="ViT: unlearn through the tokens leaving this transformer block (default: the patch embedding)")
+    parser.add_argument("--unlearn-config", default="configs/embedded/ubt_unlearn.yaml",
+                        help="stage 2's config (configs/embedded/ubt_unlearn_vit.yaml: the ViT recipe)")
     parser.add_argument("--runs", default="runs/ubt")
     parser.add_argument("--skip-cleanclip", action="store_true",
                         help="no paired CleanCLIP run (a ViT's CleanCLIP is slow on a CPU)")
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> str:
     root = Path(args.runs) / args.attack
     summaries = {poisoned.label: run_stage(poisoned)}  # stage 1 reads the poisoned run's config.yaml
     cleanclip = None if args.skip_cleanclip else defense_stages(poisoned, root, ("cleanclip",))[0]
-    detect, unlearn, control, every_ranking = ubt_stages(poisoned, root, args.score, args.m, args.image_token_block)
+    detect, unlearn, control, every_ranking = ubt_stages(poisoned, root, args.score, args.m, args.unlearn_config)
     stages = (cleanclip, detect, unlearn, control, every_ranking)
     summaries.update({stage.label: run_stage(stage) for stage in stages if stage is not None})
     ubt_time = summaries[detect.label]["wall_time_s"] + summaries[unlearn.label]["wall_time_s"]
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None) -> str:
                   f"{fmt(100 * (summaries[cleanclip.label]['ca_top1'] - before['ca_top1']), 1)} points. ")
     command = f"python -m lightning_app.ubt_compare --attack {args.attack} --score {args.score} --m {args.m}"
     command += " --skip-cleanclip" if cleanclip is None else ""
-    command += "" if args.image_token_block is None else f" --image-token-block {args.image_token_block}"
+    suffix = variant_suffix(args.unlearn_config)
+    command += f" --unlearn-config {args.unlearn_config}" if suffix else ""
     text = (
         f"Generated by `{command}` "
         f"from each run's summary.json. UBT unlearns {after['unlearned_pairs']} of {pairs} training pairs "
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> str:
         "Detection of the poisoned pairs (against the poison manifest, which no decision reads):\n\n"
         + detection_table(summaries[(every_ranking or detect).label]["detection"])
     )
-    write_block("docs/results.md", f"ubt-{args.attack}" + ("" if args.image_token_block is None else f"-block{args.image_token_block}"), text)
+    write_block("docs/results.md", f"ubt-{args.attack}{suffix.replace('_', '-')}", text)
     print(text)
     return text
 

@@ -63,3 +63,28 @@ def test_stage_one_streams_the_poisoned_runs_own_data_with_defaults_for_keys_it_
 def test_rankings_by_the_overfitted_model_are_refused_without_overfitting():
     with pytest.raises(ValueError, match="model.overfit"):
         SuspiciousPairDiscovery(score="after", overfit=False)
+
+
+def test_ubt_compare_times_the_lean_ranking_and_measures_every_ranking_apart(tmp_path):
+    import yaml
+
+    from lightning_app.pipelines import Stage
+    from lightning_app.ubt_compare import ubt_stages
+
+    run = tmp_path / "attack"
+    run.mkdir()
+    config = {"data": {"init_args": {"train_shards": "d/{0..3}.tar", "poison": {"rate": 0.05, "target": "triangle"}}}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    poisoned = Stage("poisoned", "configs/embedded/badnet.yaml", str(run))
+
+    detect, unlearn, control, every_ranking = ubt_stages(poisoned, tmp_path / "ubt", "weak", 200)
+    assert "--model.init_args.overfit" not in detect.overrides  # the config's one scoring pass
+    assert every_ranking.overrides[-2:] == ["--model.init_args.overfit", "true"]
+    assert every_ranking.run_dir != detect.run_dir
+    assert control.overrides[-2:] == ["--model.init_args.lambda_forget", "0"]
+    assert unlearn.overrides[unlearn.overrides.index("--model.init_args.suspicious_dir") + 1] == str(tmp_path / "ubt" / "detect" / "ubt")
+
+    detect, unlearn, _, every_ranking = ubt_stages(poisoned, tmp_path / "ubt", "after", 200,
+                                                   "configs/embedded/ubt_unlearn_vit.yaml")
+    assert every_ranking is None and detect.overrides[-2:] == ["--model.init_args.overfit", "true"]
+    assert unlearn.run_dir.endswith("unlearn_vit") and unlearn.config == "configs/embedded/ubt_unlearn_vit.yaml"
