@@ -24,8 +24,10 @@ POISONED = {
     "badnet": Stage("poisoned (BadNet)", "configs/embedded/badnet.yaml", "runs/demo/badnet"),
     "blended": Stage("blended", "configs/embedded/blended.yaml", "runs/attacks/blended"),
     "badnet_vit": Stage("poisoned (BadNet, ViT)", "configs/embedded/badnet_vit.yaml", "runs/attacks/badnet_vit"),
+    "blended_vit": Stage("poisoned (Blended, ViT)", "configs/embedded/blended_vit.yaml", "runs/attacks/blended_vit"),
 }
-DEFENSE_ROOT = {"badnet": "runs/demo", "blended": "runs/defenses/blended", "badnet_vit": "runs/defenses/badnet_vit"}
+DEFENSE_ROOT = {"badnet": "runs/demo", "blended": "runs/defenses/blended", "badnet_vit": "runs/defenses/badnet_vit",
+                "blended_vit": "runs/defenses/blended_vit"}
 
 
 def _model_name(config: str) -> str:
