@@ -1,14 +1,17 @@
 """UBT against CleanCLIP on one poisoned model, in one paired invocation, with the tables written into
-docs/results.md (block `ubt-<attack>`):
+docs/results.md (block `ubt-<attack>`, or `ubt-<attack>-vit` with the ViT stage-2 config):
 
     python -m lightning_app.ubt_compare --attack badnet    # the demo's poisoned model
     python -m lightning_app.ubt_compare --attack blended   # the attack sweep's Blended model
+    python -m lightning_app.ubt_compare --attack badnet_vit --unlearn-config configs/embedded/ubt_unlearn_vit.yaml
 
 Stages (each a `main.py fit`, reused when finished): UBT stage 1 (configs/embedded/ubt_detect.yaml)
 streams the poisoned model's own training data (shards and poisoning read from its config.yaml), stage
-2 (configs/embedded/ubt_unlearn.yaml) unlearns the top-m suspicious pairs; CleanCLIP
-(configs/embedded/cleanclip.yaml) runs in its own directory here so that both wall times come from
-the same session on the same machine.
+2 (configs/embedded/ubt_unlearn.yaml, or `--unlearn-config`) unlearns the top-m suspicious pairs, and a
+control repeats stage 2 without the forget term; CleanCLIP (configs/embedded/cleanclip.yaml) runs in
+its own directory here so that both wall times come from the same session on the same machine. For
+the `weak` ranking, which needs no overfitting, one more stage-1 run with UBT's overfitting scores
+every ranking for the detection table; it is not counted in UBT's time.
 """
 
 from __future__ import annotations
