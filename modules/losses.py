@@ -36,3 +36,8 @@ def cleanclip_loss(clip_loss: ClipLoss, image: torch.Tensor, text: torch.Tensor,
     clip = clip_loss(image, text, scale)
     ss = ssl_loss(clip_loss, image, image_aug, text, text_aug, scale)
     return {"loss": lambda_clip * clip + lambda_ss * ss, "loss_clip": clip, "loss_ss": ss}
+
+
+def relative_squared_change(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """‖features − reference‖² / ‖reference‖²: how far features moved from a frozen reference, scale-free."""
+    return (features - reference).pow(2).sum() / reference.pow(2).sum().clamp_min(torch.finfo(reference.dtype).tiny)

@@ -12,11 +12,14 @@ Tokens are the activations where each tower turns its input into a sequence:
 score to each token, grad × activation summed over channels, can be taken with `torch.autograd.grad`.
 In "gate" mode it lets gradient flow only through the chosen tokens: x·m + x.detach()·(1 − m), so the
 forward value is unchanged and the unlearning acts through those tokens alone.
+`captured_image_tokens` and `image_tokens_only` read the image tokens without changing them (the
+latter ends the forward pass there), for UBT's token retain loss.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import contextlib
+from typing import Iterator, Literal, Optional
 
 import torch
 from torch import nn
@@ -46,10 +49,9 @@ def gate(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x * m + x.detach() * (1 - m)
 
 
-def image_token_site(model: nn.Module, vit_block: Optional[int] = None) -> tuple[nn.Module, Literal["output", "input"], int]:
+def image_token_site(visual: nn.Module, vit_block: Optional[int] = None) -> tuple[nn.Module, Literal["output", "input"], int]:
     """Where the image tower's tokens are (module, input or output, channel dim): a ModifiedResNet's
     attention-pool input, a ViT's patch embedding output, or the output of ViT block `vit_block`."""
-    visual = model.visual
     if hasattr(visual, "attnpool"):
         if vit_block is not None:
             raise ValueError("model.image_token_block applies to a ViT; this image tower is a ModifiedResNet")
@@ -76,7 +78,7 @@ class TokenTap:
     def __init__(self, model: nn.Module, vit_block: Optional[int] = None):
         self.model = model
         self.vit_block = vit_block
-        self.image_channel_dim = image_token_site(model, vit_block)[2]
+        self.image_channel_dim = image_token_site(model.visual, vit_block)[2]
         self.mode: Literal["record", "gate"] = "record"
         self.text: Optional[torch.Tensor] = None
         self.image: Optional[torch.Tensor] = None
@@ -86,7 +88,7 @@ class TokenTap:
 
     def __enter__(self) -> "TokenTap":
         self._handles.append(self.model.token_embedding.register_forward_hook(self._on_text))
-        module, where, _ = image_token_site(self.model, self.vit_block)
+        module, where, _ = image_token_site(self.model.visual, self.vit_block)
         if where == "input":
             self._handles.append(module.register_forward_pre_hook(self._on_image_input))
         else:
@@ -124,3 +126,38 @@ class TokenTap:
 
     def _on_image_output(self, module, args, output):
         return self._image(output)
+
+
+class _ReachedSite(Exception):
+    """Raised by a hook to end a forward pass once the image tokens are computed."""
+
+
+@contextlib.contextmanager
+def captured_image_tokens(visual: nn.Module, vit_block: Optional[int] = None, stop: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Collects the image tokens of every forward pass of `visual` inside the block (with their graph).
+    With `stop`, a forward pass ends at the tokens; call it through `image_tokens_only`."""
+    module, where, _ = image_token_site(visual, vit_block)
+    captured: list[torch.Tensor] = []
+
+    def keep(tokens: torch.Tensor) -> None:
+        captured.append(tokens)
+        if stop:
+            raise _ReachedSite
+
+    handle = (module.register_forward_pre_hook(lambda m, args: keep(args[0])) if where == "input"
+              else module.register_forward_hook(lambda m, args, output: keep(output)))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def image_tokens_only(visual: nn.Module, images: torch.Tensor, vit_block: Optional[int] = None) -> torch.Tensor:
+    """The image tokens of `images`, running `visual` only as far as the token site."""
+    with captured_image_tokens(visual, vit_block, stop=True) as captured:
+        try:
+            visual(images)
+        except _ReachedSite:
+            pass
+    assert len(captured) == 1, "the forward pass reaches the token site once"
+    return captured[0]

@@ -15,8 +15,10 @@ Each step:
    each pair are kept;
 2. unlearning: s(I, T) of the same pairs is recomputed with gradient flowing through those tokens only,
    and L_forget = mean(relu(s − margin)) pushes each suspicious image away from its caption;
-3. retain: L_retain = the CLIP loss on the clean batch.
-L = L_retain + λ·L_forget, and only the parameters named by `trainable` (prefixes) are updated; the
+3. retain: L_retain = the CLIP loss on the clean batch; with `lambda_retain_tokens` μ > 0 also
+   L_tokens = ‖t − t₀‖² / ‖t₀‖², the relative change of the clean batch's image tokens t against
+   those of the incoming model t₀ (a frozen copy of its image tower, run only up to the tokens).
+L = L_retain + λ·L_forget (+ μ·L_tokens), and only the parameters named by `trainable` (prefixes) are updated; the
 BatchNorm statistics of frozen layers stay fixed, and the suspicious passes run in eval mode (they
 do not move any running statistics).
 
@@ -26,11 +28,19 @@ tokens, a ViT's patch embedding through the top patches (or, with `image_token_b
 up to block k through the top tokens leaving it), a ModifiedResNet's last stage through the top
 attention-pool positions. Those are the default trainable set. Parameters above a site (e.g. the
 text transformer) may be made trainable too; their forget gradient then comes from every token.
+
+Why L_tokens: with the default trainable set everything above the image tokens is frozen, so a clean
+image whose tokens do not move keeps its embedding exactly; L_tokens asks the unlearning to change
+the triggered images' tokens and not the clean ones'. The CLIP retain loss alone only keeps the clean
+pairs' ranking within a batch. On the embedded ViT, the image side carried both the backdoor's removal
+and the CA cost (docs/ubt.md). Not applied to the text tokens: their rows are shared with the class
+prompts, so pinning them would pin the text side's unlearning too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,7 +52,9 @@ from datamodules.poison import PoisonConfig
 from datamodules.pretrain import ShardDataModule
 from modules.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.model_loading import ModelConfig
-from modules.token_attribution import TokenTap, token_attribution, top_token_mask
+from modules.losses import relative_squared_change
+from modules.token_attribution import (TokenTap, captured_image_tokens, image_tokens_only, token_attribution,
+                                      top_token_mask)
 from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs, score_stream, write_discovery
 
 
@@ -110,7 +122,7 @@ class TokenUnlearning(CLIPModule):
                  m: int = 200, forget_batch_size: int = 64,
                  text_tokens: int = 3, image_tokens: int = 4, margin: float = 0.0, lambda_forget: float = 1.0,
                  trainable: Optional[list[str]] = None, image_token_block: Optional[int] = None,
-                 seed: int = 0):
+                 lambda_retain_tokens: float = 0.0, seed: int = 0):
         """
         Args:
             model: The (possibly poisoned) model to clean.
@@ -129,10 +141,14 @@ class TokenUnlearning(CLIPModule):
                 position embeddings, `ln_pre` and blocks 0..k).
             image_token_block: ViT only: take the image tokens at the output of transformer block k
                 (0-based) instead of the patch embedding.
+            lambda_retain_tokens: Weight of L_tokens, the relative change of the clean batch's image tokens
+                against the incoming model's (0: off; it costs a forward pass of the image tower up to the tokens).
             seed: Seed of the suspicious mini-batch draws.
         """
         if m < 1 or forget_batch_size < 1:
             raise ValueError("model.m and model.forget_batch_size must be ≥ 1")
+        if lambda_retain_tokens < 0:
+            raise ValueError(f"model.lambda_retain_tokens must be ≥ 0, got {lambda_retain_tokens}")
         if (suspicious_dir is None) == (discover is None):
             raise ValueError("set model.suspicious_dir (the ubt/ directory of a stage-1 run) or model.discover "
                              "(both stages in this fit), exactly one of them")
@@ -151,6 +167,11 @@ class TokenUnlearning(CLIPModule):
         TokenTap(self.model, image_token_block)  # checks the block against the model before training
         self.trainable = freeze_all_but(self.model, list(trainable) if trainable is not None
                                         else token_local_parameters(self.model, image_token_block))
+        self.lambda_retain_tokens = lambda_retain_tokens
+        # Kept out of the module tree, so neither checkpointed nor optimised: a resumed run rebuilds it
+        # from model.pretrained, the incoming weights.
+        self.__dict__["incoming_visual"] = (copy.deepcopy(self.model.visual).requires_grad_(False).eval()
+                                            if lambda_retain_tokens > 0 else None)
         self.forget_keys: list[str] = []
         self.forget_images = torch.empty(0)
         self.forget_tokens = torch.empty(0)
@@ -161,6 +182,8 @@ class TokenUnlearning(CLIPModule):
             self._load_forget_set(Path(self.suspicious_dir) / SUSPICIOUS_PAIRS)
 
     def on_fit_start(self) -> None:
+        if self.incoming_visual is not None:
+            self.incoming_visual.to(device=self.device, dtype=next(self.model.visual.parameters()).dtype)
         if self.discover is None:
             return
         out = Path(self.trainer.default_root_dir) / "ubt"
@@ -226,10 +249,22 @@ class TokenUnlearning(CLIPModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         keep_frozen_norms_in_eval(self.model)  # Lightning puts the model back in train mode after validation
 
+    def retain_tokens_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """L_tokens of the clean batch `images`, whose image tokens in this model are `tokens`."""
+        with torch.no_grad():
+            incoming = image_tokens_only(self.incoming_visual, self._images(images), self.image_token_block)
+        return relative_squared_change(tokens, incoming)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        retain = self.clip_loss(self.encode_image(batch["image"]), self.encode_text(batch["text"]), self.logit_scale())
+        with captured_image_tokens(self.model.visual, self.image_token_block) as tokens:
+            image_features = self.encode_image(batch["image"])
+        retain = self.clip_loss(image_features, self.encode_text(batch["text"]), self.logit_scale())
         forget, similarity = self.forget_loss(*self.forget_batch())
         loss = retain + self.lambda_forget * forget
+        if self.incoming_visual is not None:
+            retain_tokens = self.retain_tokens_loss(batch["image"], tokens[0])
+            loss = loss + self.lambda_retain_tokens * retain_tokens
+            self.log("train/loss_retain_tokens", retain_tokens)
         self.log_dict({"train/loss": loss, "train/loss_retain": retain, "train/loss_forget": forget}, prog_bar=True)
         self.log("train/forget_similarity", similarity.mean())
         return loss

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from modules.model_loading import ModelConfig, build_model
-from modules.token_attribution import TokenTap, gate, token_attribution, top_token_mask
+from modules.losses import relative_squared_change
+from modules.token_attribution import (TokenTap, captured_image_tokens, gate, image_tokens_only, token_attribution,
+                                      top_token_mask)
 from modules.ubt import load_suspicious_pairs, save_suspicious_pairs
 from modules.ubt_unlearn import TokenUnlearning, freeze_all_but, token_local_parameters
 
@@ -153,3 +155,56 @@ def test_vit_tokens_after_a_block_gate_the_layers_below_and_only_those():
     rn, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json"))
     with pytest.raises(ValueError, match="ModifiedResNet"):
         TokenTap(rn, vit_block=0)
+
+
+def test_relative_squared_change_is_zero_at_the_reference_and_scale_free():
+    reference = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    assert relative_squared_change(reference.clone(), reference).item() == 0.0
+    assert relative_squared_change(torch.zeros(2, 2), reference).item() == pytest.approx(1.0)
+    moved = reference + torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    assert relative_squared_change(moved, reference).item() == pytest.approx(1 / 25)
+    assert relative_squared_change(10 * moved, 10 * reference).item() == pytest.approx(1 / 25)
+
+
+@pytest.mark.parametrize("name,vit_block", [("tiny-rn32", None), ("tiny-vit32", None), ("tiny-vit32", 0)])
+def test_image_tokens_only_stops_at_the_tokens_and_matches_a_full_pass(name, vit_block):
+    torch.manual_seed(0)
+    model, spec = build_model(ModelConfig(name=f"configs/models/{name}.json"))
+    model.eval()
+    images = torch.randn(2, 3, spec.image_size, spec.image_size)
+    with captured_image_tokens(model.visual, vit_block) as captured:
+        model.visual(images)
+    above = []  # a module the full pass runs after the tokens
+    last = model.visual.attnpool if hasattr(model.visual, "attnpool") else model.visual.ln_post
+    handle = last.register_forward_hook(lambda *args: above.append(True))
+    try:
+        tokens = image_tokens_only(model.visual, images, vit_block)
+    finally:
+        handle.remove()
+    assert torch.equal(tokens, captured[0]) and not above
+
+
+def test_retain_tokens_loss_is_zero_at_the_incoming_model_and_grows_with_the_change():
+    torch.manual_seed(0)
+    module = TokenUnlearning(model=ModelConfig(name="configs/models/tiny-vit32.json"), suspicious_dir="unused",
+                             image_token_block=0, lambda_retain_tokens=1.0)
+    assert not any("incoming" in key for key in module.state_dict())  # not checkpointed
+    assert not any(p.requires_grad for p in module.incoming_visual.parameters())
+    images = torch.randn(4, 3, 32, 32)
+
+    def loss():
+        with captured_image_tokens(module.model.visual, 0) as tokens:
+            module.encode_image(images)
+        return module.retain_tokens_loss(images, tokens[0])
+
+    assert loss().item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        module.model.visual.transformer.resblocks[0].mlp.c_fc.weight.mul_(1.5)
+    moved = loss()
+    assert moved.item() > 1e-4
+    moved.backward()
+    assert module.model.visual.transformer.resblocks[0].mlp.c_fc.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in module.model.named_parameters() if n not in module.trainable)
+    with pytest.raises(ValueError, match="lambda_retain_tokens"):
+        TokenUnlearning(model=ModelConfig(name="configs/models/tiny-vit32.json"), suspicious_dir="unused",
+                        lambda_retain_tokens=-1.0)
