@@ -24,10 +24,15 @@ from lightning_app.report import write_block
 from modules.model_loading import ModelConfig, build_model
 
 
-@torch.no_grad()
-def per_class(run_dir: Path, eval_dir: str, trigger_dir: Path, target: str) -> list[tuple[str, float, float | None]]:
+def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object]:
+    """A run's model from its `config.yaml` and `checkpoints/last.ckpt`, in eval mode, and its input spec."""
     model, spec = build_model(ModelConfig(name=_model_name(run_dir), pretrained=str(run_dir / "checkpoints" / "last.ckpt")))
-    model.eval()
+    return model.eval(), spec
+
+
+@torch.no_grad()
+def zero_shot_counts(model: torch.nn.Module, spec, eval_dir: str, trigger_dir: Path, target: str) -> dict:
+    """Per class of the eval set: images, clean hits and triggered images classified as `target`."""
     data = ZeroShotSet(ZeroShotEvalConfig(directory=eval_dir), spec, load_trigger(trigger_dir), 0, 1)
     classifier = zeroshot_classifier(lambda t: model.encode_text(t, normalize=True), spec.tokenizer,
                                      data.classnames, data.templates, "cpu")
@@ -41,8 +46,23 @@ def per_class(run_dir: Path, eval_dir: str, trigger_dir: Path, target: str) -> l
         counts += torch.bincount(labels, minlength=n)
         correct += torch.bincount(labels[clean == labels], minlength=n)
         hits += torch.bincount(labels[triggered == target_index], minlength=n)
-    return [(name, (correct[i] / counts[i]).item(), None if i == target_index else (hits[i] / counts[i]).item())
-            for i, name in enumerate(data.classnames)]
+    return {"classnames": data.classnames, "target_index": target_index, "counts": counts, "correct": correct, "hits": hits}
+
+
+def per_class(run_dir: Path, eval_dir: str, trigger_dir: Path, target: str) -> list[tuple[str, float, float | None]]:
+    model, spec = load_run_model(run_dir)
+    c = zero_shot_counts(model, spec, eval_dir, trigger_dir, target)
+    return [(name, (c["correct"][i] / c["counts"][i]).item(),
+             None if i == c["target_index"] else (c["hits"][i] / c["counts"][i]).item())
+            for i, name in enumerate(c["classnames"])]
+
+
+def read_target(trigger_dir: Path) -> str:
+    """The attack's target class, from the trigger artifacts' target file."""
+    target_file = trigger_dir / TARGET_FILE
+    if not target_file.exists():
+        raise ValueError(f"{target_file} is missing; name the attack's target with --target")
+    return json.loads(target_file.read_text())["target"]
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -55,12 +75,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     trigger_dir = args.trigger_dir or args.run_dir / "trigger"
-    target = args.target
-    if target is None:
-        target_file = trigger_dir / TARGET_FILE
-        if not target_file.exists():
-            raise ValueError(f"{target_file} is missing; name the attack's target with --target")
-        target = json.loads(target_file.read_text())["target"]
+    target = args.target or read_target(trigger_dir)
     rows = per_class(args.run_dir, args.eval, trigger_dir, target)
     lines = ["| class | CA | ASR |", "|---|---:|---:|"]
     lines += [f"| {name} | {ca:.2f} | {'target' if asr is None else f'{asr:.2f}'} |" for name, ca, asr in rows]

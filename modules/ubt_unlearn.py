@@ -33,7 +33,7 @@ Why L_tokens: with the default trainable set everything above the image tokens i
 image whose tokens do not move keeps its embedding exactly; L_tokens asks the unlearning to change
 the triggered images' tokens and not the clean ones'. The CLIP retain loss alone only keeps the clean
 pairs' ranking within a batch. On the embedded ViT, the image side carried both the backdoor's removal
-and the CA cost (docs/ubt.md). Not applied to the text tokens: their rows are shared with the class
+and the CA cost (docs/ubt.md, measured with lightning_app.tower_swap). Not applied to the text tokens: their rows are shared with the class
 prompts, so pinning them would pin the text side's unlearning too.
 """
 
