@@ -65,13 +65,18 @@ def read_target(trigger_dir: Path) -> str:
     return json.loads(target_file.read_text())["target"]
 
 
+def add_eval_arguments(parser: argparse.ArgumentParser, trigger_default: str) -> None:
+    """The eval set, trigger, target and output block options shared by the evaluation tools."""
+    parser.add_argument("--eval", default="data/embedded/eval", help="clip_benchmark-format eval directory")
+    parser.add_argument("--trigger-dir", type=Path, help=f"default: {trigger_default}")
+    parser.add_argument("--target", help="default: the attack's target, from TRIGGER_DIR/target.json")
+    parser.add_argument("--block", help="write the table into docs/results.md under this block name")
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--eval", default="data/embedded/eval", help="clip_benchmark-format eval directory")
-    parser.add_argument("--trigger-dir", type=Path, help="default: RUN/trigger")
-    parser.add_argument("--target", help="default: the attack's target, from TRIGGER_DIR/target.json")
-    parser.add_argument("--block", help="write the table into docs/results.md under this block name")
+    add_eval_arguments(parser, trigger_default="RUN/trigger")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     trigger_dir = args.trigger_dir or args.run_dir / "trigger"

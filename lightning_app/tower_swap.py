@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_app.per_class import load_run_model, read_target, zero_shot_counts
+from lightning_app.per_class import add_eval_arguments, load_run_model, read_target, zero_shot_counts
 from lightning_app.report import write_block
 
 IMAGE_PREFIX = "visual."
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("defended_dir", type=Path, help="the defense's run directory")
     parser.add_argument("--incoming", type=Path, required=True, help="the run directory of the model it defended")
-    parser.add_argument("--eval", default="data/embedded/eval", help="clip_benchmark-format eval directory")
-    parser.add_argument("--trigger-dir", type=Path, help="default: INCOMING/trigger")
-    parser.add_argument("--target", help="default: the attack's target, from TRIGGER_DIR/target.json")
-    parser.add_argument("--block", help="write the table into docs/results.md under this block name")
+    add_eval_arguments(parser, trigger_default="INCOMING/trigger")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     trigger_dir = args.trigger_dir or args.incoming / "trigger"
