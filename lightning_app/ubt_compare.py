@@ -43,30 +43,42 @@ def poisoning_overrides(poisoned_run: Path) -> list[str]:
     return overrides
 
 
+ONE_PASS_SCORES = ("weak", "cluster")  # rankings by the incoming model alone
+
+
 def ubt_stages(poisoned: Stage, root: Path, score: str, m: int, unlearn_config: str = "configs/embedded/ubt_unlearn.yaml"
                ) -> tuple[Stage, Stage, Stage, Stage | None]:
-    """UBT's two stages, the control, and (for the `weak` ranking, which needs no overfitting) a stage-1
-    run with UBT's overfitting that measures every ranking; it is not part of UBT's time."""
+    """UBT's two stages, the control, and (for the rankings that need no overfitting, `weak` and `cluster`)
+    a stage-1 run with UBT's overfitting that measures every ranking; it is not part of UBT's time.
+    Run directories other than `weak`'s end in `_<score>`."""
     run = Path(poisoned.run_dir)
     start = ["--model.init_args.model.pretrained", str(run / "checkpoints" / "last.ckpt"),
              "--data.init_args.trigger_dir", str(run / "trigger")]
     detect_config = "configs/embedded/ubt_detect.yaml"
-    detect = Stage("UBT 1: suspicious pairs", detect_config, str(root / "detect"),
-                   [*start, *same_model(poisoned, detect_config), *poisoning_overrides(run),
-                    "--model.init_args.score", score, "--model.init_args.top_m", str(m)])
-    overfit = ["--model.init_args.overfit", "true"]  # the config's `overfit: false` allows only `weak`
-    if score != "weak":
+    tag = score_suffix(score)
+    def ranked_by(name: str) -> list[str]:
+        return [*start, *same_model(poisoned, detect_config), *poisoning_overrides(run),
+                "--model.init_args.score", name, "--model.init_args.top_m", str(m)]
+
+    detect = Stage("UBT 1: suspicious pairs", detect_config, str(root / f"detect{tag}"), ranked_by(score))
+    overfit = ["--model.init_args.overfit", "true"]  # the config's `overfit: false` allows `weak` and `cluster`
+    if score not in ONE_PASS_SCORES:
         detect.overrides += overfit
-    every_ranking = None if score != "weak" else Stage(
+    every_ranking = None if score not in ONE_PASS_SCORES else Stage(
         "UBT 1 with overfitting (measures every ranking; not in UBT's time)", detect_config, str(root / "detect_overfit"),
-        [*detect.overrides, *overfit])
-    suffix = variant_suffix(unlearn_config)
+        [*ranked_by("weak"), *overfit])
+    suffix = variant_suffix(unlearn_config) + tag
     unlearn = Stage("UBT 2: token unlearning", unlearn_config, str(root / f"unlearn{suffix}"),
                     [*start, *same_model(poisoned, unlearn_config),
-                     "--model.init_args.suspicious_dir", str(root / "detect" / "ubt"), "--model.init_args.m", str(m)])
+                     "--model.init_args.suspicious_dir", str(Path(detect.run_dir) / "ubt"), "--model.init_args.m", str(m)])
     control = Stage("control: stage 2 without the forget term", unlearn_config, str(root / f"retain_only{suffix}"),
                     [*unlearn.overrides, "--model.init_args.lambda_forget", "0"])
     return detect, unlearn, control, every_ranking
+
+
+def score_suffix(score: str) -> str:
+    """'' for the default ranking (`weak`), else `_<score>` (run directories, doc block)."""
+    return "" if score == "weak" else f"_{score}"
 
 
 def variant_suffix(unlearn_config: str) -> str:
@@ -87,7 +99,7 @@ def detection_table(detection: dict) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attack", choices=sorted(POISONED), default="badnet")
-    parser.add_argument("--score", choices=["after", "rise", "weak"], default="weak",
+    parser.add_argument("--score", choices=["after", "rise", "weak", "cluster"], default="weak",
                         help="which stage-1 ranking picks the unlearning set")
     parser.add_argument("--m", type=int, default=200, help="suspicious pairs to unlearn (≤ 1%% of 20K pairs)")
     parser.add_argument("--unlearn-config", default="configs/embedded/ubt_unlearn.yaml",
@@ -115,10 +127,11 @@ def main(argv: list[str] | None = None) -> str:
         timing = (f"UBT wall time (both stages): {fmt(ubt_time, 0)} s = {fmt(100 * ubt_time / cleanclip_time, 1)}% of "
                   f"CleanCLIP's {fmt(cleanclip_time, 0)} s. CleanCLIP's CA change: "
                   f"{fmt(100 * (summaries[cleanclip.label]['ca_top1'] - before['ca_top1']), 1)} points. ")
+    detection_run = summaries[(every_ranking or detect).label]
     command = f"python -m lightning_app.ubt_compare --attack {args.attack} --score {args.score} --m {args.m}"
     command += " --skip-cleanclip" if cleanclip is None else ""
-    suffix = variant_suffix(args.unlearn_config)
-    command += f" --unlearn-config {args.unlearn_config}" if suffix else ""
+    command += f" --unlearn-config {args.unlearn_config}" if variant_suffix(args.unlearn_config) else ""
+    suffix = variant_suffix(args.unlearn_config) + score_suffix(args.score)
     text = (
         f"Generated by `{command}` "
         f"from each run's summary.json. UBT unlearns {after['unlearned_pairs']} of {pairs} training pairs "
@@ -131,8 +144,11 @@ def main(argv: list[str] | None = None) -> str:
         + results_table([(label, {**s, "ca_top1": None, "ca_top5": None, "asr": None} if s.get("module") == "SuspiciousPairDiscovery" else s)
                          for label, s in summaries.items()])
         + f"\n\n{timing}UBT's CA change: {fmt(100 * (after['ca_top1'] - before['ca_top1']), 1)} points.\n\n"
-        "Detection of the poisoned pairs (against the poison manifest, which no decision reads):\n\n"
-        + detection_table(summaries[(every_ranking or detect).label]["detection"])
+        "Detection of the poisoned pairs (against the poison manifest, which no decision reads). `cluster`: "
+        f"each image's similarity to the centroid of the images of the {detection_run.get('cluster_seed', '–')} weakest "
+        "pairs" + ("; the unlearning set is the top of those pairs by it.\n\n" if args.score == "cluster"
+                   else "; reported only, it does not pick the unlearning set here.\n\n")
+        + detection_table(detection_run["detection"])
     )
     write_block("docs/results.md", f"ubt-{args.attack}{suffix.replace('_', '-')}", text)
     print(text)

@@ -16,6 +16,10 @@ RUN/ubt/detection.json and summary.json: AUROC, precision and recall at k, as to
 Choice made here (the papers leave it open): loss weighting within the batch rather than weighted
 sampling, because the shards stream and cannot be sampled by weight.
 
+`score: cluster` (our addition, not UBT's; see `cluster_scores`, needs `overfit: false`): each image's
+similarity to the centroid of the images of the `cluster_seed` weakest pairs; the suspicious set is
+the top m of those weakest pairs by it, so one pass keeps every candidate's pixels.
+
 `overfit: false` skips steps 2 and 3: one scoring pass ranks by `weak`, the only score that does not
 need the overfitted model, at a third of the cost. The embedded configs use it, because `weak` is the
 ranking that finds the poisoned pairs there; `overfit: true` measures every ranking.
@@ -43,7 +47,7 @@ from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 
-SCORES = ("before", "after", "rise", "weak")
+SCORES = ("before", "after", "rise", "weak", "cluster")
 SUSPICIOUS_PAIRS = "suspicious_pairs.safetensors"
 
 
@@ -99,12 +103,14 @@ def detection_metrics(scores: dict[str, float], poisoned: set[str], ks: list[int
 
 
 @torch.no_grad()
-def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable[[str, float], float]] = None
+def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable[[str, float], float]] = None,
+                 embeddings: Optional[list[tuple[list[str], torch.Tensor]]] = None
                  ) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, str]]]:
     """Cosine similarity of every pair of `stream` (a PairStream: one unshuffled pass over all its
     shards in this process) under `module`'s model, in eval mode. With `keep(key, similarity) →
     priority`, the pass also keeps the pairs of the `top_m` highest priorities as the model saw them
-    (uint8 pixels at its input size, caption), so that unlearning needs no further pass."""
+    (uint8 pixels at its input size, caption), so that unlearning needs no further pass. With
+    `embeddings`, appends each batch's (keys, image embeddings in float16) to it."""
     was_training = module.training
     module.eval()
     spec = module.input_spec()
@@ -116,6 +122,8 @@ def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable
         text = module.encode_text(batch["text"].to(module.device))
         similarity = (image * text).sum(-1).tolist()
         scores.update(zip(batch["key"], similarity))
+        if embeddings is not None:
+            embeddings.append((list(batch["key"]), image.detach().to("cpu", torch.float16)))
         if keep is None:
             continue
         for i, (key, value) in enumerate(zip(batch["key"], similarity)):
@@ -131,12 +139,34 @@ def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable
     return scores, kept
 
 
+def weakest_keys(similarity: dict[str, float], n: int) -> list[str]:
+    """The n weakest-matched pairs, weakest first (the `weak` ranking's top n)."""
+    return rank_keys({k: -v for k, v in similarity.items()})[:n]
+
+
+def cluster_scores(similarity: dict[str, float], embeddings: list[tuple[list[str], torch.Tensor]], seed: int) -> dict[str, float]:
+    """Each pair's image similarity to the centroid of the images of the `seed` weakest-matched pairs.
+
+    The weakest pairs mix poisoned pairs with clean pairs whose captions fit badly. The poisoned
+    images share the trigger, so under the poisoned model they point one way, while the clean ones are
+    spread over the classes and average out: the centroid points at the trigger."""
+    keys = [key for batch_keys, _ in embeddings for key in batch_keys]
+    images = F.normalize(torch.cat([e for _, e in embeddings]).float(), dim=-1)
+    weakest = set(weakest_keys(similarity, seed))
+    index = torch.tensor([key in weakest for key in keys])
+    centroid = F.normalize(images[index].mean(0), dim=0)
+    return dict(zip(keys, (images @ centroid).tolist()))
+
+
 def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[str, tuple[torch.Tensor, str]],
-                    score: str, top_m: int, report_k: list[int], manifest: Optional[Path]) -> tuple[list[str], dict]:
+                    score: str, top_m: int, report_k: list[int], manifest: Optional[Path],
+                    candidates: Optional[list[str]] = None) -> tuple[list[str], dict]:
     """Write out/{ranking,suspicious,detection}.json and the top-m pairs (rank zero); returns the top-m
-    keys and the detection quality of every score against `manifest` (evaluation only: no decision reads it)."""
+    keys and the detection quality of every score against `manifest` (evaluation only: no decision reads it).
+    With `candidates`, the top m are the best-ranked of them (the `cluster` score picks from its seed)."""
     ranked = rank_keys(scores[score])
-    top = ranked[:top_m]
+    allowed = set(candidates) if candidates is not None else None
+    top = [key for key in ranked if allowed is None or key in allowed][:top_m]
     assert all(key in kept for key in top), "the scoring pass kept every top-m pair"
     detection = {}
     poisoned = set(json.loads(manifest.read_text())["keys"]) if manifest is not None and manifest.exists() else set()
@@ -160,48 +190,65 @@ class SuspiciousPairDiscovery(CLIPModule):
     """UBT stage 1: overfit toward weak-similarity pairs, then rank the pairs; see the module docstring."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
-                 temperature: float = 0.05, score: Literal["after", "rise", "weak"] = "after", top_m: int = 200,
-                 report_k: list[int] = [100, 200, 1000], overfit: bool = True):
+                 temperature: float = 0.05, score: Literal["after", "rise", "weak", "cluster"] = "after", top_m: int = 200,
+                 report_k: list[int] = [100, 200, 1000], overfit: bool = True, cluster_seed: int = 1000):
         """
         Args:
             model: The (possibly poisoned) model; a copy of it is overfitted, the original is untouched.
             optimizer: AdamW and the schedule of the overfitting.
             temperature: τ of the weak-pair weights softmax(-similarity/τ).
             score: Which score ranks the pairs in suspicious.json: similarity after overfitting (UBT), its
-                rise, or `weak`: the lowest similarity under the incoming model (SafeCLIP's signal).
+                rise, `weak`: the lowest similarity under the incoming model (SafeCLIP's signal), or `cluster`
+                (see the module docstring; needs overfit false).
             top_m: How many of the top-ranked keys make up the suspicious set (UBT's unlearning set).
             report_k: The k of precision@k and recall@k.
             overfit: Overfit and score again (UBT). False: one scoring pass and no training, which only
                 the `weak` ranking allows.
+            cluster_seed: The `cluster` score's seed: each image's similarity, under the incoming model, to
+                the centroid of the images of this many weakest pairs; with `score: cluster` the suspicious
+                set is taken from them (so ≥ top_m).
         """
-        if temperature <= 0 or top_m < 1:
-            raise ValueError("model.temperature must be > 0 and model.top_m ≥ 1")
-        if not overfit and score != "weak":
+        if temperature <= 0 or top_m < 1 or cluster_seed < 1:
+            raise ValueError("model.temperature must be > 0, model.top_m and model.cluster_seed ≥ 1")
+        if not overfit and score not in ("weak", "cluster"):
             raise ValueError(f"model.score {score!r} ranks by the overfitted model: it needs model.overfit true "
-                             "(without overfitting only model.score 'weak' is defined)")
+                             "(without overfitting model.score is 'weak' or 'cluster')")
+        if overfit and score == "cluster":
+            raise ValueError("model.score 'cluster' ranks by the incoming model in one pass: set model.overfit false")
+        if score == "cluster" and cluster_seed < top_m:
+            raise ValueError(f"model.cluster_seed ({cluster_seed}) must be ≥ model.top_m ({top_m}): "
+                             "the suspicious set is taken from the seed")
         super().__init__(model, optimizer)
         self.overfit = overfit
         self.temperature = temperature
         self.score = score
         self.top_m = top_m
         self.report_k = list(report_k)
+        self.cluster_seed = cluster_seed
         self.similarity_before: dict[str, float] = {}
+        self.cluster_before: dict[str, float] = {}
         self.detection: dict[str, dict[str, float]] = {}
 
-    def score_pairs(self, keep: Optional[Callable[[str, float], float]] = None) -> tuple[dict[str, float], dict]:
+    def score_pairs(self, keep: Optional[Callable[[str, float], float]] = None, embeddings: Optional[list] = None
+                    ) -> tuple[dict[str, float], dict]:
         if self.trainer.world_size != 1:
             raise ValueError("suspicious-pair discovery runs on one device (it scores the whole stream)")
-        return score_stream(self, self.trainer.datamodule.train_stream, self.top_m, keep)
+        kept = self.cluster_seed if self.score == "cluster" else self.top_m
+        return score_stream(self, self.trainer.datamodule.train_stream, kept, keep, embeddings)
 
     def on_train_start(self) -> None:
         super().on_train_start()
+        embeddings: list = []
         if not self.overfit:
-            before, kept = self.score_pairs(keep=lambda key, s: -s)
-            self._finish({"before": before, "weak": {k: -v for k, v in before.items()}}, kept)
+            before, kept = self.score_pairs(keep=lambda key, s: -s, embeddings=embeddings)
+            self._finish({"before": before, "weak": {k: -v for k, v in before.items()},
+                          "cluster": cluster_scores(before, embeddings, self.cluster_seed)}, kept,
+                         weakest_keys(before, self.cluster_seed) if self.score == "cluster" else None)
             self.trainer.should_stop = True  # the fit loop ends before its first batch
             return
         if not self.similarity_before:  # (restored from the checkpoint on resume)
-            self.similarity_before, _ = self.score_pairs()
+            self.similarity_before, _ = self.score_pairs(embeddings=embeddings)
+            self.cluster_before = cluster_scores(self.similarity_before, embeddings, self.cluster_seed)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image, text = self.encode_image(batch["image"]), self.encode_text(batch["text"])
@@ -212,9 +259,11 @@ class SuspiciousPairDiscovery(CLIPModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ubt_similarity_before"] = self.similarity_before
+        checkpoint["ubt_cluster_before"] = self.cluster_before
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.similarity_before = checkpoint.get("ubt_similarity_before", {})
+        self.cluster_before = checkpoint.get("ubt_cluster_before", {})
 
     def on_train_end(self) -> None:
         if not self.overfit:
@@ -224,12 +273,16 @@ class SuspiciousPairDiscovery(CLIPModule):
         after, kept = self.score_pairs(keep=priority[self.score])
         scores = {"before": before, "after": after, "rise": {k: after[k] - before[k] for k in after if k in before},
                   "weak": {k: -v for k, v in before.items()}}
+        if self.cluster_before:  # (absent from a checkpoint written before it existed)
+            scores["cluster"] = self.cluster_before
         self._finish(scores, kept)
 
-    def _finish(self, scores: dict[str, dict[str, float]], kept: dict) -> None:
+    def _finish(self, scores: dict[str, dict[str, float]], kept: dict, candidates: Optional[list[str]] = None) -> None:
         """Write the rankings and detection quality, and the top-m pairs for stage 2."""
         _, self.detection = write_discovery(Path(self.trainer.default_root_dir) / "ubt", scores, kept, self.score,
-                                            self.top_m, self.report_k, Path(self.trainer.datamodule.manifest_path))
+                                            self.top_m, self.report_k, Path(self.trainer.datamodule.manifest_path),
+                                            candidates)
 
     def summary_extras(self) -> dict:
-        return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit}
+        return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit,
+                "cluster_seed": self.cluster_seed}

@@ -6,7 +6,7 @@
 Reads RUN/ubt/suspicious_pairs.safetensors of a stage-1 run (`suspicious_dir`: its `ubt/` directory),
 at most `m` pairs: the images as the model saw them and their captions. Or, with `discover`, finds
 them itself when the fit starts: one scoring pass over the model's training data ranks the pairs by
-weak similarity (stage 1 with `overfit: false`) and writes this run's `ubt/` directory, which a
+`discover.score`, weak similarity or `cluster` (stage 1 with `overfit: false`) and writes this run's `ubt/` directory, which a
 resumed run reads back. The training data is the clean fine-tuning stream, for the retain loss.
 Each step:
 1. attribution: on a mini-batch of suspicious pairs, the similarity s(I, T) is attributed to the
@@ -43,7 +43,7 @@ import contextlib
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -55,7 +55,8 @@ from modules.model_loading import ModelConfig
 from modules.losses import relative_squared_change
 from modules.token_attribution import (TokenTap, captured_image_tokens, image_tokens_only, token_attribution,
                                       top_token_mask)
-from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs, score_stream, write_discovery
+from modules.ubt import (SUSPICIOUS_PAIRS, cluster_scores, load_suspicious_pairs, score_stream, weakest_keys,
+                         write_discovery)
 
 
 @dataclass
@@ -71,6 +72,10 @@ class DiscoveryData:
     """Pairs in the shards; None reads img2dataset's `*_stats.json` files."""
     report_k: list[int] = field(default_factory=lambda: [100, 200, 1000])
     """The k of the detection precision@k and recall@k."""
+    score: Literal["weak", "cluster"] = "weak"
+    """Which ranking picks the m pairs: `weak`, or `cluster` (see modules/ubt.py)."""
+    cluster_seed: int = 1000
+    """The `cluster` score's seed: the images of this many weakest pairs make its centroid (≥ m)."""
 
 
 def freeze_all_but(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
@@ -149,6 +154,8 @@ class TokenUnlearning(CLIPModule):
             raise ValueError("model.m and model.forget_batch_size must be ≥ 1")
         if lambda_retain_tokens < 0:
             raise ValueError(f"model.lambda_retain_tokens must be ≥ 0, got {lambda_retain_tokens}")
+        if discover is not None and discover.score == "cluster" and discover.cluster_seed < m:
+            raise ValueError(f"model.discover.cluster_seed ({discover.cluster_seed}) must be ≥ model.m ({m})")
         if (suspicious_dir is None) == (discover is None):
             raise ValueError("set model.suspicious_dir (the ubt/ directory of a stage-1 run) or model.discover "
                              "(both stages in this fit), exactly one of them")
@@ -192,15 +199,21 @@ class TokenUnlearning(CLIPModule):
         self._load_forget_set(out / SUSPICIOUS_PAIRS)
 
     def _discover(self, out: Path) -> dict:
-        """Stage 1 without overfitting, on the model as it comes in: keep the m weakest-matched pairs."""
+        """Stage 1 without overfitting, on the model as it comes in: keep the m pairs `discover.score` ranks first."""
         data = self.trainer.datamodule
         discovery = ShardDataModule(train_shards=self.discover.train_shards, eval=data.eval_config, trigger=data.trigger,
                                     poison=self.discover.poison, batch_size=data.batch_size, num_workers=data.num_workers,
                                     num_samples=self.discover.num_samples, run_dir=str(out / "data"))
         discovery.trainer = self.trainer
-        similarity, kept = score_stream(self, discovery.scoring_stream(), self.m, keep=lambda key, s: -s)
-        scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()}}
-        _, detection = write_discovery(out, scores, kept, "weak", self.m, self.discover.report_k, discovery.manifest_path)
+        by_cluster = self.discover.score == "cluster"
+        embeddings: list = []
+        similarity, kept = score_stream(self, discovery.scoring_stream(), self.discover.cluster_seed if by_cluster else self.m,
+                                        keep=lambda key, s: -s, embeddings=embeddings)
+        scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()},
+                  "cluster": cluster_scores(similarity, embeddings, self.discover.cluster_seed)}
+        _, detection = write_discovery(out, scores, kept, self.discover.score, self.m, self.discover.report_k,
+                                       discovery.manifest_path,
+                                       weakest_keys(similarity, self.discover.cluster_seed) if by_cluster else None)
         self.trainer.strategy.barrier()  # every rank reads the pairs that rank zero wrote
         return detection
 

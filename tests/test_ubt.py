@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.ubt import SuspiciousPairDiscovery, detection_metrics, per_pair_clip_loss, rank_keys, weak_pair_weights
+from modules.ubt import (SuspiciousPairDiscovery, cluster_scores, detection_metrics, per_pair_clip_loss, rank_keys,
+                         weak_pair_weights)
 
 
 def test_per_pair_loss_matches_a_direct_computation_and_averages_to_the_clip_loss():
@@ -63,6 +64,10 @@ def test_stage_one_streams_the_poisoned_runs_own_data_with_defaults_for_keys_it_
 def test_rankings_by_the_overfitted_model_are_refused_without_overfitting():
     with pytest.raises(ValueError, match="model.overfit"):
         SuspiciousPairDiscovery(score="after", overfit=False)
+    with pytest.raises(ValueError, match="model.overfit false"):
+        SuspiciousPairDiscovery(score="cluster", overfit=True)
+    with pytest.raises(ValueError, match="cluster_seed"):
+        SuspiciousPairDiscovery(score="cluster", overfit=False, top_m=200, cluster_seed=100)
 
 
 def test_ubt_compare_times_the_lean_ranking_and_measures_every_ranking_apart(tmp_path):
@@ -87,4 +92,28 @@ def test_ubt_compare_times_the_lean_ranking_and_measures_every_ranking_apart(tmp
     detect, unlearn, _, every_ranking = ubt_stages(poisoned, tmp_path / "ubt", "after", 200,
                                                    "configs/embedded/ubt_unlearn_vit.yaml")
     assert every_ranking is None and detect.overrides[-2:] == ["--model.init_args.overfit", "true"]
-    assert unlearn.run_dir.endswith("unlearn_vit") and unlearn.config == "configs/embedded/ubt_unlearn_vit.yaml"
+    assert unlearn.run_dir.endswith("unlearn_vit_after") and unlearn.config == "configs/embedded/ubt_unlearn_vit.yaml"
+
+    detect, unlearn, _, every_ranking = ubt_stages(poisoned, tmp_path / "ubt", "cluster", 200)
+    assert "--model.init_args.overfit" not in detect.overrides and detect.run_dir.endswith("detect_cluster")
+    assert every_ranking.overrides[-2:] == ["--model.init_args.overfit", "true"]  # scored by `weak` with overfitting
+    assert every_ranking.overrides[every_ranking.overrides.index("--model.init_args.score") + 1] == "weak"
+    assert unlearn.run_dir.endswith("unlearn_cluster")
+    assert unlearn.overrides[unlearn.overrides.index("--model.init_args.suspicious_dir") + 1] == str(tmp_path / "ubt" / "detect_cluster" / "ubt")
+
+
+def test_cluster_score_ranks_planted_look_alike_images_above_weak_clean_pairs():
+    torch.manual_seed(0)
+    clean = F.normalize(torch.randn(40, 8), dim=-1)  # spread over directions, like images of many classes
+    trigger = F.normalize(torch.randn(8), dim=0)
+    planted = F.normalize(trigger + 0.1 * torch.randn(6, 8), dim=-1)  # the triggered images point one way
+    keys = [f"c{i:02d}" for i in range(40)] + [f"p{i}" for i in range(6)]
+    similarity = {k: 0.6 + 0.01 * i for i, k in enumerate(keys[:40])}
+    similarity.update({k: 0.3 for k in keys[40:]})  # weak, as poisoned pairs are under the poisoned model
+    for k in keys[:8]:  # clean pairs weaker still: `weak` alone ranks them first
+        similarity[k] = 0.1
+    embeddings = [(keys[:23], clean[:23].half()), (keys[23:40] + keys[40:], torch.cat([clean[23:], planted]).half())]
+    assert set(rank_keys({k: -v for k, v in similarity.items()})[:6]) <= set(keys[:8])
+    scores = cluster_scores(similarity, embeddings, seed=14)  # the 8 weak clean pairs and the 6 planted ones
+    assert set(rank_keys(scores)[:6]) == set(keys[40:])
+    assert set(scores) == set(keys)

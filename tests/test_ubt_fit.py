@@ -34,7 +34,7 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
 
     detection, suspicious = detect(tmp_path / "detect")  # the shipped config: one scoring pass
     print({score: round(d["auroc"], 3) for score, d in detection.items()})
-    assert set(detection) == {"before", "weak"}
+    assert set(detection) == {"before", "weak", "cluster"}
     assert abs(detection["weak"]["num_poisoned"] - RATE * 3000) < 30  # the rate is met per key hash, not exactly
     assert detection["weak"]["auroc"] >= 0.75  # measured 0.82 (a clean-model ranking is at 0.5)
     assert detection["weak"][f"precision@{M}"] >= 2 * RATE
@@ -42,9 +42,22 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
 
     # UBT's overfitting scores every ranking; its `weak` ranking is the same pass over the same model
     overfitted, overfitted_suspicious = detect(tmp_path / "detect_overfit", "--model.init_args.overfit", "true")
-    assert set(overfitted) == {"before", "after", "rise", "weak"}
+    assert set(overfitted) == {"before", "after", "rise", "weak", "cluster"}
     assert overfitted["weak"] == detection["weak"] and overfitted_suspicious["keys"] == suspicious["keys"]
     assert overfitted["after"] != overfitted["before"]  # the overfitting moved the model
+
+    # `cluster` picks its m from the seed of weakest pairs, and more precisely than `weak` does
+    seed = 300
+    by_cluster, cluster_suspicious = detect(tmp_path / "detect_cluster", "--model.init_args.score", "cluster",
+                                            "--model.init_args.cluster_seed", str(seed))
+    ranked = json.loads((tmp_path / "detect" / "ubt" / "ranking.json").read_text())["ranked"]
+    assert set(cluster_suspicious["keys"]) <= {row[0] for row in ranked[:seed]} and len(cluster_suspicious["keys"]) == M
+    poisoned_keys = set(json.loads((tmp_path / "detect_cluster" / "poison" / "manifest.json").read_text())["keys"])
+    precision = {name: sum(k in poisoned_keys for k in picked["keys"]) / M
+                 for name, picked in (("weak", suspicious), ("cluster", cluster_suspicious))}
+    print("cluster AUROC", round(by_cluster["cluster"]["auroc"], 3), "precision of the unlearning set", precision)
+    assert precision["weak"] == pytest.approx(detection["weak"][f"precision@{M}"])
+    assert precision["cluster"] > precision["weak"]
     detect = tmp_path / "detect"
 
     unlearn = tmp_path / "unlearn"
