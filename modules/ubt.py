@@ -158,6 +158,15 @@ def cluster_scores(similarity: dict[str, float], embeddings: list[tuple[list[str
     return dict(zip(keys, (images @ centroid).tolist()))
 
 
+def one_pass_rankings(similarity: dict[str, float], embeddings: list[tuple[list[str], torch.Tensor]], score: str,
+                      cluster_seed: int) -> tuple[dict[str, dict[str, float]], Optional[list[str]]]:
+    """The rankings of one scoring pass (`before`, `weak`, `cluster`), and the keys that `score` picks
+    its top m from (the cluster seed for `cluster`; None: all)."""
+    scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()},
+              "cluster": cluster_scores(similarity, embeddings, cluster_seed)}
+    return scores, weakest_keys(similarity, cluster_seed) if score == "cluster" else None
+
+
 def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[str, tuple[torch.Tensor, str]],
                     score: str, top_m: int, report_k: list[int], manifest: Optional[Path],
                     candidates: Optional[list[str]] = None) -> tuple[list[str], dict]:
@@ -203,7 +212,7 @@ class SuspiciousPairDiscovery(CLIPModule):
             top_m: How many of the top-ranked keys make up the suspicious set (UBT's unlearning set).
             report_k: The k of precision@k and recall@k.
             overfit: Overfit and score again (UBT). False: one scoring pass and no training, which only
-                the `weak` ranking allows.
+                the `weak` and `cluster` rankings allow.
             cluster_seed: The `cluster` score's seed: each image's similarity, under the incoming model, to
                 the centroid of the images of this many weakest pairs; with `score: cluster` the suspicious
                 set is taken from them (so ≥ top_m).
@@ -241,9 +250,7 @@ class SuspiciousPairDiscovery(CLIPModule):
         embeddings: list = []
         if not self.overfit:
             before, kept = self.score_pairs(keep=lambda key, s: -s, embeddings=embeddings)
-            self._finish({"before": before, "weak": {k: -v for k, v in before.items()},
-                          "cluster": cluster_scores(before, embeddings, self.cluster_seed)}, kept,
-                         weakest_keys(before, self.cluster_seed) if self.score == "cluster" else None)
+            self._finish(*one_pass_rankings(before, embeddings, self.score, self.cluster_seed), kept)
             self.trainer.should_stop = True  # the fit loop ends before its first batch
             return
         if not self.similarity_before:  # (restored from the checkpoint on resume)
@@ -275,9 +282,9 @@ class SuspiciousPairDiscovery(CLIPModule):
                   "weak": {k: -v for k, v in before.items()}}
         if self.cluster_before:  # (absent from a checkpoint written before it existed)
             scores["cluster"] = self.cluster_before
-        self._finish(scores, kept)
+        self._finish(scores, None, kept)
 
-    def _finish(self, scores: dict[str, dict[str, float]], kept: dict, candidates: Optional[list[str]] = None) -> None:
+    def _finish(self, scores: dict[str, dict[str, float]], candidates: Optional[list[str]], kept: dict) -> None:
         """Write the rankings and detection quality, and the top-m pairs for stage 2."""
         _, self.detection = write_discovery(Path(self.trainer.default_root_dir) / "ubt", scores, kept, self.score,
                                             self.top_m, self.report_k, Path(self.trainer.datamodule.manifest_path),

@@ -6,8 +6,8 @@
 Reads RUN/ubt/suspicious_pairs.safetensors of a stage-1 run (`suspicious_dir`: its `ubt/` directory),
 at most `m` pairs: the images as the model saw them and their captions. Or, with `discover`, finds
 them itself when the fit starts: one scoring pass over the model's training data ranks the pairs by
-`discover.score`, weak similarity or `cluster` (stage 1 with `overfit: false`) and writes this run's `ubt/` directory, which a
-resumed run reads back. The training data is the clean fine-tuning stream, for the retain loss.
+`discover.score`, weak similarity or `cluster` (stage 1 with `overfit: false`), and writes this
+run's `ubt/` directory, which a resumed run reads back. The training data is the clean fine-tuning stream, for the retain loss.
 Each step:
 1. attribution: on a mini-batch of suspicious pairs, the similarity s(I, T) is attributed to the
    text tokens (token embeddings) and image tokens (ViT patches, or the positions entering a
@@ -18,8 +18,8 @@ Each step:
 3. retain: L_retain = the CLIP loss on the clean batch; with `lambda_retain_tokens` μ > 0 also
    L_tokens = ‖t − t₀‖² / ‖t₀‖², the relative change of the clean batch's image tokens t against
    those of the incoming model t₀ (a frozen copy of its image tower, run only up to the tokens).
-L = L_retain + λ·L_forget (+ μ·L_tokens), and only the parameters named by `trainable` (prefixes) are updated; the
-BatchNorm statistics of frozen layers stay fixed, and the suspicious passes run in eval mode (they
+L = L_retain + λ·L_forget (+ μ·L_tokens), and only the parameters named by `trainable` (prefixes) are
+updated; the BatchNorm statistics of frozen layers stay fixed, and the suspicious passes run in eval mode (they
 do not move any running statistics).
 
 What "through the top tokens only" controls: the gate sits at the token sites, so it restricts the
@@ -32,9 +32,10 @@ text transformer) may be made trainable too; their forget gradient then comes fr
 Why L_tokens: with the default trainable set everything above the image tokens is frozen, so a clean
 image whose tokens do not move keeps its embedding exactly; L_tokens asks the unlearning to change
 the triggered images' tokens and not the clean ones'. The CLIP retain loss alone only keeps the clean
-pairs' ranking within a batch. On the embedded ViT, the image side carried both the backdoor's removal
-and the CA cost (docs/ubt.md, measured with lightning_app.tower_swap). Not applied to the text tokens: their rows are shared with the class
-prompts, so pinning them would pin the text side's unlearning too.
+pairs' ranking within a batch. On the embedded ViT, the image side carried both the backdoor's
+removal and the CA cost (docs/ubt.md, measured with lightning_app.tower_swap). Not applied to the
+text tokens: their rows are shared with the class prompts, so pinning them would pin the text side's
+unlearning too.
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ from modules.model_loading import ModelConfig
 from modules.losses import relative_squared_change
 from modules.token_attribution import (TokenTap, captured_image_tokens, image_tokens_only, token_attribution,
                                       top_token_mask)
-from modules.ubt import (SUSPICIOUS_PAIRS, cluster_scores, load_suspicious_pairs, score_stream, weakest_keys,
-                         write_discovery)
+from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs, one_pass_rankings, score_stream, write_discovery
 
 
 @dataclass
@@ -205,15 +205,13 @@ class TokenUnlearning(CLIPModule):
                                     poison=self.discover.poison, batch_size=data.batch_size, num_workers=data.num_workers,
                                     num_samples=self.discover.num_samples, run_dir=str(out / "data"))
         discovery.trainer = self.trainer
-        by_cluster = self.discover.score == "cluster"
+        kept_pairs = self.discover.cluster_seed if self.discover.score == "cluster" else self.m
         embeddings: list = []
-        similarity, kept = score_stream(self, discovery.scoring_stream(), self.discover.cluster_seed if by_cluster else self.m,
-                                        keep=lambda key, s: -s, embeddings=embeddings)
-        scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()},
-                  "cluster": cluster_scores(similarity, embeddings, self.discover.cluster_seed)}
+        similarity, kept = score_stream(self, discovery.scoring_stream(), kept_pairs, keep=lambda key, s: -s,
+                                        embeddings=embeddings)
+        scores, candidates = one_pass_rankings(similarity, embeddings, self.discover.score, self.discover.cluster_seed)
         _, detection = write_discovery(out, scores, kept, self.discover.score, self.m, self.discover.report_k,
-                                       discovery.manifest_path,
-                                       weakest_keys(similarity, self.discover.cluster_seed) if by_cluster else None)
+                                       discovery.manifest_path, candidates)
         self.trainer.strategy.barrier()  # every rank reads the pairs that rank zero wrote
         return detection
 
