@@ -12,6 +12,7 @@ cost is there too. With `--block`, writes the table into docs/results.md.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -44,9 +45,10 @@ def ca_asr(counts: dict) -> tuple[float, float]:
 
 def tower_swap(defended_dir: Path, incoming_dir: Path, eval_dir: str, trigger_dir: Path, target: str) -> list[tuple[str, float, float]]:
     incoming, spec = load_run_model(incoming_dir)
-    rows = [("incoming", incoming), ("defended", load_run_model(defended_dir)[0]),
-            ("defended, image tower put back", put_back(load_run_model(defended_dir)[0], incoming, image_side=True)),
-            ("defended, text side put back", put_back(load_run_model(defended_dir)[0], incoming, image_side=False))]
+    defended = load_run_model(defended_dir)[0]
+    rows = [("incoming", incoming), ("defended", defended),
+            ("defended, image tower put back", put_back(copy.deepcopy(defended), incoming, image_side=True)),
+            ("defended, text side put back", put_back(copy.deepcopy(defended), incoming, image_side=False))]
     return [(label, *ca_asr(zero_shot_counts(model, spec, eval_dir, trigger_dir, target))) for label, model in rows]
 
 

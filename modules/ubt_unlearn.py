@@ -267,12 +267,14 @@ class TokenUnlearning(CLIPModule):
         return relative_squared_change(tokens, incoming)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        with captured_image_tokens(self.model.visual, self.image_token_block) as tokens:
+        retain_tokens_on = self.incoming_visual is not None
+        with (captured_image_tokens(self.model.visual, self.image_token_block) if retain_tokens_on
+              else contextlib.nullcontext([])) as tokens:
             image_features = self.encode_image(batch["image"])
         retain = self.clip_loss(image_features, self.encode_text(batch["text"]), self.logit_scale())
         forget, similarity = self.forget_loss(*self.forget_batch())
         loss = retain + self.lambda_forget * forget
-        if self.incoming_visual is not None:
+        if retain_tokens_on:
             retain_tokens = self.retain_tokens_loss(batch["image"], tokens[0])
             loss = loss + self.lambda_retain_tokens * retain_tokens
             self.log("train/loss_retain_tokens", retain_tokens)
