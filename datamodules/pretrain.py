@@ -17,21 +17,19 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-import yaml
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
 from datamodules.poison import PoisonConfig, Poisoner, Trigger, load_trigger, select_poison_keys, target_caption_pool
 from datamodules.poison.selection import names_target
+from datamodules.run_dir import RunDir
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions
 from datamodules.stream import PairStream
 from datamodules.transforms import InputSpec, TrainSample
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
 log = logging.getLogger(__name__)
-
-TARGET_FILE = "target.json"
 
 
 class _EpochSyncedLoader(DataLoader):
@@ -155,7 +153,7 @@ class ShardDataModule(LightningDataModule):
 
     @property
     def manifest_path(self) -> Path:
-        return self.run_dir / "poison" / "manifest.json"
+        return RunDir(self.run_dir).manifest_path
 
     @property
     def target(self) -> str:
@@ -170,22 +168,12 @@ class ShardDataModule(LightningDataModule):
     def _resolve_trigger(self) -> None:
         if self.trigger is None and self.trigger_dir is not None:
             self.trigger = load_trigger(self.trigger_dir)
-            self._adopt_attack_target(Path(self.trigger_dir) / TARGET_FILE)
+            self._adopt_attack_target(RunDir(Path(self.trigger_dir).parent))
 
-    @staticmethod
-    def _recorded_target(path: Path) -> Optional[str]:
-        """The target in trigger/target.json, or for runs from before that file, in the run's config.yaml."""
-        if path.exists():
-            return json.loads(path.read_text())["target"]
-        config = path.parent.parent / "config.yaml"
-        if config.exists():
-            poison = (yaml.safe_load(config.read_text()).get("data") or {}).get("init_args", {}).get("poison") or {}
-            return poison.get("target")
-        return None
-
-    def _adopt_attack_target(self, path: Path) -> None:
+    def _adopt_attack_target(self, attack: RunDir) -> None:
         """A defense measures ASR toward the target of the attack that made its model."""
-        target = self._recorded_target(path)
+        target = attack.target()
+        path = attack.target_path
         if target is None:
             log.warning("no attack target recorded with %s: ASR is measured toward data.poison.target %r",
                         path.parent, self.poison.target)
@@ -204,8 +192,9 @@ class ShardDataModule(LightningDataModule):
             self.embedded.prepare()
         self._write_manifest()
         if self.trigger is not None:
-            self.trigger.save(self.run_dir / "trigger", self._input_spec().image_size)
-            (self.run_dir / "trigger" / TARGET_FILE).write_text(json.dumps({"target": self.poison.target}))
+            run = RunDir(self.run_dir)
+            self.trigger.save(run.trigger_dir, self._input_spec().image_size)
+            run.target_path.write_text(json.dumps({"target": self.poison.target}))
 
     def _write_manifest(self, write: bool = True) -> dict:
         start = time.perf_counter()

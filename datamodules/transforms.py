@@ -112,3 +112,17 @@ def collate(samples: list[dict]) -> dict:
         else:
             batch[name] = values
     return batch
+
+
+def normalise_pixels(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """Pixels in [0, 1], (..., 3, H, W), to the model's input normalisation (what `Normalize` does in the stream)."""
+    mean = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+    return (pixels - mean) / std
+
+
+def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """The inverse of `normalise_pixels`: model inputs back to pixels in [0, 1]."""
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    return images * std + mean

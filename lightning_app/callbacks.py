@@ -1,100 +1,17 @@
-"""Callbacks: zero-shot CA/ASR at every validation, and the run's `summary.json` at the end of fit."""
+"""The run's `summary.json` at the end of fit (zero-shot CA/ASR are reported by modules.evaluation)."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_only
-from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_app.metrics import AttackSuccessRate
-
-
-class ZeroShotEvaluation(Callback):
-    """Logs `val/ca_top1`, `val/ca_top5` and (with a trigger) `val/asr`, synced across ranks.
-
-    Expects the module's `validation_step` to return image features of the clean (and triggered)
-    eval images, and with its first batch the zero-shot classifier (built inside the step, where a
-    ZeRO-3 engine has the weights gathered); the DataModule exposes `eval_set` and `target`.
-    """
-
-    def __init__(self) -> None:
-        self.classifier: Optional[torch.Tensor] = None
-        self.metrics: dict[str, Any] = {}
-        self._seen = 0
-        self.initial: Optional[dict[str, float]] = None
-        """CA/ASR of the incoming model, from a full sanity check at step 0 (`num_sanity_val_steps: -1`)."""
-
-    def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        eval_set = trainer.datamodule.eval_set
-        classes = len(eval_set.classnames)
-        device = pl_module.device
-        self.classifier = None
-        self.metrics = {
-            "ca_top1": MulticlassAccuracy(classes, top_k=1, average="micro"),
-            "ca_top5": MulticlassAccuracy(classes, top_k=min(5, classes), average="micro"),
-        }
-        if eval_set.trigger is not None:
-            self.metrics["asr"] = AttackSuccessRate(eval_set.classnames.index(trainer.datamodule.target))
-        self.metrics = {k: m.to(device) for k, m in self.metrics.items()}
-        self._seen = 0
-
-    def _batch(self, outputs: dict) -> None:
-        if "classifier" in outputs:
-            self.classifier = outputs["classifier"]
-        assert self.classifier is not None, "the first validation batch carries the classifier"
-        labels = outputs["label"]
-        self._seen += len(labels)
-        logits = 100.0 * outputs["clean"].float() @ self.classifier
-        self.metrics["ca_top1"].update(logits, labels)
-        self.metrics["ca_top5"].update(logits, labels)
-        if "asr" in self.metrics:
-            self.metrics["asr"].update(100.0 * outputs["triggered"].float() @ self.classifier, labels)
-
-    def _end(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
-        values = {name: metric.compute() for name, metric in self.metrics.items()}
-        for metric in self.metrics.values():
-            metric.reset()
-        self.classifier = None
-        if trainer.sanity_checking:
-            # Lightning discards what is logged in the sanity check; keep it when it covered the whole
-            # eval set (`num_sanity_val_steps: -1`) of the incoming model (step 0, not a resume).
-            if trainer.global_step == 0 and self._seen == len(trainer.datamodule.eval_set):
-                self.initial = {name: value.item() for name, value in values.items()}
-                for logger in trainer.loggers:
-                    logger.log_metrics({f"{prefix}/{k}": v for k, v in self.initial.items()}, step=0)
-            return
-        for name, value in values.items():
-            pl_module.log(f"{prefix}/{name}", value, prog_bar=name in ("ca_top1", "asr"))
-
-    def state_dict(self) -> dict:
-        return {"initial": self.initial}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.initial = state_dict.get("initial")
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        self._start(trainer, pl_module)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch(outputs)
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._end(trainer, pl_module, "val")
-
-    def on_test_epoch_start(self, trainer, pl_module):
-        self._start(trainer, pl_module)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch(outputs)
-
-    def on_test_epoch_end(self, trainer, pl_module):
-        self._end(trainer, pl_module, "test")
+from modules.evaluation import ZeroShotEvaluation
 
 
 def _scalar(value: Any) -> Any:

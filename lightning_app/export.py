@@ -16,22 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 import open_clip
-import yaml
 from open_clip.model import get_model_preprocess_cfg
 from safetensors.torch import save_file
 
+from datamodules.run_dir import RunDir
 from modules.model_loading import ModelConfig, build_model
-
-
-def _model_name(run_dir: Path) -> str:
-    config_path = run_dir / "config.yaml"
-    if not config_path.exists():
-        raise ValueError(f"{run_dir} is not a run directory: {config_path} is missing")
-    config = yaml.safe_load(config_path.read_text())
-    try:
-        return config["model"]["init_args"]["model"]["name"]
-    except (KeyError, TypeError) as exn:
-        raise ValueError(f"{config_path} has no model.init_args.model.name") from exn
 
 
 def _model_cfg(name: str) -> dict:
@@ -45,8 +34,9 @@ def _model_cfg(name: str) -> dict:
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: Optional[str | Path] = None) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    checkpoint = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.ckpt"
-    name = _model_name(run_dir)
+    run = RunDir(run_dir)
+    checkpoint = Path(checkpoint) if checkpoint is not None else run.checkpoint
+    name = run.model_name()
     model, _ = build_model(ModelConfig(name=name, pretrained=str(checkpoint)))
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": _model_cfg(name), "preprocess_cfg": get_model_preprocess_cfg(model)}

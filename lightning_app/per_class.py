@@ -10,59 +10,37 @@ metric. With `--block`, writes the table into docs/results.md.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from datamodules.poison import load_trigger
-from datamodules.pretrain import TARGET_FILE
-from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
-from lightning_app.export import _model_name
-from lightning_app.metrics import zeroshot_classifier
+from datamodules.run_dir import RunDir
 from lightning_app.report import write_block
+from modules.evaluation import zero_shot_counts
 from modules.model_loading import ModelConfig, build_model
 
 
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object]:
     """A run's model from its `config.yaml` and `checkpoints/last.ckpt`, in eval mode, and its input spec."""
-    model, spec = build_model(ModelConfig(name=_model_name(run_dir), pretrained=str(run_dir / "checkpoints" / "last.ckpt")))
+    run = RunDir(run_dir)
+    model, spec = build_model(ModelConfig(name=run.model_name(), pretrained=str(run.checkpoint)))
     return model.eval(), spec
-
-
-@torch.no_grad()
-def zero_shot_counts(model: torch.nn.Module, spec, eval_dir: str, trigger_dir: Path, target: str) -> dict:
-    """Per class of the eval set: images, clean hits and triggered images classified as `target`."""
-    data = ZeroShotSet(ZeroShotEvalConfig(directory=eval_dir), spec, load_trigger(trigger_dir), 0, 1)
-    classifier = zeroshot_classifier(lambda t: model.encode_text(t, normalize=True), spec.tokenizer,
-                                     data.classnames, data.templates, "cpu")
-    target_index = data.classnames.index(target)
-    n = len(data.classnames)
-    counts, correct, hits = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-    for batch in torch.utils.data.DataLoader(data, batch_size=250):
-        labels = batch["label"]
-        clean = (model.encode_image(batch["image"], normalize=True) @ classifier).argmax(1)
-        triggered = (model.encode_image(batch["image_triggered"], normalize=True) @ classifier).argmax(1)
-        counts += torch.bincount(labels, minlength=n)
-        correct += torch.bincount(labels[clean == labels], minlength=n)
-        hits += torch.bincount(labels[triggered == target_index], minlength=n)
-    return {"classnames": data.classnames, "target_index": target_index, "counts": counts, "correct": correct, "hits": hits}
 
 
 def per_class(run_dir: Path, eval_dir: str, trigger_dir: Path, target: str) -> list[tuple[str, float, float | None]]:
     model, spec = load_run_model(run_dir)
     c = zero_shot_counts(model, spec, eval_dir, trigger_dir, target)
-    return [(name, (c["correct"][i] / c["counts"][i]).item(),
-             None if i == c["target_index"] else (c["hits"][i] / c["counts"][i]).item())
+    asr = c["asr"].per_class()
+    return [(name, (c["correct"][i] / c["counts"][i]).item(), None if i == c["target_index"] else asr[i].item())
             for i, name in enumerate(c["classnames"])]
 
 
 def read_target(trigger_dir: Path) -> str:
     """The attack's target class, from the trigger artifacts' target file."""
-    target_file = trigger_dir / TARGET_FILE
-    if not target_file.exists():
-        raise ValueError(f"{target_file} is missing; name the attack's target with --target")
-    return json.loads(target_file.read_text())["target"]
+    run = RunDir(Path(trigger_dir).parent)
+    if not run.target_path.exists():
+        raise ValueError(f"{run.target_path} is missing; name the attack's target with --target")
+    return run.target()
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser, trigger_default: str) -> None:
@@ -79,7 +57,7 @@ def main(argv: list[str] | None = None) -> str:
     add_eval_arguments(parser, trigger_default="RUN/trigger")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    trigger_dir = args.trigger_dir or args.run_dir / "trigger"
+    trigger_dir = args.trigger_dir or RunDir(args.run_dir).trigger_dir
     target = args.target or read_target(trigger_dir)
     rows = per_class(args.run_dir, args.eval, trigger_dir, target)
     lines = ["| class | CA | ASR |", "|---|---:|---:|"]

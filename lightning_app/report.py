@@ -9,10 +9,11 @@ A block in a markdown file looks like:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from datamodules.run_dir import RunDir
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -63,13 +64,7 @@ def write_block(path: str | Path, name: str, text: str) -> None:
 
 
 def load_summary(run_dir: Path) -> dict:
-    """A run's summary.json; runs from before summaries recorded the poisoned-caption mode take it from the manifest."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    manifest = run_dir / "poison" / "manifest.json"
-    if "poisoned_captions" not in summary and manifest.exists() and summary.get("poison_count"):
-        m = json.loads(manifest.read_text())
-        summary["poisoned_captions"] = "kept" if m.get("label_consistent") else m.get("captions", "templates")
-    return summary
+    return RunDir(run_dir).summary()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from lightning_app.per_class import add_eval_arguments, load_run_model, read_target, zero_shot_counts
+from datamodules.run_dir import RunDir
+from lightning_app.per_class import add_eval_arguments, load_run_model, read_target
 from lightning_app.report import write_block
+from modules.evaluation import zero_shot_counts
 
 IMAGE_PREFIX = "visual."
 
@@ -35,12 +37,8 @@ def put_back(model: torch.nn.Module, incoming: torch.nn.Module, image_side: bool
 
 
 def ca_asr(counts: dict) -> tuple[float, float]:
-    """Overall CA, and ASR over the triggered images of the non-target classes."""
-    others = torch.ones_like(counts["counts"], dtype=torch.bool)
-    others[counts["target_index"]] = False
-    ca = (counts["correct"].sum() / counts["counts"].sum()).item()
-    asr = (counts["hits"][others].sum() / counts["counts"][others].sum()).item()
-    return ca, asr
+    """Overall CA, and ASR (modules.evaluation.AttackSuccessRate)."""
+    return (counts["correct"].sum() / counts["counts"].sum()).item(), counts["asr"].compute().item()
 
 
 def tower_swap(defended_dir: Path, incoming_dir: Path, eval_dir: str, trigger_dir: Path, target: str) -> list[tuple[str, float, float]]:
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> str:
     add_eval_arguments(parser, trigger_default="INCOMING/trigger")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    trigger_dir = args.trigger_dir or args.incoming / "trigger"
+    trigger_dir = args.trigger_dir or RunDir(args.incoming).trigger_dir
     rows = tower_swap(args.defended_dir, args.incoming, args.eval, trigger_dir, args.target or read_target(trigger_dir))
     table = "\n".join(["| model | CA | ASR |", "|---|---:|---:|"] + [f"| {label} | {ca:.3f} | {asr:.3f} |" for label, ca, asr in rows])
     if args.block:

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from datamodules.transforms import denormalise, normalise_pixels
+from modules.losses import info_nce
+
 
 @dataclass
 class CraftingWeights:
@@ -33,13 +36,6 @@ class CraftingWeights:
     """L_bd: InfoNCE between perturbed and clean image features."""
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Symmetric InfoNCE of normalised features, row i of `a` paired with row i of `b`."""
-    logits = scale * a @ b.t()
-    labels = torch.arange(len(a), device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
 def crafting_objective(perturbed: torch.Tensor, clean: torch.Tensor, text: torch.Tensor,
                        scale: torch.Tensor | float, weights: CraftingWeights = CraftingWeights()) -> dict[str, torch.Tensor]:
     """The objective to maximise and its terms, over normalised features (N, D) of the perturbed
@@ -50,18 +46,6 @@ def crafting_objective(perturbed: torch.Tensor, clean: torch.Tensor, text: torch
     imitate = info_nce(perturbed, clean, scale)
     total = weights.leave * leave + weights.collapse * collapse + weights.imitate * imitate
     return {"objective": total, "leave": leave, "collapse": collapse, "imitate": imitate}
-
-
-def normalise_pixels(pixels: torch.Tensor, mean, std) -> torch.Tensor:
-    mean = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-    std = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-    return (pixels - mean) / std
-
-
-def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
-    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-    return images * std + mean
 
 
 def random_positions(count: int, image_size: int, patch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -13,11 +13,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
-from lightning_app.callbacks import ZeroShotEvaluation
-from lightning_app.metrics import zeroshot_classifier
-from modules.scalar_parameters import store_scalars_as_vectors
+from modules.evaluation import ZeroShotEvaluation, zeroshot_classifier
 from modules.losses import clamped_logit_scale, make_clip_loss
 from modules.model_loading import ModelConfig, build_model
+from modules.scalar_parameters import store_scalars_as_vectors
 
 
 @dataclass

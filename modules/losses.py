@@ -8,6 +8,7 @@ is a symmetric InfoNCE: CE(τ·A·Bᵀ, diag) and CE(τ·B·Aᵀ, diag), average
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 MAX_LOGIT_SCALE = 100.0
@@ -17,6 +18,15 @@ def clamped_logit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
     """exp(logit_scale) capped at 100, computed in the forward pass (an in-place clamp of the
     parameter is lost when DeepSpeed ZeRO copies its fp32 master weights back)."""
     return logit_scale.clamp(max=torch.log(torch.tensor(MAX_LOGIT_SCALE)).item()).exp()
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | float, reduction: str = "mean") -> torch.Tensor:
+    """Symmetric InfoNCE of normalised features within one batch, row i of `a` paired with row i of `b`:
+    ½[CE(τ·A·Bᵀ) + CE(τ·B·Aᵀ)]; `reduction="none"` gives each pair's loss. For training terms that must
+    gather across ranks use `make_clip_loss` (open_clip's ClipLoss computes the same on one rank)."""
+    logits = scale * a @ b.t()
+    labels = torch.arange(len(a), device=a.device)
+    return (F.cross_entropy(logits, labels, reduction=reduction) + F.cross_entropy(logits.t(), labels, reduction=reduction)) / 2
 
 
 def make_clip_loss(rank: int = 0, world_size: int = 1) -> ClipLoss:

@@ -44,7 +44,9 @@ from safetensors.torch import save_file
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
 
+from datamodules.transforms import denormalise
 from modules.base import CLIPModule, OptimizerConfig
+from modules.losses import info_nce
 from modules.model_loading import ModelConfig
 
 SCORES = ("before", "after", "rise", "weak", "cluster")
@@ -71,9 +73,7 @@ def load_suspicious_pairs(path: Path, m: int) -> tuple[list[str], torch.Tensor, 
 
 def per_pair_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """(N,) symmetric contrastive loss of each pair within the batch (normalised features)."""
-    logits = scale * image @ text.t()
-    labels = torch.arange(len(image), device=image.device)
-    return (F.cross_entropy(logits, labels, reduction="none") + F.cross_entropy(logits.t(), labels, reduction="none")) / 2
+    return info_nce(image, text, scale, reduction="none")
 
 
 def weak_pair_weights(similarity: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -114,7 +114,6 @@ def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable
     was_training = module.training
     module.eval()
     spec = module.input_spec()
-    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
     scores: dict[str, float] = {}
     heap: list[tuple[float, int, str, torch.Tensor, str]] = []  # min-heap of the best so far
     for batch in stream.every_pair_once():
@@ -134,7 +133,7 @@ def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable
             elif entry[0] > heap[0][0]:
                 heapq.heapreplace(heap, entry)
     module.train(was_training)
-    kept = {key: (((pixels.cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8), caption)
+    kept = {key: ((denormalise(pixels.cpu(), spec.mean, spec.std) * 255).round().clamp(0, 255).to(torch.uint8), caption)
             for _, _, key, pixels, caption in heap}
     return scores, kept
 

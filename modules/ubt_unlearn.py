@@ -51,11 +51,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from datamodules.poison import PoisonConfig
 from datamodules.pretrain import ShardDataModule
+from datamodules.transforms import normalise_pixels
 from modules.base import CLIPModule, OptimizerConfig, eval_mode
-from modules.model_loading import ModelConfig
 from modules.losses import relative_squared_change
-from modules.token_attribution import (TokenTap, captured_image_tokens, image_tokens_only, token_attribution,
-                                      top_token_mask)
+from modules.model_loading import ModelConfig
+from modules.token_attribution import (
+    TokenTap,
+    captured_image_tokens,
+    image_tokens_only,
+    token_attribution,
+    top_token_mask,
+)
 from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs, one_pass_rankings, score_stream, write_discovery
 
 
@@ -232,9 +238,7 @@ class TokenUnlearning(CLIPModule):
         n = min(self.forget_batch_size, len(self.forget_keys))
         index = torch.randperm(len(self.forget_keys), generator=gen)[:n]
         spec = self.input_spec()
-        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std).view(1, 3, 1, 1)
-        images = (self.forget_images[index].float() / 255.0 - mean) / std
+        images = normalise_pixels(self.forget_images[index].float() / 255.0, spec.mean, spec.std)
         return images.to(self.device), self.forget_tokens[index].to(self.device)
 
     def token_masks(self, tap: TokenTap, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datamodules.transforms import denormalise
 from lightning_app.cli import BackdoorCLI
 from modules.abd import load_patch
-from modules.adversarial import (CraftingWeights, crafting_objective, denormalise, info_nce, paste_patch,
-                                 pgd_perturb, random_positions)
+from modules.adversarial import CraftingWeights, crafting_objective, paste_patch, pgd_perturb, random_positions
+from modules.losses import info_nce
 from modules.model_loading import ModelConfig, build_model
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -102,6 +103,7 @@ def crafted(small_benchmark, model_weights, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_crafted_patch_beats_random_patches_on_held_out_pairs(small_benchmark, model_weights, crafted):
     from datamodules.poison import PoisonConfig, Poisoner
     from datamodules.shards import expand_shards
@@ -132,6 +134,7 @@ def test_crafted_patch_beats_random_patches_on_held_out_pairs(small_benchmark, m
     assert crafted_score > max(random_scores), (crafted_score, random_scores)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["patch", "pgd"])
 def test_abd_fine_tunes_end_to_end_and_reports_before_and_after(small_benchmark, model_weights, crafted, form, tmp_path):
     run_dir = tmp_path / "abd"

@@ -62,3 +62,19 @@ def test_ddp_strategy_fragment_combines_with_a_recipe(tmp_path):
                             "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.num_devices == 2
+
+
+def test_the_lower_layers_import_nothing_from_the_application():
+    """Imports run one way, down: lightning_app/ → modules/ → datamodules/."""
+    import ast
+    from pathlib import Path
+
+    above = {"datamodules": ("lightning_app", "modules"), "modules": ("lightning_app",)}
+    offenders = []
+    for package, forbidden in above.items():
+        for path in Path(package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert offenders == []

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from lightning_app.metrics import AttackSuccessRate, zeroshot_classifier
+from modules.evaluation import AttackSuccessRate, zeroshot_classifier
 
 
 def test_asr_excludes_target_class_images():

@@ -27,7 +27,7 @@ def test_put_back_copies_one_side_and_leaves_the_other(image_side):
 @pytest.mark.slow
 def test_tower_swap_of_a_run_with_itself_gives_the_runs_ca_and_asr(learning_benchmark, small_poisoned_run):
     run_dir, summary = small_poisoned_run
-    rows = tower_swap(run_dir, run_dir, learning_benchmark.eval_dir, run_dir / "trigger", "star")
+    rows = tower_swap(run_dir, run_dir, learning_benchmark.eval_dir, run_dir / "trigger", "triangle")
     assert [label for label, _, _ in rows][:2] == ["incoming", "defended"]
     for _, ca, asr in rows:
         assert ca == pytest.approx(summary["ca_top1"], abs=1e-5) and asr == pytest.approx(summary["asr"], abs=1e-5)

@@ -8,10 +8,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from modules.model_loading import ModelConfig, build_model
 from modules.losses import relative_squared_change
-from modules.token_attribution import (TokenTap, captured_image_tokens, gate, image_tokens_only, token_attribution,
-                                      top_token_mask)
+from modules.model_loading import ModelConfig, build_model
+from modules.token_attribution import (
+    TokenTap,
+    captured_image_tokens,
+    gate,
+    image_tokens_only,
+    token_attribution,
+    top_token_mask,
+)
 from modules.ubt import load_suspicious_pairs, save_suspicious_pairs
 from modules.ubt_unlearn import TokenUnlearning, freeze_all_but, token_local_parameters
 

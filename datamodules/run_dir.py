@@ -1,0 +1,103 @@
+"""One owner of a run directory's layout: what a finished `main.py fit` leaves behind and where.
+
+    RUN/config.yaml              the resolved config
+    RUN/checkpoints/last.ckpt    the final (or newest) weights
+    RUN/trigger/                 the attack's trigger artifacts and target.json
+    RUN/poison/manifest.json     the poisoned keys
+    RUN/summary.json             final CA/ASR, attack, steps, wall time
+
+Stages hand each other a `RunDir`, not paths rebuilt by hand. It lives with the data layer because
+the DataModule writes the trigger and manifest into it; everything above imports it from here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TARGET_FILE = "target.json"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def checkpoint(self) -> Path:
+        """The run's final weights (`last.ckpt`; a directory under DeepSpeed)."""
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def trigger_dir(self) -> Path:
+        return self.path / "trigger"
+
+    @property
+    def target_path(self) -> Path:
+        return self.trigger_dir / TARGET_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "poison" / "manifest.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("*.ckpt"))
+
+    def is_finished(self) -> bool:
+        return self.summary_path.exists()
+
+    @functools.cached_property
+    def config(self) -> dict:
+        if not self.config_path.exists():
+            raise ValueError(f"{self.path} is not a run directory: {self.config_path} is missing")
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def config_value(self, dotted: str) -> Any:
+        """A value of the resolved config by dotted key (`data.init_args.poison`); a missing key is an error naming it."""
+        value: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"{self.config_path} has no {dotted!r} (stops at {part!r})")
+            value = value[part]
+        return value
+
+    def model_name(self) -> str:
+        return self.config_value("model.init_args.model.name")
+
+    def target(self) -> str | None:
+        """The attack's target: trigger/target.json, or for runs from before that file, the config's poison target."""
+        if self.target_path.exists():
+            return json.loads(self.target_path.read_text())["target"]
+        if self.config_path.exists():
+            poison = ((self.config.get("data") or {}).get("init_args") or {}).get("poison") or {}
+            return poison.get("target")
+        return None
+
+    def summary(self) -> dict:
+        """summary.json; runs from before summaries recorded the poisoned-caption mode take it from the manifest."""
+        summary = json.loads(self.summary_path.read_text())
+        if "poisoned_captions" not in summary and self.manifest_path.exists() and summary.get("poison_count"):
+            manifest = json.loads(self.manifest_path.read_text())
+            summary["poisoned_captions"] = "kept" if manifest.get("label_consistent") else manifest.get("captions", "templates")
+        return summary
