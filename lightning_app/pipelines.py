@@ -90,7 +90,7 @@ def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
                *stage.overrides]
     if any((Path(stage.run_dir) / "checkpoints").glob("*.ckpt")):
         command += ["--ckpt_path", "last"]
-    log_path = (log_dir or Path(stage.run_dir)) / f"{Path(stage.run_dir).name}.log"
+    log_path = (log_dir or Path(stage.run_dir)) / "fit.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("[%s] running: %s  (log: %s)", stage.label, " ".join(command), log_path)
     start = time.perf_counter()

@@ -9,8 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.ubt import (SuspiciousPairDiscovery, cluster_scores, detection_metrics, per_pair_clip_loss, rank_keys,
-                         weak_pair_weights)
+from modules.ubt import (
+    SuspiciousPairDiscovery,
+    cluster_scores,
+    detection_metrics,
+    per_pair_clip_loss,
+    rank_keys,
+    weak_pair_weights,
+)
 
 
 def test_per_pair_loss_matches_a_direct_computation_and_averages_to_the_clip_loss():
@@ -46,21 +52,6 @@ def test_detection_metrics_of_a_planted_ranking():
     assert negated["precision@2"] == pytest.approx(1.0) and negated["recall@3"] == pytest.approx(2 / 3)
 
 
-def test_stage_one_streams_the_poisoned_runs_own_data_with_defaults_for_keys_it_predates(tmp_path):
-    import yaml
-
-    from lightning_app.ubt_compare import poisoning_overrides
-
-    config = {"data": {"init_args": {"train_shards": "d/{0..3}.tar", "poison": {"rate": 0.05, "target": "star"}}}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    overrides = poisoning_overrides(tmp_path)
-    pairs = dict(zip(overrides[::2], overrides[1::2]))
-    assert pairs["--data.init_args.train_shards"] == "d/{0..3}.tar"
-    assert pairs["--data.init_args.poison.target"] == "star" and pairs["--data.init_args.poison.rate"] == "0.05"
-    assert pairs["--data.init_args.poison.captions"] == "templates"  # the default before the key existed
-    assert "--data.init_args.poison.count" not in pairs
-
-
 def test_rankings_by_the_overfitted_model_are_refused_without_overfitting():
     with pytest.raises(ValueError, match="model.overfit"):
         SuspiciousPairDiscovery(score="after", overfit=False)
@@ -68,38 +59,6 @@ def test_rankings_by_the_overfitted_model_are_refused_without_overfitting():
         SuspiciousPairDiscovery(score="cluster", overfit=True)
     with pytest.raises(ValueError, match="cluster_seed"):
         SuspiciousPairDiscovery(score="cluster", overfit=False, top_m=200, cluster_seed=100)
-
-
-def test_ubt_compare_times_the_lean_ranking_and_measures_every_ranking_apart(tmp_path):
-    import yaml
-
-    from lightning_app.pipelines import Stage
-    from lightning_app.ubt_compare import ubt_stages
-
-    run = tmp_path / "attack"
-    run.mkdir()
-    config = {"data": {"init_args": {"train_shards": "d/{0..3}.tar", "poison": {"rate": 0.05, "target": "triangle"}}}}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    poisoned = Stage("poisoned", "configs/embedded/badnet.yaml", str(run))
-
-    detect, unlearn, control, every_ranking = ubt_stages(poisoned, tmp_path / "ubt", "weak", 200)
-    assert "--model.init_args.overfit" not in detect.overrides  # the config's one scoring pass
-    assert every_ranking.overrides[-2:] == ["--model.init_args.overfit", "true"]
-    assert every_ranking.run_dir != detect.run_dir
-    assert control.overrides[-2:] == ["--model.init_args.lambda_forget", "0"]
-    assert unlearn.overrides[unlearn.overrides.index("--model.init_args.suspicious_dir") + 1] == str(tmp_path / "ubt" / "detect" / "ubt")
-
-    detect, unlearn, _, every_ranking = ubt_stages(poisoned, tmp_path / "ubt", "after", 200,
-                                                   "configs/embedded/ubt_unlearn_vit.yaml")
-    assert every_ranking is None and detect.overrides[-2:] == ["--model.init_args.overfit", "true"]
-    assert unlearn.run_dir.endswith("unlearn_vit_after") and unlearn.config == "configs/embedded/ubt_unlearn_vit.yaml"
-
-    detect, unlearn, _, every_ranking = ubt_stages(poisoned, tmp_path / "ubt", "cluster", 200)
-    assert "--model.init_args.overfit" not in detect.overrides and detect.run_dir.endswith("detect_cluster")
-    assert every_ranking.overrides[-2:] == ["--model.init_args.overfit", "true"]  # scored by `weak` with overfitting
-    assert every_ranking.overrides[every_ranking.overrides.index("--model.init_args.score") + 1] == "weak"
-    assert unlearn.run_dir.endswith("unlearn_cluster")
-    assert unlearn.overrides[unlearn.overrides.index("--model.init_args.suspicious_dir") + 1] == str(tmp_path / "ubt" / "detect_cluster" / "ubt")
 
 
 def test_cluster_score_ranks_planted_look_alike_images_above_weak_clean_pairs():

@@ -1,0 +1,7 @@
+"""Studies as data: experiment files (experiments/*.yaml) expanded into runs over axes and seeds, run one
+at a time, and reported with the seeds' intervals. `python -m lightning_app.experiments --help`."""
+
+from lightning_app.experiments.runner import plan, run_experiment
+from lightning_app.experiments.spec import expand, load_experiment
+
+__all__ = ["expand", "load_experiment", "plan", "run_experiment"]

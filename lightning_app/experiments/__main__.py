@@ -1,0 +1,64 @@
+"""Run a study from its experiment file, from the repository root:
+
+    python -m lightning_app.experiments run experiments/defenses.yaml [--dry-run] [--only STAGE...]
+    python -m lightning_app.experiments report experiments/defenses.yaml     # views only, no training
+
+`run` trains what is not finished (one run at a time, each in its own process), reuses finished runs,
+resumes interrupted ones, then writes RUNS/results.jsonl, the tables (RUNS/<block>.md) and the CA-vs-ASR
+plots (RUNS/<block>.png). `--dry-run` prints every run, its
+directory, and whether it would be reused, resumed or run. `--update-docs` also writes the tables into
+README.md / docs/ (maintainers; what a user runs stays in the runs directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from lightning_app.experiments.results import collect
+from lightning_app.experiments.runner import plan, run_experiment
+from lightning_app.experiments.spec import expand, load_experiment
+from lightning_app.experiments.views import write_views
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_app.experiments", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("experiment", help="the experiment file (experiments/NAME.yaml)")
+    parser.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (and what they need)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these of the experiment's seeds")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="also write the tables into the blocks of README.md / docs/ the file names (maintainers)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        experiment = load_experiment(args.experiment)
+        if args.seeds:
+            unknown = sorted(set(args.seeds) - set(experiment.seeds))
+            if unknown:
+                raise ValueError(f"--seeds {unknown}: the experiment's seeds are {experiment.seeds}")
+            experiment.seeds = args.seeds
+        if args.dry_run:
+            print(plan(experiment, args.only))
+            return 0
+        if args.command == "report":
+            paths = write_views(experiment, collect(experiment, expand(experiment)), args.update_docs)
+        else:
+            run_experiment(experiment, args.only, args.update_docs)
+            paths = []
+    except (ValueError, RuntimeError) as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 1
+    for table in experiment.tables:
+        print(f"\n{(Path(experiment.runs) / f'{table.block}.md').read_text()}")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

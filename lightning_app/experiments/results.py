@@ -1,0 +1,89 @@
+"""Results as data first: one long-form row per finished run, and the seeds' intervals over them.
+
+A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the incoming model's CA/ASR
+(`before_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
+detection metrics where the run has them, and its run directory. `RUNS/results.jsonl` holds every
+finished run of the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+from lightning_app.experiments.spec import Experiment, StageRun
+from lightning_app.report import attack_name
+
+SUMMARY_FIELDS = ("ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module")
+
+
+def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
+    summary = run.run_dir.summary()
+    row: dict[str, Any] = {"experiment": experiment.name, "stage": run.stage.name, "label": run.stage.label,
+                           "seed": run.seed}
+    row.update({key: summary.get(key) for key in SUMMARY_FIELDS})
+    before = summary.get("before") or {}
+    row["before_ca_top1"], row["before_asr"] = before.get("ca_top1"), before.get("asr")
+    row["trigger"] = attack_name(summary)
+    row["cost_s"] = summary.get("wall_time_s")
+    for name in run.stage.cost_includes:
+        dep = run.deps[name].run_dir
+        row["cost_s"] = None if row["cost_s"] is None or not dep.is_finished() else row["cost_s"] + dep.summary()["wall_time_s"]
+    for score, metrics in (summary.get("detection") or {}).items():
+        for metric, value in metrics.items():
+            if metric != "num_poisoned" and metric != "num_pairs":
+                row[f"{score}_{metric}"] = value
+    row["run_dir"] = str(run.run_dir)
+    return {**row, **run.axes}
+
+
+def collect(experiment: Experiment, runs: list[StageRun]) -> list[dict[str, Any]]:
+    """Rows of every finished run (whichever invocation ran it), written to RUNS/results.jsonl."""
+    rows = [result_row(experiment, run) for run in runs if run.run_dir.is_finished()]
+    path = Path(experiment.runs) / "results.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    return rows
+
+
+@dataclass
+class Interval:
+    """Mean of n values and a 95% interval: Student's t for n ≥ 3, the min–max range below that."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def kind(self) -> str:
+        return "t95" if self.n >= 3 else ("range" if self.n == 2 else "single")
+
+    def separated_from(self, other: "Interval") -> bool:
+        """True when the two intervals do not overlap (an ordering a table may claim)."""
+        return self.high < other.low or other.high < self.low
+
+    def format(self, digits: int = 3) -> str:
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
+        if self.kind == "t95":
+            return f"{self.mean:.{digits}f} ± {(self.high - self.mean):.{digits}f}"
+        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}–{self.high:.{digits}f}]"
+
+
+def interval(values: list[float]) -> Interval | None:
+    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 3:
+        return Interval(mean, min(values), max(values), n)
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)

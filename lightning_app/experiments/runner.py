@@ -1,0 +1,119 @@
+"""Running an experiment: each run a `main.py fit` in its own process and run directory, one at a
+time, reusing finished runs and resuming interrupted ones (lightning_app.pipelines), then the views.
+
+Only one experiment trains at a time on a machine: a second invocation waits for the first's lock
+(`runs/.experiments.lock`), so two studies started together run one after the other instead of
+sharing the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+
+from lightning_app.experiments.results import collect
+from lightning_app.experiments.spec import Experiment, StageRun, command_line, expand, resolve
+from lightning_app.experiments.views import write_views
+from lightning_app.export import export_run
+from lightning_app.pipelines import REPO_ROOT, Stage, run_stage
+
+log = logging.getLogger(__name__)
+
+LOCK = REPO_ROOT / "runs" / ".experiments.lock"
+
+
+@contextlib.contextmanager
+def machine_lock(path: Path | None = None):
+    path = path or LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            log.info("another experiment is running (%s); waiting for it to finish", handle.read().strip() or "?")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def select(runs: list[StageRun], only: list[str] | None) -> list[StageRun]:
+    """The runs of the named stages and every run they depend on (in expansion order); all without `only`."""
+    if not only:
+        return runs
+    names = {run.stage.name for run in runs}
+    unknown = sorted(set(only) - names)
+    if unknown:
+        raise ValueError(f"--only: unknown stage(s) {unknown}; the experiment's stages are {sorted(names)}")
+    wanted = {run.id for run in runs if run.stage.name in only}
+    wanted |= {dep.id for run in runs if run.id in wanted for dep in run.deps.values()}
+    return [run for run in runs if run.id in wanted]
+
+
+def pipeline_stage(run: StageRun) -> Stage:
+    return Stage(run.id, run.config, str(run.run_dir), command_line(resolve(run)))
+
+
+def status(run: StageRun) -> str:
+    """What running would do: reuse (finished), resume (checkpoints, no summary), run, or refuse (another config)."""
+    if run.run_dir.is_finished() or run.run_dir.has_checkpoints():
+        recorded = run.run_dir.path / "stage.json"
+        if not recorded.exists():
+            return "refuse (a run without stage.json)"
+        if all(dep.run_dir.is_finished() for dep in run.deps.values()):
+            current = pipeline_stage(run).fingerprint()
+            if json.loads(recorded.read_text()) != current:
+                return "refuse (made by another config or overrides)"
+        return "reuse" if run.run_dir.is_finished() else "resume"
+    return "run"
+
+
+def plan(experiment: Experiment, only: list[str] | None = None) -> str:
+    lines = []
+    for run in select(expand(experiment), only):
+        waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
+        line = f"{status(run):<10} {run.id:<45} {run.run_dir}  ({run.config})"
+        if waits:
+            line += f"  after {', '.join(sorted(waits))}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False) -> list[dict]:
+    """Run what is not finished, then write results.jsonl and the views from every finished run.
+
+    A failed run is reported and its dependants skipped; the others go on. Raises at the end if any failed."""
+    runs = expand(experiment)
+    failed: dict[str, str] = {}
+    with machine_lock():
+        for run in select(runs, only):
+            broken = [d.id for d in run.deps.values() if d.id in failed]
+            if broken:
+                failed[run.id] = f"skipped: {broken[0]} failed"
+                log.error("[%s] %s", run.id, failed[run.id])
+                continue
+            try:
+                run_stage(pipeline_stage(run))
+            except (RuntimeError, ValueError) as exn:
+                failed[run.id] = str(exn)
+                log.error("[%s] %s", run.id, exn)
+    rows = collect(experiment, runs)
+    for path in write_views(experiment, rows, update_docs):
+        log.info("wrote %s", path)
+    for run in runs:
+        if run.stage.name in experiment.exports and run.run_dir.is_finished():
+            tag = run.id.replace("@", "-").replace("[", "-").replace("]", "").replace(",", "-").replace("=", "-")
+            export_run(run.run_dir.path, Path(experiment.runs) / "exports" / tag)
+    if failed:
+        raise RuntimeError("failed runs:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items()))
+    return rows

@@ -1,0 +1,147 @@
+"""Views of an experiment's long-form results, as its file declares them: markdown tables with the
+mean and 95% interval over seeds per cell, a cost column relative to a reference stage, and a
+CA-vs-ASR plot with error bars. Tables go to RUNS/<block>.md and into the declared files' blocks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+from lightning_app.experiments.results import Interval, interval
+from lightning_app.experiments.spec import Experiment, TableSpec
+from lightning_app.report import write_block
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5", "asr": "ASR", "before_ca_top1": "CA before",
+                "before_asr": "ASR before", "steps": "steps", "wall_time_s": "wall time (s)", "cost_s": "cost (s)",
+                "poison_count": "poisoned pairs"}
+WHOLE_NUMBERS = {"steps", "wall_time_s", "cost_s", "poison_count"}
+
+
+def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
+    if column == "cost":
+        return f"cost (× {experiment.stages[table.reference].label})" if table.reference else "cost"
+    if column in COLUMN_NAMES:
+        return COLUMN_NAMES[column]
+    score, _, metric = column.partition("_")
+    return f"{score} {metric.replace('auroc', 'AUROC')}" if metric else column
+
+
+def _order(experiment: Experiment, key: str, value: Any) -> int:
+    names = list(experiment.stages) if key == "stage" else list(experiment.axes[key].values)
+    return names.index(value) if value in names else len(names)
+
+
+def group_rows(experiment: Experiment, table: TableSpec, rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows of the table's stages grouped by its row keys, in the experiment's order of stages and values."""
+    stages = table.stages or [name for name, stage in experiment.stages.items() if stage.report]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["stage"] in stages:
+            groups[tuple(row.get(key, "–") for key in table.rows)].append(row)
+    return dict(sorted(groups.items(), key=lambda item: [_order(experiment, k, v) for k, v in zip(table.rows, item[0])]))
+
+
+def cost_ratios(experiment: Experiment, table: TableSpec, group: list[dict], rows: list[dict]) -> list[float]:
+    """Per seed, the group's cost over the reference stage's cost in the same seed and axis values."""
+    ratios = []
+    for row in group:
+        for ref in rows:
+            if ref["stage"] != table.reference or ref["seed"] != row["seed"]:
+                continue
+            shared = [a for a in experiment.axes if a in ref and a in row]
+            if all(ref[a] == row[a] for a in shared) and ref.get("cost_s") and row.get("cost_s") is not None:
+                ratios.append(row["cost_s"] / ref["cost_s"])
+                break
+    return ratios
+
+
+def cell(experiment: Experiment, table: TableSpec, column: str, group: list[dict], rows: list[dict]) -> Interval | str | None:
+    """The column's interval over the group's seeds; for a text column (e.g. `trigger`), its value(s)."""
+    if column == "cost":
+        return interval(cost_ratios(experiment, table, group, rows)) if table.reference else None
+    values = [row.get(column) for row in group]
+    if any(isinstance(v, str) for v in values):
+        return " / ".join(sorted({str(v) for v in values}))
+    return interval(values)
+
+
+def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> str:
+    groups = group_rows(experiment, table, rows)
+    heads = [("stage" if key == "stage" else key) for key in table.rows]
+    lines = ["| " + " | ".join(heads + ["n"] + [column_name(c, experiment, table) for c in table.columns]) + " |",
+             "|" + "---|" * len(heads) + "---:|" + "---:|" * len(table.columns)]
+    for key, group in groups.items():
+        names = [experiment.stages[v].label if k == "stage" else str(v) for k, v in zip(table.rows, key)]
+        cells = []
+        for column in table.columns:
+            value = cell(experiment, table, column, group, rows)
+            digits = 0 if column in WHOLE_NUMBERS else (2 if column == "cost" else 3)
+            cells.append("–" if value is None else value if isinstance(value, str) else value.format(digits))
+        lines.append("| " + " | ".join(names + [str(len({r['seed'] for r in group}))] + cells) + " |")
+    return "\n".join(lines)
+
+
+def table_note(experiment: Experiment, table: TableSpec) -> str:
+    note = (f"Written by `python -m lightning_app.experiments run {experiment.path}` from the runs' summary.json "
+            "(`results.jsonl` beside them): each cell is the mean over n seeds ± the 95% t-interval's half-width "
+            "(n ≥ 3), or [min–max] for n = 2. Two rows are ordered only where their intervals do not overlap.")
+    if table.reference and "cost" in table.columns:
+        note += (f" Cost: wall time (with the stages each one needs, e.g. ABD's crafting) over "
+                 f"{experiment.stages[table.reference].label}'s in the same seed.")
+    return note + (f" {table.note.strip()}" if table.note else "")
+
+
+def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: Path) -> Path | None:
+    """One point per table row at its mean ASR and CA, with the 95% intervals as error bars."""
+    groups = group_rows(experiment, table, rows)
+    points = []
+    for key, group in groups.items():
+        ca, asr = interval([r.get("ca_top1") for r in group]), interval([r.get("asr") for r in group])
+        if group[0].get("module") in ("SuspiciousPairDiscovery", "CraftAdversarialPatch"):
+            continue  # stages that change no weights of the model they hand on have no CA/ASR of their own
+        if ca is not None and asr is not None:
+            points.append((key, ca, asr, group[0]["stage"]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colours = {stage: f"C{i % 10}" for i, stage in enumerate(experiment.stages)}
+    for key, ca, asr, stage in points:
+        ax.errorbar([asr.mean], [ca.mean], xerr=[[asr.mean - asr.low], [asr.high - asr.mean]],
+                    yerr=[[ca.mean - ca.low], [ca.high - ca.mean]], fmt="o", color=colours[stage], capsize=3)
+        label = " · ".join(experiment.stages[v].label if k == "stage" else str(v) for k, v in zip(table.rows, key))
+        ax.annotate(label, (asr.mean, ca.mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("attack success rate (lower is better)")
+    ax.set_ylabel("zero-shot clean accuracy, top-1")
+    ax.set_xlim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{experiment.name}: mean and 95% interval over seeds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = False) -> list[Path]:
+    """Every declared table into RUNS/<block>.md (and, with `update_docs`, its files' blocks), and its plot."""
+    written = []
+    for table in experiment.tables:
+        text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
+        path = Path(experiment.runs) / f"{table.block}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        written.append(path)
+        if update_docs:
+            for file in table.files:
+                write_block(file, table.block, text)
+        if table.plot:
+            plot = ca_vs_asr_plot(experiment, table, rows, Path(experiment.runs) / f"{table.block}.png")
+            if plot is not None:
+                written.append(plot)
+    return written

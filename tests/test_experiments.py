@@ -1,0 +1,256 @@
+"""The experiment runner: expansion of stages × axes × seeds, references between runs, the seeds'
+intervals, reuse and refusal of run directories, and (slow) a real chain run twice."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lightning_app.experiments import runner
+from lightning_app.experiments.results import Interval, interval
+from lightning_app.experiments.spec import command_line, expand, load_experiment, resolve
+from lightning_app.experiments.views import render_table
+from lightning_app.pipelines import run_stage
+
+TOY = """
+name: toy
+runs: {runs}
+seeds: [0, 1]
+stages:
+  attack:
+    config: configs/embedded/badnet.yaml
+    seed_keys: [seed_everything, data.init_args.poison.seed]
+  cleanclip:
+    config: configs/embedded/cleanclip.yaml
+    from: attack
+  craft:
+    config: configs/embedded/abd_craft.yaml
+    from: attack
+    report: false
+  abd:
+    config: configs/embedded/abd.yaml
+    from: attack
+    needs: [craft]
+    set: {{model.init_args.patch_dir: "{{craft.run_dir}}/adversarial"}}
+    cost_includes: [craft]
+axes:
+  attack:
+    stages: [attack]
+    values:
+      badnet: {{config: configs/embedded/badnet.yaml}}
+      blended: {{config: configs/embedded/blended.yaml, data.init_args.poison.rate: 0.1}}
+  lr:
+    stages: [cleanclip]
+    key: model.init_args.optimizer.lr
+    values: [1.0e-3, 2.0e-3]
+tables:
+  - block: toy
+    rows: [attack, stage]
+    columns: [ca_top1, asr, cost]
+    reference: cleanclip
+"""
+
+
+def toy(tmp_path: Path, text: str = TOY):
+    path = tmp_path / "toy.yaml"
+    path.write_text(textwrap.dedent(text.format(runs=tmp_path / "runs")))
+    return load_experiment(path)
+
+
+def test_axes_and_seeds_expand_to_the_exact_runs_with_their_dependencies(tmp_path):
+    runs = expand(toy(tmp_path))
+    ids = [run.id for run in runs]
+    per_seed = ["attack[attack=badnet]", "attack[attack=blended]",
+                "cleanclip[attack=badnet,lr=0.001]", "cleanclip[attack=badnet,lr=0.002]",
+                "cleanclip[attack=blended,lr=0.001]", "cleanclip[attack=blended,lr=0.002]",
+                "craft[attack=badnet]", "craft[attack=blended]", "abd[attack=badnet]", "abd[attack=blended]"]
+    assert ids == [f"{i}@seed{s}" for s in (0, 1) for i in per_seed]
+    by_id = {run.id: run for run in runs}
+    abd = by_id["abd[attack=blended]@seed1"]
+    assert {name: dep.id for name, dep in abd.deps.items()} == {
+        "attack": "attack[attack=blended]@seed1", "craft": "craft[attack=blended]@seed1"}
+    assert by_id["attack[attack=blended]@seed1"].config == "configs/embedded/blended.yaml"
+    assert by_id["attack[attack=blended]@seed1"].settings == {
+        "data.init_args.poison.rate": 0.1, "seed_everything": 1, "data.init_args.poison.seed": 1}
+    assert by_id["cleanclip[attack=badnet,lr=0.002]@seed0"].settings["model.init_args.optimizer.lr"] == 2e-3
+    assert str(by_id["cleanclip[attack=badnet,lr=0.002]@seed0"].run_dir).endswith("cleanclip/attack=badnet,lr=0.002/seed0")
+
+
+def test_a_dependent_run_starts_from_its_parents_checkpoint_trigger_and_architecture(tmp_path):
+    experiment = toy(tmp_path)
+    abd = next(run for run in expand(experiment) if run.id == "abd[attack=badnet]@seed0")
+    parent = abd.deps["attack"].run_dir
+    parent.path.mkdir(parents=True)
+    parent.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-vit32.json}}}\n")
+    settings = resolve(abd)
+    assert settings["model.init_args.model.pretrained"] == str(parent.checkpoint)
+    assert settings["data.init_args.trigger_dir"] == str(parent.trigger_dir)
+    assert settings["model.init_args.model.name"] == "configs/models/tiny-vit32.json"
+    assert settings["model.init_args.patch_dir"] == f"{abd.deps['craft'].run_dir}/adversarial"
+    args = command_line(settings)
+    assert args[args.index("--seed_everything") + 1] == "0"
+
+
+def test_a_config_reference_to_a_mapping_becomes_one_setting_per_leaf(tmp_path):
+    experiment = toy(tmp_path, TOY.replace("    cost_includes: [craft]", textwrap.indent(textwrap.dedent("""\
+        cost_includes: [craft]
+      ubt:
+        config: configs/embedded/ubt_one_fit.yaml
+        from: attack
+        set: {{model.init_args.discover.poison: "{{attack.config:data.init_args.poison}}"}}"""), "  ")))
+    ubt = next(run for run in expand(experiment) if run.stage.name == "ubt")
+    parent = ubt.deps["attack"].run_dir
+    parent.path.mkdir(parents=True)
+    parent.config_path.write_text(
+        "model: {init_args: {model: {name: tiny}}}\ndata: {init_args: {poison: {rate: 0.05, count: null, seed: 0}}}\n")
+    settings = resolve(ubt)
+    assert settings["model.init_args.discover.poison.rate"] == 0.05
+    assert settings["model.init_args.discover.poison.seed"] == 0
+    assert "model.init_args.discover.poison.count" not in settings  # None keeps the default
+
+
+@pytest.mark.parametrize("text, message", [
+    (TOY.replace("from: attack\n    report", "from: nowhere\n    report"), "unknown stage 'nowhere'"),
+    (TOY.replace("configs/embedded/cleanclip.yaml", "configs/embedded/missing.yaml"), "missing.yaml does not exist"),
+    (TOY.replace("    key: model.init_args.optimizer.lr\n", ""), "without a `key`"),
+    (TOY.replace("rows: [attack, stage]", "rows: [attack, colour]"), "'colour'"),
+    (TOY.replace("    report: false", "    reprot: false"), "unknown key"),
+])
+def test_a_bad_experiment_file_is_refused_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        toy(tmp_path, text)
+
+
+def test_intervals_on_hand_made_numbers():
+    # n = 3: mean 2, sample sd 1, t(0.975, 2) = 4.302653: half-width 4.302653 / sqrt(3) = 2.484138
+    three = interval([1.0, 2.0, 3.0])
+    assert three.n == 3 and three.kind == "t95"
+    assert three.mean == pytest.approx(2.0)
+    assert three.high - three.mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert three.format(2) == "2.00 ± 2.48"
+    two = interval([0.5, 0.25, None])
+    assert (two.kind, two.low, two.high, two.format(2)) == ("range", 0.25, 0.5, "0.38 [0.25–0.50]")
+    assert interval([0.7]).format() == "0.700" and interval([]) is None
+    assert Interval(0.1, 0.05, 0.15, 3).separated_from(Interval(0.3, 0.2, 0.4, 3))
+    assert not Interval(0.1, 0.05, 0.25, 3).separated_from(Interval(0.3, 0.2, 0.4, 3))
+
+
+def test_the_table_shows_mean_and_interval_per_row_and_the_cost_paired_by_seed(tmp_path):
+    experiment = toy(tmp_path)
+    rows = []
+    for seed, (clean_time, abd_time, asr) in enumerate([(100, 50, 0.1), (200, 150, 0.2), (100, 80, 0.3)]):
+        rows.append({"stage": "cleanclip", "attack": "badnet", "lr": "0.001", "seed": seed, "ca_top1": 0.9,
+                     "asr": 0.05, "cost_s": clean_time})
+        rows.append({"stage": "abd", "attack": "badnet", "seed": seed, "ca_top1": 0.8, "asr": asr, "cost_s": abd_time})
+    lines = render_table(experiment, experiment.tables[0], rows).splitlines()
+    assert lines[0] == "| stage | attack | n | CA top-1 | ASR | cost (× cleanclip) |".replace("stage | attack", "attack | stage")
+    abd = next(line for line in lines if "| abd |" in line)
+    ratios = interval([0.5, 0.75, 0.8])
+    assert abd == f"| badnet | abd | 3 | 0.800 ± 0.000 | 0.200 ± {interval([0.1, 0.2, 0.3]).high - 0.2:.3f} | {ratios.format(2)} |"
+
+
+def _fake_finished(run, fingerprint: dict | None, summary: dict | None = None) -> None:
+    run.run_dir.path.mkdir(parents=True, exist_ok=True)
+    (run.run_dir.path / "stage.json").write_text(json.dumps(fingerprint))
+    (run.run_dir.path / "summary.json").write_text(json.dumps(summary or {"asr": 0.5, "wall_time_s": 1.0}))
+    run.run_dir.config_path.write_text("model: {init_args: {model: {name: tiny}}}\n")
+
+
+def test_finished_runs_are_reused_interrupted_ones_resumed_and_another_configs_refused(tmp_path):
+    experiment = toy(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    attack, clean = runs["attack[attack=badnet]@seed0"], runs["cleanclip[attack=badnet,lr=0.001]@seed0"]
+    _fake_finished(attack, runner.pipeline_stage(attack).fingerprint())
+    assert runner.status(attack) == "reuse"
+    assert run_stage(runner.pipeline_stage(attack)) == {"asr": 0.5, "wall_time_s": 1.0}  # nothing trained
+
+    clean.run_dir.checkpoints.mkdir(parents=True)
+    (clean.run_dir.checkpoints / "last.ckpt").write_bytes(b"")
+    (clean.run_dir.path / "stage.json").write_text(json.dumps(runner.pipeline_stage(clean).fingerprint()))
+    assert runner.status(clean) == "resume"
+
+    other = runs["attack[attack=blended]@seed0"]
+    _fake_finished(other, {**runner.pipeline_stage(other).fingerprint(), "overrides": ["--seed_everything", "7"]})
+    assert runner.status(other).startswith("refuse")
+    with pytest.raises(ValueError, match="remove the directory"):
+        run_stage(runner.pipeline_stage(other))
+    plan = runner.plan(experiment, only=["cleanclip"])
+    assert "abd" not in plan and plan.count("attack[") == 4  # --only brings the runs it needs, not the others
+
+
+def test_only_names_a_stage_of_the_experiment(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        runner.select(expand(toy(tmp_path)), ["nope"])
+
+
+@pytest.mark.slow
+def test_a_chain_runs_once_and_a_second_invocation_reuses_it(tmp_path, small_benchmark, monkeypatch):
+    import yaml
+
+    small = {"data.init_args.embedded": None, "data.init_args.eval.directory": small_benchmark.eval_dir,
+             "data.init_args.batch_size": 32, "trainer.enable_progress_bar": False, "trainer.max_epochs": 1}
+    chain = {
+        "name": "chain", "runs": str(tmp_path / "runs"), "seeds": [0],
+        "stages": {
+            "attack": {"config": "configs/embedded/badnet.yaml", "seed_keys": ["seed_everything", "data.init_args.poison.seed"],
+                       "set": {**small, "data.init_args.train_shards": small_benchmark.pretrain_urls,
+                               "data.init_args.poison.rate": 0.1}},
+            "ft": {"config": "configs/embedded/ft.yaml", "from": "attack",
+                   "set": {**small, "data.init_args.train_shards": small_benchmark.finetune_urls}},
+        },
+        "tables": [{"block": "chain", "rows": ["stage"], "columns": ["ca_top1", "asr", "cost"], "reference": "ft"}],
+    }
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump(chain))
+    monkeypatch.setattr(runner, "LOCK", tmp_path / "lock")
+    experiment = load_experiment(tmp_path / "chain.yaml")
+    rows = runner.run_experiment(experiment, update_docs=False)
+    attack, ft = expand(experiment)
+    assert [r["stage"] for r in rows] == ["attack", "ft"]
+    ft_config = ft.run_dir.config
+    assert ft_config["model"]["init_args"]["model"]["pretrained"] == str(attack.run_dir.checkpoint)
+    assert ft_config["data"]["init_args"]["trigger_dir"] == str(attack.run_dir.trigger_dir)
+    assert ft.run_dir.summary()["before"]["asr"] == pytest.approx(attack.run_dir.summary()["asr"], abs=0.02)
+    results = [json.loads(line) for line in (Path(experiment.runs) / "results.jsonl").read_text().splitlines()]
+    assert [r["run_dir"] for r in results] == [str(attack.run_dir), str(ft.run_dir)]
+    assert (Path(experiment.runs) / "chain.md").exists() and (Path(experiment.runs) / "chain.png").exists()
+
+    stamp = ft.run_dir.summary_path.stat().st_mtime_ns
+    assert runner.plan(experiment).split()[0] == "reuse"
+    runner.run_experiment(experiment, update_docs=False)
+    assert ft.run_dir.summary_path.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("path", sorted(Path("experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_file_loads_and_expands(path):
+    experiment = load_experiment(path)
+    runs = expand(experiment)
+    assert len(runs) == len({run.id for run in runs}) == len({str(run.run_dir) for run in runs}) > 0
+    assert {run.seed for run in runs} == set(experiment.seeds)
+
+
+def test_ubt_study_replays_the_attacks_data_and_chains_its_stages(tmp_path):
+    experiment = load_experiment("experiments/ubt.yaml")
+    experiment.runs = str(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    attack = runs["attack[case=badnet_vit]@seed1"].run_dir
+    attack.path.mkdir(parents=True)
+    attack.config_path.write_text(
+        "model: {init_args: {model: {name: configs/models/tiny-vit32.json}}}\n"
+        "data: {init_args: {train_shards: 'd/{0..3}.tar', poison: {rate: 0.05, target: star, count: null, seed: 1}}}\n")
+    detect = resolve(runs["detect[case=badnet_vit]@seed1"])
+    assert detect["data.init_args.train_shards"] == "d/{0..3}.tar"
+    assert (detect["data.init_args.poison.target"], detect["data.init_args.poison.seed"]) == ("star", 1)
+    assert "data.init_args.poison.count" not in detect and "model.init_args.overfit" not in detect  # one pass
+    assert resolve(runs["detect_overfit[case=badnet_vit]@seed1"])["model.init_args.overfit"] is True
+    unlearn = runs["unlearn[case=badnet_vit]@seed1"]
+    assert unlearn.config == "configs/embedded/ubt_unlearn_vit.yaml"
+    assert resolve(unlearn)["model.init_args.suspicious_dir"] == f"{runs['detect[case=badnet_vit]@seed1'].run_dir}/ubt"
+    assert unlearn.stage.cost_includes == ["detect"]
+    control = resolve(runs["control[case=badnet_vit]@seed1"])
+    assert control["model.init_args.lambda_forget"] == 0
+    assert control["model.init_args.model.name"] == "configs/models/tiny-vit32.json"
+    assert runs["unlearn[case=badnet]@seed1"].config == "configs/embedded/ubt_unlearn.yaml"
