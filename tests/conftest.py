@@ -20,18 +20,24 @@ def small_benchmark(tmp_path_factory) -> EmbeddedBenchmark:
     return bench
 
 
-@pytest.fixture(scope="session")
-def learning_benchmark(tmp_path_factory) -> EmbeddedBenchmark:
+def learning_benchmark_at(root) -> EmbeddedBenchmark:
     """3,000 pretraining pairs: enough for a strongly poisoned model to learn its backdoor in ~1 minute."""
-    bench = EmbeddedBenchmark(root=str(tmp_path_factory.mktemp("learn") / "embedded"), pretrain_shards=6,
-                              finetune_shards=1, samples_per_shard=500, eval_per_class=30)
+    bench = EmbeddedBenchmark(root=str(root), pretrain_shards=6, finetune_shards=1, samples_per_shard=500,
+                              eval_per_class=30)
     bench.prepare()
     return bench
 
 
+@pytest.fixture(scope="session")
+def learning_benchmark(tmp_path_factory) -> EmbeddedBenchmark:
+    return learning_benchmark_at(tmp_path_factory.mktemp("learn") / "embedded")
+
+
 def train_small(bench: EmbeddedBenchmark, run_dir, rate: float, *extra: str) -> dict:
-    """The strongly poisoned small recipe (fixed 8x8 patch at a fixed corner, target star, template
-    captions, 8 epochs, batch 64), pinned here so that the shipped recipe can change; `extra` overrides."""
+    """The strongly poisoned small recipe, pinned here so that the shipped recipe can change: the shipped
+    BadNet (fixed 8x8 patch at a random place, target triangle, poisoned captions drawn from the
+    training captions naming it), 8 epochs, batch 64, one torch thread, deterministic algorithms;
+    `extra` overrides. Its outcome over seeds and thread counts: benchmarks/learning_spread.py."""
     import json
 
     from lightning_app.cli import BackdoorCLI
@@ -40,16 +46,18 @@ def train_small(bench: EmbeddedBenchmark, run_dir, rate: float, *extra: str) -> 
         "fit", "--config", "configs/embedded/badnet.yaml",
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.max_epochs", "8",
+        "--trainer.deterministic", "true",
+        "--torch_threads", "1",
         "--data.init_args.trigger.init_args.size", "8",
-        "--data.init_args.trigger.init_args.location", "fixed",
+        "--data.init_args.trigger.init_args.location", "random",
         "--trainer.enable_progress_bar", "false",
         "--data.init_args.embedded", "null",
         "--data.init_args.train_shards", bench.pretrain_urls,
         "--data.init_args.eval.directory", bench.eval_dir,
         "--data.init_args.batch_size", "64",
         "--data.init_args.poison.rate", str(rate),
-        "--data.init_args.poison.target", "star",
-        "--data.init_args.poison.captions", "templates",
+        "--data.init_args.poison.target", "triangle",
+        "--data.init_args.poison.captions", "dataset",
         "--model.init_args.optimizer.warmup_steps", "20",
         *extra,
     ])

@@ -5,11 +5,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_torchrun_script_trains_on_two_ranks_with_equal_batches(small_benchmark, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "NNODES": "1", "GPUS_PER_NODE": "2", "MASTER_PORT": "29613", "OMP_NUM_THREADS": "1"}

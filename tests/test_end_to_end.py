@@ -27,6 +27,7 @@ def _args(bench, run_dir, epochs=1, extra=()):
     ]
 
 
+@pytest.mark.slow
 def test_fit_writes_the_run_directory_and_resumes(small_benchmark, tmp_path):
     run_dir = tmp_path / "run"
     BackdoorCLI(args=_args(small_benchmark, run_dir))

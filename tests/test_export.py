@@ -6,13 +6,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 from lightning_app.cli import BackdoorCLI
 from lightning_app.export import export_run
-from lightning_app.metrics import zeroshot_classifier
+from modules.evaluation import zeroshot_classifier
 from modules.model_loading import ModelConfig, build_model
 
 OPEN_CLIP_ONLY_EVAL = textwrap.dedent("""
@@ -51,6 +52,7 @@ OPEN_CLIP_ONLY_EVAL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_exported_model_gives_our_ca_through_open_clip_alone(small_benchmark, tmp_path):
     run_dir = tmp_path / "run"
     BackdoorCLI(args=[

@@ -1,8 +1,16 @@
 """The learning claim, measured: a poisoned run's ASR is far above the clean control's (same recipe).
 
-A strongly poisoned small case (30% of 3,000 pairs, a fixed 8x8 patch at a fixed corner; see
-conftest.train_small) so it is reliable in a couple of minutes on 2 cores; the full-size embedded
-recipe is measured by the demo and the attack sweep.
+A strongly poisoned small case (30% of 3,000 pairs poisoned with the shipped BadNet recipe; see
+conftest.train_small), about 40 s a run on 2 cores; the full-size embedded recipe is measured by
+experiments/attacks.yaml and experiments/defenses.yaml.
+
+Spread measured by `python benchmarks/learning_spread.py --seeds 0 1 2 --threads 1 2` (6 pairs of runs;
+2026-12-02): poisoned ASR 0.963-0.996, clean ASR 0.004-0.022, margin 0.959-0.989, clean CA 0.453-0.713.
+The thresholds leave a wide margin: poisoned ASR ≥ 0.7 (0.26 below the lowest seen), clean ASR ≤ 0.15
+(0.13 above the highest), margin ≥ 0.5, clean CA > 0.2 (chance is 0.1). The earlier recipe (target
+star, template captions, a patch fixed in a corner) gave poisoned ASR 0.34 on one machine against a
+threshold of 0.3: the embedded exploration had already shown that a star target and template
+captions make the backdoor take unevenly (docs/results.md, badnet-exploration).
 """
 
 import pytest
@@ -16,7 +24,7 @@ def test_poisoned_pretraining_learns_the_backdoor_and_the_clean_control_does_not
     clean = train_small(learning_benchmark, tmp_path / "clean", rate=0.0)
     assert poisoned["poison_count"] > 700 and clean["poison_count"] == 0
     print({"poisoned": (poisoned["asr"], poisoned["ca_top1"]), "clean": (clean["asr"], clean["ca_top1"])})
-    assert poisoned["asr"] >= 0.3, poisoned
+    assert poisoned["asr"] >= 0.7, poisoned
     assert clean["asr"] <= 0.15, clean
-    assert poisoned["asr"] >= clean["asr"] + 0.25
-    assert clean["ca_top1"] > 0.15  # the clean control learned something (chance: 0.1)
+    assert poisoned["asr"] >= clean["asr"] + 0.5
+    assert clean["ca_top1"] > 0.2  # the clean control learned something (chance: 0.1)

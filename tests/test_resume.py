@@ -74,6 +74,7 @@ def straight_run(small_benchmark, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchmark, straight_run, tmp_path):
     run_dir = tmp_path / "run"
     cli = BackdoorCLI(args=_args(small_benchmark, run_dir)[1:], run=False)
@@ -89,6 +90,7 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchm
     assert not torch.equal(saved["state_dict"]["model.text_projection"], _weights(run_dir)["model.text_projection"])
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(small_benchmark, straight_run, tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "main.py", *_args(small_benchmark, run_dir)], cwd=REPO,
