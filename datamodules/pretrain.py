@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from datamodules.embedded.benchmark import EmbeddedBenchmark
 from datamodules.poison import PoisonConfig, Poisoner, Trigger, load_trigger, select_poison_keys, target_caption_pool
 from datamodules.poison.selection import names_target
-from datamodules.run_dir import RunDir
+from datamodules.run_dir import RunDir, write_once
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions
 from datamodules.stream import PairStream
 from datamodules.transforms import InputSpec, TrainSample
@@ -120,6 +121,13 @@ class ShardDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be ≥ 1, got {batch_size}")
+        if not train_shards or (isinstance(train_shards, str) and not train_shards.strip()):
+            raise ValueError("data.train_shards is empty: name the training shards (a path, brace pattern or list)")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be ≥ 0, got {num_workers}")
+        if eval.batch_size < 1 or eval.num_workers < 0:
+            raise ValueError(f"data.eval.batch_size must be ≥ 1 and data.eval.num_workers ≥ 0, got "
+                             f"{eval.batch_size} and {eval.num_workers}")
         if not 0.0 <= max_corrupt_fraction < 1.0:
             raise ValueError(f"data.max_corrupt_fraction must be in [0, 1), got {max_corrupt_fraction}")
         if trigger is not None and trigger_dir is not None:
@@ -188,13 +196,19 @@ class ShardDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         self._resolve_trigger()
+        if self.trigger is not None:
+            self.trigger.check_fits(self._input_spec().image_size)
         if self.embedded is not None:
             self.embedded.prepare()
+        run = RunDir(self.run_dir)
+        run.path.mkdir(parents=True, exist_ok=True)
         self._write_manifest()
         if self.trigger is not None:
-            run = RunDir(self.run_dir)
-            self.trigger.save(run.trigger_dir, self._input_spec().image_size)
-            run.target_path.write_text(json.dumps({"target": self.poison.target}))
+            with tempfile.TemporaryDirectory(dir=run.path, prefix=".trigger-") as fresh:
+                self.trigger.save(fresh, self._input_spec().image_size)
+                (Path(fresh) / run.target_path.name).write_text(json.dumps({"target": self.poison.target}))
+                for path in sorted(Path(fresh).iterdir()):
+                    write_once(run.trigger_dir / path.name, path.read_bytes(), "trigger artifact")
 
     def _write_manifest(self, write: bool = True) -> dict:
         start = time.perf_counter()
@@ -224,8 +238,7 @@ class ShardDataModule(LightningDataModule):
             "caption_pool": pool,
         }
         if write:
-            self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
-            self.manifest_path.write_text(json.dumps(manifest, indent=1))
+            write_once(self.manifest_path, json.dumps(manifest, indent=1).encode(), "poison manifest")
         log.info("poison manifest: %d of %d pairs poisoned (%.1fs)", len(keys), scanned, time.perf_counter() - start)
         return manifest
 

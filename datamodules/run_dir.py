@@ -14,12 +14,31 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 TARGET_FILE = "target.json"
+
+
+def write_once(path: Path, content: bytes, what: str) -> None:
+    """Write `content` to `path` unless the file exists: then it must hold exactly `content`.
+
+    The poison manifest and the trigger artifacts describe what a run's weights were trained with; a
+    later fit into the same directory (a resume, a retry) may not rewrite them with something else."""
+    if path.exists():
+        if path.read_bytes() != content:
+            raise ValueError(f"{what} {path} was written by an earlier fit of this run directory and differs from "
+                             "what this fit would write (another poisoning, trigger or data): the run's weights were "
+                             "trained with the recorded one; resume with the run's own config.yaml or use a new "
+                             "run directory")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(content)
+    os.replace(partial, path)
 
 
 class RunDir:

@@ -3,6 +3,8 @@
 - `AtomicCheckpointIO`: Lightning writes checkpoints in place, so a kill while saving leaves a
   truncated file. This writes a `.partial` file beside the target and renames it over the target,
   which POSIX makes atomic on one filesystem: every `.ckpt` is whole.
+- `run_checkpoints`: one `last.ckpt` (refreshed at each epoch end, so it holds the final weights),
+  and with step checkpoints the newest `keep` of them, pruned by step number across resumes too.
 - `newest_checkpoint`: what `--ckpt_path last` means here. Lightning's "last" looks only for
   `*last*.ckpt` and, finding none, silently trains from scratch; a kill between writing the step
   checkpoint and refreshing `last.ckpt` leaves exactly that. We take the newest whole checkpoint.
@@ -24,7 +26,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         partial = path.with_name(path.name + ".partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
+        partial.unlink(missing_ok=True)  # left by an earlier failed write (a full disk): it only takes space
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         os.replace(partial, path)
 
 
@@ -36,9 +43,32 @@ def newest_checkpoint(directory: Path) -> Path:
     return candidates[-1]
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """Every N optimizer steps, `stepNNNNNNN.ckpt`; keeps the newest `keep` of the directory's step
+    checkpoints by step number, those written before a resume included (ModelCheckpoint's own top-k
+    only knows the files it wrote in this process)."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int, keep: int):
+        super().__init__(dirpath=str(dirpath), every_n_train_steps=every_n_steps, filename="step{step:07d}",
+                         auto_insert_metric_name=False, save_top_k=-1, save_last=False)
+        self.keep = keep
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            prune_step_checkpoints(Path(self.dirpath), self.keep)
+
+
+def prune_step_checkpoints(directory: Path, keep: int) -> None:
+    """Remove all but the `keep` step checkpoints (`stepNNNNNNN.ckpt`) of the highest step numbers."""
+    steps = sorted(directory.glob("step*.ckpt"), key=lambda p: int(p.stem.removeprefix("step")))
+    for stale in steps[:-keep]:
+        stale.unlink(missing_ok=True)
+
+
 def run_checkpoints(checkpoint_dir: Path, every_n_steps: Optional[int], keep: int) -> list[ModelCheckpoint]:
-    """An end-of-epoch checkpoint and `last.ckpt`; with `every_n_steps`, also a step checkpoint that
-    keeps the newest `keep` and refreshes `last.ckpt`, so `--ckpt_path last` resumes mid-epoch."""
+    """An end-of-epoch checkpoint and `last.ckpt`; with `every_n_steps`, also a step checkpoint (the
+    newest `keep` kept), so that `--ckpt_path last` (the newest whole checkpoint) resumes mid-epoch."""
     callbacks = [ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, filename="epoch{epoch:03d}-step{step:07d}",
                                  auto_insert_metric_name=False)]
     if every_n_steps is not None:
@@ -46,9 +76,5 @@ def run_checkpoints(checkpoint_dir: Path, every_n_steps: Optional[int], keep: in
             raise ValueError(f"checkpoint_every_n_steps must be ≥ 1, got {every_n_steps}")
         if keep < 1:
             raise ValueError(f"keep_step_checkpoints must be ≥ 1, got {keep}")
-        callbacks.append(ModelCheckpoint(
-            dirpath=str(checkpoint_dir), save_last=True, every_n_train_steps=every_n_steps,
-            filename="step{step:07d}", auto_insert_metric_name=False,
-            monitor="step", mode="max", save_top_k=keep,  # "step" is logged by Lightning: keeps the newest
-        ))
+        callbacks.append(StepCheckpoint(checkpoint_dir, every_n_steps, keep))
     return callbacks

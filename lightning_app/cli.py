@@ -15,22 +15,28 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
 
+from datamodules.run_dir import RunDir
 from lightning_app.callbacks import RunSummary
 from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
+from lightning_app.run_guard import RunLock, refuse_changed_attack
 from modules.base import CLIPModule
 
 
 class BackdoorCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._run_lock: Optional[RunLock] = None
         kwargs.setdefault("save_config_kwargs", {"overwrite": True, "config_filename": "config.yaml"})
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
+        # `--trainer.max_epoch 3` must be an error, not silently `--trainer.max_epochs 3`
+        kwargs.setdefault("parser_kwargs", {"allow_abbrev": False})
         super().__init__(CLIPModule, LightningDataModule, *args, subclass_mode_model=True,
                          subclass_mode_data=True, **kwargs)
 
@@ -54,15 +60,28 @@ class BackdoorCLI(LightningCLI):
             torch.set_num_threads(config["torch_threads"])
 
     def before_fit(self) -> None:
-        checkpoints = Path(self.trainer.default_root_dir) / "checkpoints"
+        run = RunDir(self.trainer.default_root_dir)
         ckpt_path = self.config_init.fit.get("ckpt_path")
-        if ckpt_path is None and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        if ckpt_path is None and run.has_checkpoints():
             raise ValueError(
-                f"run directory {self.trainer.default_root_dir} already holds checkpoints: resume it with "
+                f"run directory {run.path} already holds checkpoints: resume it with "
                 "`--ckpt_path last`, or remove it / set another trainer.default_root_dir for a new run"
             )
+        if ckpt_path is not None:
+            config = self.config.get(str(self.subcommand), self.config)
+            refuse_changed_attack(run, yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False)))
         if ckpt_path == "last":
-            self.config_init.fit.ckpt_path = str(newest_checkpoint(checkpoints))
+            self.config_init.fit.ckpt_path = str(newest_checkpoint(run.checkpoints))
+        if self.trainer.global_rank == 0:
+            self._run_lock = RunLock(run.path)  # a second fit into the directory fails at once
+
+    def fit(self, **kwargs: Any) -> None:
+        try:
+            self.trainer.fit(**kwargs)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})

@@ -38,6 +38,16 @@ class OptimizerConfig:
     fused: bool = True
     """Use torch's fused AdamW kernel (CPU and CUDA; measured 1.5x faster steps on the tiny CPU model)."""
 
+    def __post_init__(self) -> None:
+        problems = [f"{name} {value!r}" for name, value, ok in (
+            ("lr", self.lr, self.lr > 0), ("weight_decay", self.weight_decay, self.weight_decay >= 0),
+            ("betas", self.betas, all(0 <= b < 1 for b in self.betas)), ("eps", self.eps, self.eps > 0),
+            ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0),
+            ("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1)) if not ok]
+        if problems:
+            raise ValueError("model.optimizer: out of range: " + ", ".join(problems) +
+                             " (lr > 0, weight_decay ≥ 0, 0 ≤ betas < 1, eps > 0, warmup_steps ≥ 0, 0 ≤ min_lr_ratio ≤ 1)")
+
 
 @contextlib.contextmanager
 def eval_mode(module: torch.nn.Module):

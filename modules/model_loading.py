@@ -104,6 +104,12 @@ def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
     model = open_clip.create_model(name, pretrained=None if local_file else pretrained, weights_only=True)
     if local_file:
         state = match_scalar_shapes(read_state_dict(pretrained), model)
+        expected = model.state_dict()
+        mismatched = [f"{k} {tuple(v.shape)} (model: {tuple(expected[k].shape)})" for k, v in state.items()
+                      if k in expected and v.shape != expected[k].shape]
+        if mismatched:
+            raise ValueError(f"model.pretrained: {pretrained} does not fit {config.name}: {len(mismatched)} tensors "
+                             f"have other shapes, first {mismatched[0]}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

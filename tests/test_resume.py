@@ -81,7 +81,7 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchm
     cli.trainer.callbacks.append(_StopAt(STOP_AT))
     with pytest.raises(_Preempted):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    saved = torch.load(newest_checkpoint(run_dir / "checkpoints"), map_location="cpu", weights_only=True)
     assert saved["global_step"] == STOP_AT
     assert 0 < STOP_AT % 24 and saved["epoch"] == STOP_AT // 24  # a mid-epoch checkpoint
 

@@ -62,6 +62,10 @@ class Trigger(ABC):
     def describe(self) -> dict:
         return {"name": self.name, **self.params()}
 
+    def check_fits(self, image_size: int) -> None:
+        """Raise a ValueError naming the option when the trigger cannot apply to images of this size
+        (checked before training, not inside a data worker mid-fit)."""
+
     def _save_patterns(self, directory: Path, image_size: int) -> None:
         """Write fixed patterns beside trigger.json (subclasses that have one)."""
 
@@ -124,6 +128,16 @@ class BadNet(Trigger):
             n = math.ceil(self.size / self.cell)
             self._fixed = self._blocks(_quantised_uniform((3, n, n), self.seed))
         return self._fixed
+
+    def check_fits(self, image_size: int) -> None:
+        if self.size > image_size:
+            raise ValueError(f"trigger.init_args.size: a BadNet patch of {self.size}px does not fit the model's "
+                             f"{image_size}x{image_size} input")
+        if self.location == "fixed" and self.position is not None:
+            top, left = self.position
+            if not (0 <= top <= image_size - self.size and 0 <= left <= image_size - self.size):
+                raise ValueError(f"trigger.init_args.position {self.position}: a {self.size}px patch there leaves the "
+                                 f"{image_size}x{image_size} input")
 
     def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
         _, h, w = image.shape

@@ -1,0 +1,157 @@
+"""A run's record: one fit per run directory at a time, no resume under another attack, write-once
+poison manifest and trigger, one last.ckpt, step checkpoints pruned across resumes, no `.partial`
+left by a failed write."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from datamodules.run_dir import RunDir, write_once
+from lightning_app.checkpointing import AtomicCheckpointIO, prune_step_checkpoints
+from lightning_app.cli import BackdoorCLI
+from lightning_app.run_guard import RunLock, refuse_changed_attack
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _args(bench, run_dir, *extra: str) -> list[str]:
+    return ["fit", "--config", "configs/embedded/badnet.yaml", "--trainer.default_root_dir", str(run_dir),
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--data.init_args.embedded", "null",
+            "--data.init_args.train_shards", bench.pretrain_urls, "--data.init_args.eval.directory", bench.eval_dir,
+            "--data.init_args.batch_size", "32", "--data.init_args.poison.rate", "0.1",
+            "--model.init_args.optimizer.warmup_steps", "5", *extra]
+
+
+def test_a_second_fit_into_a_locked_run_directory_fails_at_once_naming_the_holder(small_benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    lock = RunLock(run_dir)  # this process holds the directory, as a running fit would
+    try:
+        result = subprocess.run([sys.executable, str(REPO / "main.py"), *_args(small_benchmark, run_dir)],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        lock.release()
+    assert result.returncode != 0
+    import os
+    assert f"is in use by pid {os.getpid()}" in result.stderr
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "poison").exists()
+
+
+def test_a_lock_file_left_by_a_dead_process_is_taken_over(tmp_path):
+    (tmp_path / ".lock").write_text("pid 999999 on elsewhere since 2020-01-01 00:00:00")
+    lock = RunLock(tmp_path)  # no process holds the flock: the record is stale
+    assert (tmp_path / ".lock").read_text().startswith("pid ")
+    with pytest.raises(ValueError, match="is in use by pid"):
+        RunLock(tmp_path)
+    lock.release()
+    RunLock(tmp_path).release()
+
+
+def test_write_once_refuses_other_content_and_accepts_the_same(tmp_path):
+    path = tmp_path / "poison" / "manifest.json"
+    write_once(path, b'{"keys": ["a"]}', "poison manifest")
+    write_once(path, b'{"keys": ["a"]}', "poison manifest")
+    with pytest.raises(ValueError, match="poison manifest .*manifest.json was written by an earlier fit"):
+        write_once(path, b'{"keys": ["b"]}', "poison manifest")
+    assert path.read_bytes() == b'{"keys": ["a"]}'
+
+
+def test_resume_config_check_names_every_changed_attack_key(tmp_path):
+    run = RunDir(tmp_path)
+    saved = {"seed_everything": 0, "model": {"init_args": {"model": {"name": "tiny"}}},
+             "data": {"init_args": {"train_shards": "a", "poison": {"rate": 0.05, "target": "triangle"},
+                                    "trigger": {"class_path": "BadNet"}}},
+             "trainer": {"max_epochs": 20}}
+    run.config_path.write_text(json.dumps(saved))
+    refuse_changed_attack(run, {**saved, "trainer": {"max_epochs": 30}})  # more epochs: a resume may do that
+    changed = json.loads(json.dumps(saved))
+    changed["data"]["init_args"]["poison"]["target"] = "star"
+    changed["data"]["init_args"]["trigger"] = {"class_path": "Blended"}
+    with pytest.raises(ValueError, match=r"data.init_args.poison: .*data.init_args.trigger: "):
+        refuse_changed_attack(run, changed)
+
+
+def test_step_checkpoints_are_pruned_by_step_number_whoever_wrote_them(tmp_path):
+    for step in (5, 10, 15, 100, 20):
+        (tmp_path / f"step{step:07d}.ckpt").write_bytes(b"")
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    prune_step_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step0000020.ckpt", "step0000100.ckpt"]
+
+
+def test_a_failed_checkpoint_write_leaves_no_partial_and_a_stale_one_does_not_block(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+
+    def disk_full(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", disk_full)
+    with pytest.raises(OSError):
+        AtomicCheckpointIO().save_checkpoint({"x": 1}, target)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "last.ckpt.partial").write_bytes(b"stale")
+    AtomicCheckpointIO().save_checkpoint({"x": 1}, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_resume_under_another_attack_is_refused_and_the_record_kept(small_benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    BackdoorCLI(args=_args(small_benchmark, run_dir))
+    manifest = (run_dir / "poison" / "manifest.json").read_bytes()
+    trigger = (run_dir / "trigger" / "trigger.json").read_bytes()
+    with pytest.raises(ValueError, match="data.init_args.poison"):
+        BackdoorCLI(args=_args(small_benchmark, run_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last",
+                               "--data.init_args.poison.rate", "0.2", "--data.init_args.poison.target", "star"))
+    assert (run_dir / "poison" / "manifest.json").read_bytes() == manifest
+    assert (run_dir / "trigger" / "trigger.json").read_bytes() == trigger
+    # the same attack resumes, and keeps one last.ckpt and at most 2 step checkpoints over the resume
+    BackdoorCLI(args=_args(small_benchmark, run_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last",
+                           "--checkpoint_every_n_steps", "3"))
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"]
+    assert len([n for n in names if n.startswith("step")]) == 2
+    assert (run_dir / "poison" / "manifest.json").read_bytes() == manifest
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model.init_args.optimizer.lr", "-0.1"], "model.optimizer: out of range: lr -0.1"),
+    (["--data.init_args.eval.batch_size", "0"], "data.eval.batch_size"),
+    (["--data.init_args.train_shards", ""], "data.train_shards is empty"),
+    (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch"),
+])
+def test_bad_values_fail_before_the_run_directory_is_written(small_benchmark, tmp_path, extra, message, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises((ValueError, SystemExit)) as failure:
+        BackdoorCLI(args=_args(small_benchmark, run_dir, *extra))
+    assert message in str(failure.value) + capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_a_trigger_larger_than_the_input_is_refused_before_the_first_step(small_benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="trigger.init_args.size: a BadNet patch of 40px does not fit"):
+        BackdoorCLI(args=_args(small_benchmark, run_dir, "--data.init_args.trigger.init_args.size", "40"))
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.csv").exists()
+
+
+def test_a_weight_file_of_another_shape_is_named_with_its_first_mismatched_tensor(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from modules.model_loading import ModelConfig, build_model
+
+    model, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json"))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["token_embedding.weight"] = torch.zeros(3, 3)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match=r"w.safetensors does not fit .* first token_embedding.weight \(3, 3\)"):
+        build_model(ModelConfig(name="configs/models/tiny-rn32.json", pretrained=str(tmp_path / "w.safetensors")))
