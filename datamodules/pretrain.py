@@ -25,8 +25,8 @@ from datamodules.embedded.benchmark import EmbeddedBenchmark
 from datamodules.poison import PoisonConfig, Poisoner, Trigger, load_trigger, select_poison_keys, target_caption_pool
 from datamodules.poison.selection import names_target
 from datamodules.run_dir import RunDir, write_once
-from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions
-from datamodules.stream import PairStream
+from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions, shard_sizes
+from datamodules.stream import COUNTERS, PairStream
 from datamodules.transforms import InputSpec, TrainSample
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
@@ -40,10 +40,12 @@ class _EpochSyncedLoader(DataLoader):
     would have seen.
     """
 
-    def __init__(self, dataset: PairStream, position_source, **kwargs):
+    def __init__(self, dataset: PairStream, position_source, consumed: dict[str, int], **kwargs):
         super().__init__(dataset, **kwargs)
         self._position_source = position_source
         self._resume: Optional[dict] = None
+        self.consumed = consumed
+        """Health counts of the batches training has taken from this loader (all epochs, over resumes)."""
 
     def __iter__(self):
         epoch, _ = self._position_source()
@@ -51,19 +53,28 @@ class _EpochSyncedLoader(DataLoader):
         resume, self._resume = self._resume, None
         self.dataset.skip_batches = resume["batches"] if resume and resume["epoch"] == epoch else 0
         try:
-            return super().__iter__()  # workers copy the dataset (and skip_batches) as they start
+            batches = super().__iter__()  # workers copy the dataset (and skip_batches) as they start
         finally:
             self.dataset.skip_batches = 0
+        return self._counted(batches)
+
+    def _counted(self, batches):
+        for batch in batches:
+            for name, count in batch.pop("health", {}).items():
+                self.consumed[name] = self.consumed.get(name, 0) + int(count)
+            yield batch
 
     def state_dict(self) -> dict:
         epoch, batches = self._position_source()
-        return {"epoch": epoch, "batches": batches, "health": self.dataset.health.snapshot()}
+        return {"epoch": epoch, "batches": batches, "health": dict(self.consumed)}
 
     def load_state_dict(self, state: dict) -> None:
         if not 0 <= state["batches"] <= len(self):
             raise ValueError(f"checkpoint's data position {state} does not fit this loader's {len(self)} "
                              "batches per epoch: resume with the same data, batch size, devices and workers")
         self._resume = state
+        self.consumed.clear()
+        self.consumed.update(state["health"])
         self.dataset.health.restore(state["health"])
 
 
@@ -148,6 +159,7 @@ class ShardDataModule(LightningDataModule):
         self.max_corrupt_fraction = max_corrupt_fraction
         self._run_dir = run_dir
         self.train_stream: Optional[PairStream] = None
+        self._consumed_health: dict[str, int] = {}
         self.eval_set: Optional[ZeroShotSet] = None
         self.poison_count = 0
 
@@ -216,9 +228,10 @@ class ShardDataModule(LightningDataModule):
         check_shards_exist(urls, "data.train_shards")
         wants_pool = self.poison.enabled and self.poison.captions == "dataset" and not self.poison.label_consistent
         target_captions: set[str] = set()
+        lost: list[dict] = []
 
         def scanned_pairs():  # one pass over the shards feeds both the selection and the caption pool
-            for key, caption in scan_captions(urls) if self.poison.enabled else ():
+            for key, caption in scan_captions(urls, lost) if self.poison.enabled else ():
                 if wants_pool and names_target(caption, self.poison.target):
                     target_captions.add(caption)
                 yield key, caption
@@ -236,6 +249,7 @@ class ShardDataModule(LightningDataModule):
             "keys": keys,
             "captions": self.poison.captions,
             "caption_pool": pool,
+            "lost_shards": lost,
         }
         if write:
             write_once(self.manifest_path, json.dumps(manifest, indent=1).encode(), "poison manifest")
@@ -280,8 +294,9 @@ class ShardDataModule(LightningDataModule):
         module = self.trainer.lightning_module
         builder = TrainSample(spec, poisoner, augmented_views=getattr(module, "needs_augmented_views", False),
                               seed=self.seed)
+        sizes = shard_sizes(urls) or {url: num_samples // len(urls) for url in urls}
         return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
-                          self.shuffle_buffer, self.max_corrupt_fraction)
+                          self.shuffle_buffer, self.max_corrupt_fraction, sizes)
 
     def scoring_stream(self) -> PairStream:
         """The training pairs as training poisons them, for one scoring pass in this process: writes the
@@ -296,6 +311,7 @@ class ShardDataModule(LightningDataModule):
         return _EpochSyncedLoader(
             self.train_stream,
             position_source=self._train_position,
+            consumed=self._consumed_health,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=False,
@@ -320,4 +336,5 @@ class ShardDataModule(LightningDataModule):
         return self.val_dataloader()
 
     def data_health(self) -> dict[str, int]:
-        return self.train_stream.health.snapshot() if self.train_stream is not None else {}
+        """Health counts of the training batches consumed so far (exact over resumes), with every counter."""
+        return {name: self._consumed_health.get(name, 0) for name in COUNTERS} if self.train_stream is not None else {}

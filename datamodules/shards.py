@@ -7,6 +7,7 @@ patterns joined by `::`, and `pipe:` commands.
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Optional, Union
 import webdataset as wds
 
 ShardSpec = Union[str, list[str]]
+
+log = logging.getLogger(__name__)
 
 
 def expand_shards(spec: ShardSpec) -> list[str]:
@@ -34,19 +37,31 @@ def check_shards_exist(urls: list[str], option: str) -> None:
         raise ValueError(f"{option}: {len(missing)} of {len(urls)} shards do not exist, first: {missing[0]}")
 
 
+def _stats_file(url: str) -> Optional[Path]:
+    return Path(url).with_name(Path(url).stem + "_stats.json") if _is_local(url) else None
+
+
+def shard_sizes(urls: list[str]) -> dict[str, int]:
+    """Samples per shard from img2dataset's stats files, for the shards that have one."""
+    sizes = {}
+    for url in urls:
+        stats = _stats_file(url)
+        if stats is not None and stats.exists():
+            data = json.loads(stats.read_text())
+            sizes[url] = int(data.get("successes", data.get("count", 0)))
+    return sizes
+
+
 def count_samples(urls: list[str], option: str) -> int:
     """Sum the successes of img2dataset's `NNNNN_stats.json` files beside local shards."""
-    total = 0
-    for url in urls:
-        stats = Path(url).with_name(Path(url).stem + "_stats.json") if _is_local(url) else None
-        if stats is None or not stats.exists():
-            raise ValueError(
-                f"{option}: cannot count the samples of {url} (no img2dataset stats file beside it); "
-                "set data.num_samples to the number of pairs in the shards"
-            )
-        data = json.loads(stats.read_text())
-        total += int(data.get("successes", data.get("count", 0)))
-    return total
+    sizes = shard_sizes(urls)
+    missing = next((url for url in urls if url not in sizes), None)
+    if missing is not None:
+        raise ValueError(
+            f"{option}: cannot count the samples of {missing} (no img2dataset stats file beside it); "
+            "set data.num_samples to the number of pairs in the shards"
+        )
+    return sum(sizes.values())
 
 
 def sample_key(member_name: str) -> tuple[str, str]:
@@ -56,8 +71,9 @@ def sample_key(member_name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext
 
 
-def scan_captions(urls: list[str]) -> Iterator[tuple[str, str]]:
-    """Yield (key, caption) for every sample with a `.txt` member, reading tars as streams."""
+def scan_captions(urls: list[str], lost: Optional[list[dict]] = None) -> Iterator[tuple[str, str]]:
+    """Yield (key, caption) for every sample with a `.txt` member, reading tars as streams. A shard
+    that cannot be read is an error, or with `lost`, recorded there ({url, error}) and skipped."""
     for url in urls:
         stream = wds.gopen(url)
         try:
@@ -68,7 +84,10 @@ def scan_captions(urls: list[str]) -> Iterator[tuple[str, str]]:
                         handle = tar.extractfile(member)
                         yield key, handle.read().decode("utf-8", errors="replace") if handle else ""
         except (tarfile.TarError, OSError) as exn:
-            raise ValueError(f"cannot read shard {url} while selecting poisoned pairs: {exn}") from exn
+            if lost is None:
+                raise ValueError(f"cannot read shard {url} while selecting poisoned pairs: {exn}") from exn
+            log.warning("lost shard %s while selecting poisoned pairs (skipped): %s", url, exn)
+            lost.append({"url": url, "error": repr(exn)})
         finally:
             stream.close()
 

@@ -9,6 +9,13 @@ Built on webdataset's pipeline stages. What it adds:
   sample once, less each worker's last partial batch (dropped).
 - Corrupt samples (undecodable or missing image, missing caption, unreadable tar member) are skipped,
   counted in counters shared by all workers, and logged; past `max_corrupt_fraction` the run stops.
+  A shard that cannot be opened or ends early is a lost shard: the samples it was expected to hold
+  (its img2dataset stats file, else the average shard) less those read from it count as lost samples
+  against the same fraction, so a quarter of the data unreadable stops the run instead of the epoch
+  being filled by re-reading the other shards.
+- Each batch carries the health counts of the samples read to make it (`batch["health"]`); the
+  loader adds up those of the batches training consumed, so `data_health` is exact over resumes
+  (a resumed run's skipped batches are produced again but never consumed).
 - Exact mid-epoch resume: with `skip_batches = n` set when the DataLoader iterator is created, the
   pass yields exactly the batches after the first n of the epoch, in the same order. The DataLoader takes batch j from worker
   j mod W, so the workers' roles are rotated to start at worker `batches` mod W, and each worker
@@ -34,30 +41,35 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SKIP_REASONS = ("bad_image", "missing_caption", "tar_error")
+COUNTERS = ("good", *SKIP_REASONS, "lost_shards", "lost_samples")
+SKIPPED_SAMPLES = ("bad_image", "missing_caption", "tar_error", "lost_samples")
 _MIN_SEEN_FOR_FRACTION = 200
 _LOGGED_SKIPS = 10
 
 
 class StreamHealth:
-    """Counts of good and skipped samples, shared by the DataLoader's worker processes."""
+    """Counts of good and skipped samples and of lost shards, shared by the DataLoader's worker processes."""
 
     def __init__(self) -> None:
-        self._counts = mp.Array("q", 1 + len(SKIP_REASONS))
+        self._counts = mp.Array("q", len(COUNTERS))
 
-    def add(self, reason: str | None) -> None:
-        index = 0 if reason is None else 1 + SKIP_REASONS.index(reason)
+    def add(self, name: str, n: int = 1) -> None:
         with self._counts.get_lock():
-            self._counts[index] += 1
+            self._counts[COUNTERS.index(name)] += n
 
     def restore(self, counts: dict[str, int]) -> None:
         with self._counts.get_lock():
-            for index, name in enumerate(("good", *SKIP_REASONS)):
+            for index, name in enumerate(COUNTERS):
                 self._counts[index] = counts.get(name, 0)
 
     def snapshot(self) -> dict[str, int]:
         with self._counts.get_lock():
             values = list(self._counts)
-        return {"good": values[0], **dict(zip(SKIP_REASONS, values[1:]))}
+        return dict(zip(COUNTERS, values))
+
+
+def skipped_samples(counts: dict[str, int]) -> int:
+    return sum(counts.get(name, 0) for name in SKIPPED_SAMPLES)
 
 
 class CorruptDataError(RuntimeError):
@@ -93,7 +105,10 @@ class PairStream(IterableDataset):
         seed: int,
         shuffle_buffer: int,
         max_corrupt_fraction: float,
+        shard_sizes: dict[str, int] | None = None,
     ):
+        """`shard_sizes`: samples expected in each shard (to count what a lost shard held); a shard not
+        in it is expected to hold the average of those that are."""
         super().__init__()
         self.urls = urls
         self.sample_builder = sample_builder
@@ -108,6 +123,14 @@ class PairStream(IterableDataset):
         self.skip_batches = 0
         """Batches of this epoch already consumed (rank-local); read when workers start, so a plain attribute."""
         self._failed_shards_in_a_row = 0
+        self.shard_sizes = dict(shard_sizes or {})
+        self._read_from: dict[str, int] = {}
+        """Samples read from each shard by this process (a worker's copy)."""
+        self._lost: dict[str, str] = {}
+        """Shards of this pass that failed, with the error; `_settled`: those whose lost samples are counted."""
+        self._settled: set[str] = set()
+        self._pending: dict[str, int] = {}
+        """Health counts of this worker since its last batch."""
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.value = epoch
@@ -119,18 +142,39 @@ class PairStream(IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_worker * self.num_workers
 
-    def _skip(self, reason: str, where: str, detail: object) -> None:
-        self.health.add(reason)
+    def _count(self, name: str, n: int = 1) -> None:
+        self.health.add(name, n)
+        self._pending[name] = self._pending.get(name, 0) + n
+
+    def _check_fraction(self, where: str, detail: object) -> None:
         snap = self.health.snapshot()
-        skipped = sum(snap[r] for r in SKIP_REASONS)
-        if skipped <= _LOGGED_SKIPS:
-            log.warning("skipping corrupt sample (%s) at %s: %s", reason, where, detail)
+        skipped = skipped_samples(snap)
         seen = skipped + snap["good"]
         if seen >= _MIN_SEEN_FOR_FRACTION and skipped / seen > self.max_corrupt_fraction:
             raise CorruptDataError(
-                f"{skipped} of {seen} training samples were corrupt ({snap}), more than "
+                f"{skipped} of {seen} training samples were corrupt or lost ({snap}), more than "
                 f"data.max_corrupt_fraction={self.max_corrupt_fraction}; last at {where}: {detail}"
             )
+
+    def _skip(self, reason: str, where: str, detail: object) -> None:
+        self._count(reason)
+        if skipped_samples(self.health.snapshot()) <= _LOGGED_SKIPS:
+            log.warning("skipping corrupt sample (%s) at %s: %s", reason, where, detail)
+        self._check_fraction(where, detail)
+
+    def _expected_size(self, url: str) -> int:
+        if url in self.shard_sizes:
+            return self.shard_sizes[url]
+        sizes = list(self.shard_sizes.values())
+        return round(sum(sizes) / len(sizes)) if sizes else 0
+
+    def _failed_shard(self, exn: Exception) -> str | None:
+        """The shard an exception of webdataset's tar reader is about (it names the url), if any."""
+        named = exn.args[-1] if exn.args and isinstance(exn.args[-1], str) else ""
+        if named in self.urls:
+            return named
+        text = str(exn)
+        return next((url for url in self.urls if url in text), None)
 
     def _on_tar_error(self, exn: Exception) -> bool:
         if isinstance(exn, CorruptDataError):
@@ -138,8 +182,37 @@ class PairStream(IterableDataset):
         self._failed_shards_in_a_row += 1
         if self._failed_shards_in_a_row > len(self.urls):
             raise CorruptDataError(f"every shard failed to read; last error: {exn}") from exn
-        self._skip("tar_error", "tar stream", repr(exn))
+        url = self._failed_shard(exn)
+        if url is None:
+            self._skip("tar_error", "tar stream", repr(exn))
+        elif url not in self._lost:  # a truncated shard can raise twice
+            self._lost[url] = repr(exn)
+            self._count("lost_shards")
         return True
+
+    def _settle_lost(self) -> None:
+        """Count what the shards that failed since the last call did not deliver, once the reader has
+        moved on (the sample it was assembling when a shard broke still comes out after the error)."""
+        for url, error in self._lost.items():
+            if url not in self._settled:
+                self._settled.add(url)
+                lost = max(0, self._expected_size(url) - self._read_from.get(url, 0))
+                self._count("lost_samples", lost)
+                log.warning("lost shard %s (%d expected samples unread): %s", url, lost, error)
+                self._check_fraction(url, error)
+
+    def _read(self, raws: Iterator[dict]) -> Iterator[dict]:
+        for raw in raws:
+            url = raw.get("__url__")
+            if len(self._settled) < len(self._lost) and url not in self._lost:
+                self._settle_lost()
+            self._read_from[url] = self._read_from.get(url, 0) + 1
+            yield raw
+        self._settle_lost()
+
+    def _with_health(self, batch: dict) -> dict:
+        batch["health"], self._pending = self._pending, {}
+        return batch
 
     def _prepare(self, raw: dict) -> dict | None:
         key = raw["__key__"]
@@ -158,7 +231,7 @@ class PairStream(IterableDataset):
             self._skip("missing_caption", where, "no or empty .txt member")
             return None
         self._failed_shards_in_a_row = 0
-        self.health.add(None)
+        self._count("good")
         return self.sample_builder(key, image, caption)
 
     def every_pair_once(self) -> Iterator[dict]:
@@ -167,14 +240,17 @@ class PairStream(IterableDataset):
         pipeline = wds.DataPipeline(
             partial(iter, [{"url": url} for url in self.urls]),
             wds.tarfile_to_samples(handler=self._on_tar_error),
+            self._read,
             wds.map(self._prepare, handler=wds.reraise_exception),
             wds.batched(self.batch_size, collation_fn=self.sample_builder.collate, partial=True),
+            wds.map(self._with_health),
         )
         self.sample_builder.epoch = self.epoch
         return iter(pipeline)
 
     def _one_pass(self, epoch: int, worker: int) -> Iterator[dict]:
         """Worker `worker`'s share of one pass over the shards, in the order of `epoch`."""
+        self._read_from, self._lost, self._settled = {}, {}, set()
         rank, _, _, _ = wds.utils.pytorch_worker_info()
         shuffle_seed = hashlib.sha256(f"{self.seed}/{epoch}/{rank}/{worker}".encode()).hexdigest()
         pipeline = wds.DataPipeline(
@@ -182,11 +258,13 @@ class PairStream(IterableDataset):
             wds.split_by_node,
             partial(_every_nth, start=worker, step=self.num_workers),
             wds.tarfile_to_samples(handler=self._on_tar_error),
+            self._read,
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(shuffle_seed))
             if self.shuffle_buffer > 0
             else _passthrough,
             wds.map(self._prepare, handler=wds.reraise_exception),
             wds.batched(self.batch_size, collation_fn=self.sample_builder.collate, partial=False),
+            wds.map(self._with_health),
         )
         return iter(pipeline)
 

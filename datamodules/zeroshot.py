@@ -11,11 +11,13 @@ the sample key, exactly as training would poison it.
 
 from __future__ import annotations
 
+import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import Normalize
 
@@ -23,6 +25,8 @@ from datamodules.poison import Trigger
 from datamodules.shards import read_text_lines, sample_key
 from datamodules.stream import IMAGE_EXTENSIONS
 from datamodules.transforms import InputSpec, ModelGeometry, decode_image
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +50,10 @@ class _Member:
     tar: str
     offset: int
     size: int
+
+
+SKIPPED = -1
+"""The label of an eval sample that could not be read: excluded from CA and ASR, counted."""
 
 
 def _convert_template(template: str) -> str:
@@ -104,8 +112,13 @@ class ZeroShotSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         key, image_member, label_member = self.items[index]
-        pixels = self.geometry(decode_image(self._read(image_member))).float() / 255.0
-        label = int(self._read(label_member).decode().strip())
+        try:
+            pixels = self.geometry(decode_image(self._read(image_member))).float() / 255.0
+            label = int(self._read(label_member).decode().strip())
+        except Exception as exn:  # PIL raises many types for broken files; int() a ValueError
+            # skipped and counted by the evaluation (label SKIPPED), like a corrupt training sample
+            log.warning("skipping corrupt eval sample %s in %s: %r", key, image_member.tar, exn)
+            pixels, label = torch.zeros(3, self.geometry.image_size, self.geometry.image_size), SKIPPED
         item = {"image": self.normalize(pixels), "label": label, "key": key}
         if self.trigger is not None:
             item["image_triggered"] = self.normalize(self.trigger.apply(pixels, key))

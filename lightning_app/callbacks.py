@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from datamodules.stream import skipped_samples
 from modules.evaluation import ZeroShotEvaluation
 
 
@@ -51,8 +52,8 @@ class RunSummary(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         health = getattr(trainer.datamodule, "data_health", lambda: {})()
         if health:
-            skipped = sum(v for k, v in health.items() if k != "good")
-            pl_module.log("data/skipped_samples", float(skipped))
+            pl_module.log("data/skipped_samples", float(skipped_samples(health)))
+            pl_module.log("data/lost_shards", float(health.get("lost_shards", 0)))
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module):
@@ -74,6 +75,7 @@ class RunSummary(Callback):
             "epochs": trainer.current_epoch,
             "wall_time_s": round(self.wall_time(), 2),
             "data_health": getattr(data, "data_health", lambda: {})(),
+            "eval_skipped_images": metrics.get("val/skipped_images"),
             "metrics": metrics,
             **getattr(pl_module, "summary_extras", dict)(),
         }

@@ -20,7 +20,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.poison import load_trigger
-from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+from datamodules.zeroshot import SKIPPED, ZeroShotEvalConfig, ZeroShotSet
 
 
 @torch.no_grad()
@@ -102,6 +102,8 @@ class ZeroShotEvaluation(Callback):
         self.classifier: Optional[torch.Tensor] = None
         self.metrics: dict[str, Any] = {}
         self._seen = 0
+        self.skipped = 0
+        """Eval images of this validation that could not be read (excluded from CA and ASR, reported)."""
         self.initial: Optional[dict[str, float]] = None
         """CA/ASR of the incoming model, from a full sanity check at step 0 (`num_sanity_val_steps: -1`)."""
 
@@ -117,6 +119,7 @@ class ZeroShotEvaluation(Callback):
             self.metrics["asr"] = AttackSuccessRate(eval_set.classnames.index(trainer.datamodule.target), classes)
         self.metrics = {k: m.to(pl_module.device) for k, m in self.metrics.items()}
         self._seen = 0
+        self.skipped = 0
 
     def _batch(self, outputs: dict) -> None:
         if "classifier" in outputs:
@@ -124,14 +127,18 @@ class ZeroShotEvaluation(Callback):
         assert self.classifier is not None, "the first validation batch carries the classifier"
         labels = outputs["label"]
         self._seen += len(labels)
-        logits = 100.0 * outputs["clean"].float() @ self.classifier
+        readable = labels != SKIPPED
+        self.skipped += int((~readable).sum())
+        labels = labels[readable]
+        logits = 100.0 * outputs["clean"][readable].float() @ self.classifier
         self.metrics["ca_top1"].update(logits, labels)
         self.metrics["ca_top5"].update(logits, labels)
         if "asr" in self.metrics:
-            self.metrics["asr"].update(100.0 * outputs["triggered"].float() @ self.classifier, labels)
+            self.metrics["asr"].update(100.0 * outputs["triggered"][readable].float() @ self.classifier, labels)
 
     def _end(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
         values = {name: metric.compute() for name, metric in self.metrics.items()}
+        values["skipped_images"] = torch.tensor(float(self.skipped), device=pl_module.device)
         for metric in self.metrics.values():
             metric.reset()
         self.classifier = None
@@ -144,7 +151,8 @@ class ZeroShotEvaluation(Callback):
                     logger.log_metrics({f"{prefix}/{k}": v for k, v in self.initial.items()}, step=0)
             return
         for name, value in values.items():
-            pl_module.log(f"{prefix}/{name}", value, prog_bar=name in ("ca_top1", "asr"))
+            pl_module.log(f"{prefix}/{name}", value, prog_bar=name in ("ca_top1", "asr"),
+                          reduce_fx="sum" if name == "skipped_images" else "mean", sync_dist=name == "skipped_images")
 
     def state_dict(self) -> dict:
         return {"initial": self.initial}
@@ -182,6 +190,8 @@ def zero_shot_counts(model: torch.nn.Module, spec, eval_dir: str, trigger_dir: P
     asr = AttackSuccessRate(data.classnames.index(target), n)
     counts, correct = torch.zeros(n), torch.zeros(n)
     for batch in torch.utils.data.DataLoader(data, batch_size=250):
+        readable = batch["label"] != SKIPPED
+        batch = {k: v[readable] for k, v in batch.items() if isinstance(v, torch.Tensor)}
         labels = batch["label"]
         clean = (model.encode_image(batch["image"], normalize=True) @ classifier).argmax(1)
         counts += torch.bincount(labels, minlength=n)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,6 +89,10 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchm
     BackdoorCLI(args=_args(small_benchmark, run_dir, "--ckpt_path", "last"))
     _assert_same_weights(_weights(straight_run), _weights(run_dir))
     assert not torch.equal(saved["state_dict"]["model.text_projection"], _weights(run_dir)["model.text_projection"])
+    # the consumed samples are counted once: the resumed run's skipped batches are not counted again
+    health = json.loads((straight_run / "summary.json").read_text())["data_health"]
+    assert json.loads((run_dir / "summary.json").read_text())["data_health"] == health
+    assert health["good"] >= EPOCHS * 24 * 32  # and the few read into partial batches that were dropped
 
 
 @pytest.mark.slow

@@ -155,3 +155,49 @@ def test_a_weight_file_of_another_shape_is_named_with_its_first_mismatched_tenso
     save_file(state, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match=r"w.safetensors does not fit .* first token_embedding.weight \(3, 3\)"):
         build_model(ModelConfig(name="configs/models/tiny-rn32.json", pretrained=str(tmp_path / "w.safetensors")))
+
+
+def _corrupt_one_eval_image(eval_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of an eval set whose first image member's bytes are garbage (same size, so offsets hold)."""
+    import shutil
+    import tarfile
+
+    copy = tmp_path / "eval"
+    shutil.copytree(eval_dir, copy)
+    shard = copy / "test" / "0.tar"
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if not m.name.endswith(".cls"))
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data: member.offset_data + member.size] = b"\0" * member.size
+    shard.write_bytes(bytes(data))
+    return copy, member.name.split(".")[0]
+
+
+def test_a_corrupt_eval_image_is_skipped_and_counted_not_fatal(small_benchmark, tmp_path):
+    import torch
+
+    from datamodules.transforms import InputSpec
+    from datamodules.zeroshot import SKIPPED, ZeroShotEvalConfig, ZeroShotSet
+    from modules.evaluation import ZeroShotEvaluation
+
+    eval_dir, key = _corrupt_one_eval_image(Path(small_benchmark.eval_dir), tmp_path)
+    spec = InputSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, tokenizer=None)
+    data = ZeroShotSet(ZeroShotEvalConfig(directory=str(eval_dir)), spec, None)
+    labels = [data[i]["label"] for i in range(len(data))]
+    assert [data.items[i][0] for i, label in enumerate(labels) if label == SKIPPED] == [key]
+
+    callback = ZeroShotEvaluation()
+    callback.classifier = torch.eye(2)
+    from torchmetrics.classification import MulticlassAccuracy
+    callback.metrics = {"ca_top1": MulticlassAccuracy(2, average="micro"), "ca_top5": MulticlassAccuracy(2, average="micro")}
+    callback._batch({"label": torch.tensor([0, SKIPPED, 1]), "clean": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])})
+    assert callback.skipped == 1 and callback.metrics["ca_top1"].compute().item() == 0.5
+
+
+@pytest.mark.slow
+def test_a_fit_with_a_corrupt_eval_image_finishes_and_reports_it(small_benchmark, tmp_path):
+    eval_dir, _ = _corrupt_one_eval_image(Path(small_benchmark.eval_dir), tmp_path)
+    run_dir = tmp_path / "run"
+    BackdoorCLI(args=_args(small_benchmark, run_dir, "--data.init_args.eval.directory", str(eval_dir)))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval_skipped_images"] == 1 and summary["ca_top1"] is not None

@@ -1,6 +1,7 @@
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 
 from datamodules.embedded.writers import encode_image, write_img2dataset_shard
 from datamodules.poison import PoisonConfig, Poisoner
+from datamodules.shards import scan_captions, shard_sizes
 from datamodules.stream import CorruptDataError, PairStream
 from datamodules.transforms import InputSpec, TrainSample
 
@@ -24,7 +26,8 @@ def _spec():
 
 def _stream(urls, batches, batch_size=1, shuffle=0, max_fraction=0.5):
     builder = TrainSample(_spec(), Poisoner(None, [], PoisonConfig()))
-    return PairStream([str(u) for u in urls], builder, batch_size, batches, 0, 0, shuffle, max_fraction)
+    urls = [str(u) for u in urls]
+    return PairStream(urls, builder, batch_size, batches, 0, 0, shuffle, max_fraction, shard_sizes(urls))
 
 
 def _add(tar, name, payload):
@@ -62,7 +65,31 @@ def test_corrupt_image_missing_caption_and_truncated_member_are_skipped_and_coun
     assert health["good"] == len(expected)
     assert health["bad_image"] == 1
     assert health["missing_caption"] == 1
-    assert health["tar_error"] >= 1
+    assert (health["lost_shards"], health["lost_samples"]) == (1, 1)  # shard b ends one sample early
+
+
+def test_a_non_tar_shard_is_a_lost_shard_counted_by_its_expected_samples(tmp_path, caplog):
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), f"c {i}") for i in range(100)]) for s in range(4)]
+    Path(urls[2]).write_bytes(b"not a tar" * 100)  # its stats file still says 100 samples
+    stream = _stream(urls, batches=300, max_fraction=0.5)
+    keys = _keys(stream)
+    assert len(keys) == 300 and not any(k.startswith("00002") for k in keys)
+    health = stream.health.snapshot()
+    assert (health["lost_shards"], health["lost_samples"]) == (1, 100)
+    assert any(str(urls[2]) in message for message in caplog.messages)
+    # a quarter of the data lost is far past 1%: the run stops, naming the shard
+    with pytest.raises(CorruptDataError, match="00002.tar"):
+        _keys(_stream(urls, batches=300, max_fraction=0.01))
+
+
+def test_poison_selection_skips_a_lost_shard_and_records_it(tmp_path):
+    urls = [str(write_img2dataset_shard(tmp_path, s, [(_image(i), f"c {i}") for i in range(10)])) for s in range(2)]
+    Path(urls[0]).write_bytes(b"broken")
+    with pytest.raises(ValueError, match="00000.tar"):
+        list(scan_captions(urls))
+    lost = []
+    assert len(list(scan_captions(urls, lost))) == 10
+    assert [entry["url"] for entry in lost] == [urls[0]]
 
 
 def test_run_stops_past_the_corrupt_fraction(tmp_path):
