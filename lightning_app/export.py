@@ -39,7 +39,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: Optional[st
     name = run.model_name()
     model, _ = build_model(ModelConfig(name=name, pretrained=str(checkpoint)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": _model_cfg(name), "preprocess_cfg": get_model_preprocess_cfg(model)}
+    model_cfg = dict(_model_cfg(name))
+    if getattr(model, "logit_bias", None) is not None:  # a SigLIP-objective model: open_clip builds the bias from this
+        model_cfg["init_logit_bias"] = float(model.logit_bias.detach().reshape(-1)[0])
+    config = {"model_cfg": model_cfg, "preprocess_cfg": get_model_preprocess_cfg(model)}
     (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"))

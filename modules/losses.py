@@ -2,14 +2,17 @@
 
 The multimodal term is open_clip's ClipLoss (it gathers features across ranks, with gradients and
 local loss under DDP). The unimodal terms pair a view with its augmented view the same way, so each
-is a symmetric InfoNCE: CE(τ·A·Bᵀ, diag) and CE(τ·B·Aᵀ, diag), averaged.
+is a symmetric InfoNCE: CE(τ·A·Bᵀ, diag) and CE(τ·B·Aᵀ, diag), averaged. SigLIP is open_clip's
+SigLipLoss (pairwise sigmoid, a learned bias; texts passed between neighbouring ranks). CyCLIP adds
+to the multimodal term its two cyclic consistency terms, each rank's rows against every rank's
+features, so that the mean over ranks equals the loss of one process on the whole batch.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, SigLipLoss, gather_features
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -31,6 +34,27 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | float, redu
 
 def make_clip_loss(rank: int = 0, world_size: int = 1) -> ClipLoss:
     return ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size)
+
+
+def make_siglip_loss(rank: int = 0, world_size: int = 1) -> SigLipLoss:
+    return SigLipLoss(rank=rank, world_size=world_size, dist_impl="bidir")
+
+
+SIGLIP_INIT_LOGIT_BIAS = -10.0
+"""SigLIP's initial logit bias (Zhai et al. 2023), so that the many negative pairs start near p = 0."""
+
+
+def cyclic_terms(image: torch.Tensor, text: torch.Tensor, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """CyCLIP's consistency terms (Goel et al. 2022) over normalised features, unscaled similarities:
+    cross-modal mean_jk (⟨I_j, T_k⟩ − ⟨I_k, T_j⟩)² and in-modal mean_jk (⟨I_j, I_k⟩ − ⟨T_j, T_k⟩)².
+    Under DDP, j runs over this rank's rows and k over every rank's (gathered with gradients)."""
+    if world_size > 1:
+        all_image, all_text = gather_features(image, text, gather_with_grad=True, rank=rank, world_size=world_size)
+    else:
+        all_image, all_text = image, text
+    cross = (image @ all_text.t() - text @ all_image.t()).pow(2).mean()
+    inmodal = (image @ all_image.t() - text @ all_text.t()).pow(2).mean()
+    return {"loss_cyclic_cross": cross, "loss_cyclic_in": inmodal}
 
 
 def ssl_loss(clip_loss: ClipLoss, image: torch.Tensor, image_aug: torch.Tensor, text: torch.Tensor,

@@ -103,7 +103,11 @@ def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
                                              or Path(pretrained).exists())
     model = open_clip.create_model(name, pretrained=None if local_file else pretrained, weights_only=True)
     if local_file:
-        state = match_scalar_shapes(read_state_dict(pretrained), model)
+        state = read_state_dict(pretrained)
+        if "logit_bias" in state and getattr(model, "logit_bias", None) is None:
+            # a SigLIP-objective model (modules.pretrain): its learned bias comes with its weights
+            model.logit_bias = torch.nn.Parameter(torch.zeros_like(state["logit_bias"]).reshape(1))
+        state = match_scalar_shapes(state, model)
         expected = model.state_dict()
         mismatched = [f"{k} {tuple(v.shape)} (model: {tuple(expected[k].shape)})" for k, v in state.items()
                       if k in expected and v.shape != expected[k].shape]
