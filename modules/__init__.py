@@ -1,11 +1,12 @@
 """LightningModules (pretraining, defenses) and their losses."""
 
 from modules.abd import ABD, CraftAdversarialPatch
+from modules.badclip import BadCLIPWeights, OptimizeBadCLIPPatch
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
 from modules.ubt import SuspiciousPairDiscovery
 from modules.ubt_unlearn import TokenUnlearning
 
-__all__ = ["ABD", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "ModelConfig",
+__all__ = ["ABD", "BadCLIPWeights", "OptimizeBadCLIPPatch", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "ModelConfig",
            "OptimizerConfig", "SuspiciousPairDiscovery", "TokenUnlearning"]

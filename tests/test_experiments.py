@@ -254,3 +254,20 @@ def test_ubt_study_replays_the_attacks_data_and_chains_its_stages(tmp_path):
     assert control["model.init_args.lambda_forget"] == 0
     assert control["model.init_args.model.name"] == "configs/models/tiny-vit32.json"
     assert runs["unlearn[case=badnet]@seed1"].config == "configs/embedded/ubt_unlearn.yaml"
+
+
+def test_a_stage_that_poisons_a_clean_model_takes_its_checkpoint_but_brings_its_own_trigger(tmp_path):
+    experiment = load_experiment("experiments/badclip.yaml")
+    experiment.runs = str(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    clean = runs["clean@seed0"].run_dir
+    clean.path.mkdir(parents=True)
+    clean.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-rn32.json}}}\n")
+    badclip = resolve(runs["attack[poisoned_by=badclip]@seed0"])
+    assert badclip["model.init_args.model.pretrained"] == str(clean.checkpoint)
+    assert "data.init_args.trigger_dir" not in badclip
+    assert badclip["data.init_args.trigger.init_args.patch"] == f"{runs['patch@seed0'].run_dir}/badclip/patch.png"
+    badnet = resolve(runs["attack[poisoned_by=badnet]@seed0"])
+    assert badnet["data.init_args.trigger.class_path"] == "datamodules.BadNet"
+    defense = resolve(runs["cleanclip[poisoned_by=badclip]@seed0"])
+    assert defense["data.init_args.trigger_dir"] == str(runs["attack[poisoned_by=badclip]@seed0"].run_dir.trigger_dir)

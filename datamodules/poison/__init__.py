@@ -1,11 +1,12 @@
 from datamodules.poison.poisoner import Poisoner, poisoned_caption
 from datamodules.poison.selection import PoisonConfig, poison_score, select_poison_keys, target_caption_pool
-from datamodules.poison.triggers import SIG, BadNet, Blended, Trigger, WaNet, load_trigger
+from datamodules.poison.triggers import SIG, BadNet, Blended, OptimizedPatch, Trigger, WaNet, load_trigger
 
 __all__ = [
     "SIG",
     "BadNet",
     "Blended",
+    "OptimizedPatch",
     "PoisonConfig",
     "Poisoner",
     "Trigger",

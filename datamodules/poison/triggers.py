@@ -37,12 +37,13 @@ def _quantised_uniform(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randint(0, 256, shape, generator=gen).float() / 255.0
 
 
-def _save_png(pattern: torch.Tensor, path: Path) -> None:
+def save_png(pattern: torch.Tensor, path: Path) -> None:
+    """A (3, H, W) pattern in [0, 1] as an 8-bit RGB PNG (lossless: `load_png` gives it back on the 8-bit grid)."""
     array = (pattern.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(array, "RGB").save(path)
 
 
-def _load_png(path: Path) -> torch.Tensor:
+def load_png(path: Path) -> torch.Tensor:
     array = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
@@ -163,11 +164,11 @@ class BadNet(Trigger):
 
     def _save_patterns(self, directory: Path, image_size: int) -> None:
         if self.pattern == "fixed":
-            _save_png(self.fixed_pattern(), directory / "pattern.png")
+            save_png(self.fixed_pattern(), directory / "pattern.png")
 
     def _load_patterns(self, directory: Path) -> None:
         if self.pattern == "fixed":
-            self._fixed = _load_png(directory / "pattern.png")
+            self._fixed = load_png(directory / "pattern.png")
 
 
 class Blended(Trigger):
@@ -208,11 +209,11 @@ class Blended(Trigger):
 
     def _save_patterns(self, directory: Path, image_size: int) -> None:
         if self.pattern == "fixed":
-            _save_png(self.fixed_pattern(image_size, image_size), directory / "pattern.png")
+            save_png(self.fixed_pattern(image_size, image_size), directory / "pattern.png")
 
     def _load_patterns(self, directory: Path) -> None:
         if self.pattern == "fixed":
-            pattern = _load_png(directory / "pattern.png")
+            pattern = load_png(directory / "pattern.png")
             self._fixed = {tuple(pattern.shape[1:]): pattern}
 
 
@@ -291,7 +292,62 @@ class WaNet(Trigger):
         self._grids = {}
 
 
-TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (BadNet, Blended, SIG, WaNet)}
+class OptimizedPatch(Trigger):
+    """A fixed patch image pasted on every image: BadCLIP's optimised patch (Liang et al., CVPR 2024;
+    `modules.OptimizeBadCLIPPatch` writes it as `RUN/badclip/patch.png`), or any patch given as a
+    lossless RGB PNG at the model's resolution. Saved with the run's trigger as `pattern.png` (8-bit,
+    lossless), so poisoning, ASR and any later tool use the same pixels bit for bit. BadCLIP pastes
+    its patch at the centre; `location: random` draws the place from (seed, key) as BadNet does."""
+
+    name = "patch"
+
+    def __init__(self, patch: str = "", location: Literal["center", "random"] = "center", seed: int = 0):
+        """
+        Args:
+            patch: Path of the patch PNG (e.g. the `badclip/patch.png` of an OptimizeBadCLIPPatch run).
+            location: "center" (BadCLIP) or "random" (per image, from the sample key).
+            seed: Seed of the random location.
+        """
+        self.patch = str(patch)
+        self.location = location
+        self.seed = seed
+        self._pixels: Optional[torch.Tensor] = None
+
+    def pixels(self) -> torch.Tensor:
+        if self._pixels is None:
+            if not self.patch or not Path(self.patch).exists():
+                raise ValueError(f"trigger.init_args.patch: patch image {self.patch!r} does not exist (run the "
+                                 "patch optimisation stage first, e.g. configs/embedded/badclip_patch.yaml)")
+            self._pixels = load_png(Path(self.patch))
+        return self._pixels
+
+    def check_fits(self, image_size: int) -> None:
+        size = self.pixels().shape[-1]
+        if size > image_size:
+            raise ValueError(f"trigger.init_args.patch: a {size}px patch does not fit the model's {image_size}px input")
+
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
+        patch = self.pixels()
+        _, h, w = image.shape
+        ph, pw = patch.shape[-2:]
+        if self.location == "random":
+            gen = key_generator(key, self.seed)
+            top = int(torch.randint(0, h - ph + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - pw + 1, (1,), generator=gen))
+        else:
+            top, left = (h - ph) // 2, (w - pw) // 2
+        out = image.clone()
+        out[:, top:top + ph, left:left + pw] = patch.to(image.dtype)
+        return out
+
+    def _save_patterns(self, directory: Path, image_size: int) -> None:
+        save_png(self.pixels(), directory / "pattern.png")
+
+    def _load_patterns(self, directory: Path) -> None:
+        self._pixels = load_png(directory / "pattern.png")
+
+
+TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (BadNet, Blended, SIG, WaNet, OptimizedPatch)}
 
 
 def load_trigger(directory: str | Path) -> Trigger:

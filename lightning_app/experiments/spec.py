@@ -47,7 +47,8 @@ import yaml
 from datamodules.run_dir import RunDir
 from lightning_app.pipelines import REPO_ROOT
 
-STAGE_KEYS = {"config", "label", "from", "needs", "set", "seed_keys", "cost_includes", "report"}
+STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys", "cost_includes", "report"}
+INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
 TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot"}
@@ -66,6 +67,9 @@ class StageSpec:
     """How tables and plots name the stage."""
     parent: str | None = None
     """`from`: the stage whose run this one starts from (checkpoint, trigger, architecture)."""
+    inherit: list[str] = field(default_factory=lambda: list(INHERITABLE))
+    """What `from` takes from the parent: a poisoning stage that starts from a clean model takes its
+    checkpoint and architecture but brings its own trigger."""
     needs: list[str] = field(default_factory=list)
     """Other stages this one refers to in its settings."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -179,6 +183,7 @@ def load_experiment(path: str | Path) -> Experiment:
         _unknown(f"stage {name!r}", body, STAGE_KEYS, str(path))
         stages[name] = StageSpec(
             name=name, config=body.get("config", ""), label=body.get("label", name), parent=body.get("from"),
+            inherit=_list(body.get("inherit", list(INHERITABLE))),
             needs=_list(body.get("needs")), settings=dict(body.get("set") or {}),
             seed_keys=_list(body.get("seed_keys", ["seed_everything"])), cost_includes=_list(body.get("cost_includes")),
             report=bool(body.get("report", True)))
@@ -216,6 +221,9 @@ def _check(experiment: Experiment) -> None:
         raise ValueError(f"{path}: `seeds` is empty")
     seen: set[str] = set()
     for name, stage in experiment.stages.items():
+        unknown = sorted(set(stage.inherit) - set(INHERITABLE))
+        if unknown:
+            raise ValueError(f"{path}: stage {name!r}: inherit {unknown}: choose from {list(INHERITABLE)}")
         for dep in stage.dependencies + stage.cost_includes:
             if dep not in experiment.stages:
                 raise ValueError(f"{path}: stage {name!r} refers to unknown stage {dep!r}")
@@ -288,9 +296,10 @@ def _stage_run(experiment: Experiment, stage: StageSpec, seed: int, axes: dict[s
     settings: dict[str, Any] = {}
     if stage.parent:
         p = stage.parent
-        settings.update({"model.init_args.model.pretrained": f"{{{p}.checkpoint}}",
-                         "data.init_args.trigger_dir": f"{{{p}.trigger_dir}}",
-                         "model.init_args.model.name": f"{{{p}.config:model.init_args.model.name}}"})
+        inherited = {"checkpoint": ("model.init_args.model.pretrained", f"{{{p}.checkpoint}}"),
+                     "trigger": ("data.init_args.trigger_dir", f"{{{p}.trigger_dir}}"),
+                     "architecture": ("model.init_args.model.name", f"{{{p}.config:model.init_args.model.name}}")}
+        settings.update(dict(inherited[what] for what in INHERITABLE if what in stage.inherit))
     config = stage.config
     for axis in own_axes:
         values = axis.settings(axes[axis.name], stage.name)
