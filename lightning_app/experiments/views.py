@@ -109,13 +109,18 @@ def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], p
             points.append((key, ca, asr, group[0]["stage"]))
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     colours = {stage: f"C{i % 10}" for i, stage in enumerate(experiment.stages)}
+    # one marker per value of the first non-stage row key (e.g. the attack), one colour per stage
+    axis = next((k for k in table.rows if k != "stage"), None)
+    values = list(dict.fromkeys(key[table.rows.index(axis)] for key, *_ in points)) if axis else []
     for key, ca, asr, stage in points:
-        ax.errorbar([asr.mean], [ca.mean], xerr=[[asr.mean - asr.low], [asr.high - asr.mean]],
-                    yerr=[[ca.mean - ca.low], [ca.high - ca.mean]], fmt="o", color=colours[stage], capsize=3)
+        marker = "osD^vP*X"[values.index(key[table.rows.index(axis)]) % 8] if axis else "o"
         label = " · ".join(experiment.stages[v].label if k == "stage" else str(v) for k, v in zip(table.rows, key))
-        ax.annotate(label, (asr.mean, ca.mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.errorbar([asr.mean], [ca.mean], xerr=[[asr.mean - asr.low], [asr.high - asr.mean]],
+                    yerr=[[ca.mean - ca.low], [ca.high - ca.mean]], fmt=marker, color=colours[stage], capsize=3,
+                    label=label)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel("attack success rate (lower is better)")
     ax.set_ylabel("zero-shot clean accuracy, top-1")
     ax.set_xlim(-0.03, 1.03)
