@@ -23,7 +23,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file, save_file
 from torchvision.utils import save_image
 
-from modules.adversarial import CraftingWeights, crafting_objective, paste_patch, pgd_perturb, random_positions
+from modules.adversarial import (
+    CraftingWeights,
+    PatchOptimisation,
+    crafting_objective,
+    paste_patch,
+    pgd_perturb,
+    random_positions,
+)
 from modules.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.losses import cleanclip_loss
 from modules.model_loading import ModelConfig
@@ -55,7 +62,7 @@ class _Crafting:
         return paste_patch(images, patch, positions, spec.mean, spec.std)
 
 
-class CraftAdversarialPatch(_Crafting, CLIPModule):
+class CraftAdversarialPatch(PatchOptimisation, _Crafting, CLIPModule):
     """Crafts ABD's universal adversarial patch against a frozen (poisoned) model."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(lr=0.05, warmup_steps=1),
@@ -76,9 +83,6 @@ class CraftAdversarialPatch(_Crafting, CLIPModule):
         self.seed = seed
         self.patch = torch.nn.Parameter(torch.rand(3, patch_size, patch_size, generator=torch.Generator().manual_seed(seed)))
 
-    def on_train_epoch_start(self) -> None:
-        self.model.eval()
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         clean, text = self._targets(batch)
         patched = self.encode_image(self._paste(batch["image"], self.patch))
@@ -86,13 +90,6 @@ class CraftAdversarialPatch(_Crafting, CLIPModule):
         for name, value in terms.items():
             self.log(f"craft/{name}", value, prog_bar=name == "objective")
         return -terms["objective"]
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        with torch.no_grad():
-            self.patch.clamp_(0, 1)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam([self.patch], lr=self.optimizer_config.lr)
 
     @rank_zero_only
     def on_fit_end(self) -> None:

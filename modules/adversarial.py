@@ -77,3 +77,18 @@ def pgd_perturb(images: torch.Tensor, objective: Callable[[torch.Tensor], torch.
         grad, = torch.autograd.grad(objective(normalise_pixels(adv, mean, std)), delta)
         delta = (delta.detach() + step_size * grad.sign()).clamp(-epsilon, epsilon)
     return normalise_pixels((pixels + delta).clamp(0, 1), mean, std).detach()
+
+
+class PatchOptimisation:
+    """What a LightningModule that optimises one pixel-space patch (`self.patch`, in [0, 1]) against a
+    frozen model shares: Adam on the patch alone at `optimizer.lr`, and the patch kept in [0, 1]."""
+
+    def on_train_epoch_start(self) -> None:
+        self.model.eval()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():
+            self.patch.clamp_(0, 1)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([self.patch], lr=self.optimizer_config.lr)

@@ -38,7 +38,7 @@ from datamodules.poison.selection import names_target, poison_score
 from datamodules.poison.triggers import save_png
 from datamodules.transforms import denormalise, normalise_pixels
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
-from modules.adversarial import paste_patch, random_positions
+from modules.adversarial import PatchOptimisation, paste_patch, random_positions
 from modules.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.losses import info_nce
 from modules.model_loading import ModelConfig
@@ -86,7 +86,7 @@ def badclip_terms(patched: torch.Tensor, clean: torch.Tensor, positives: torch.T
     return {"loss": weights.text * text + weights.image * image, "text": text, "image": image}
 
 
-class OptimizeBadCLIPPatch(CLIPModule):
+class OptimizeBadCLIPPatch(PatchOptimisation, CLIPModule):
     """Optimises BadCLIP's patch against a frozen surrogate; writes RUN/badclip/patch.png."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3, warmup_steps=1),
@@ -120,9 +120,6 @@ class OptimizeBadCLIPPatch(CLIPModule):
         """Tokenised natural target captions (collected when the fit starts; not checkpointed, a resume collects them again)."""
         self.target_images = torch.zeros(0)
         """The surrogate's embeddings of natural target images."""
-
-    def on_train_epoch_start(self) -> None:
-        self.model.eval()
 
     def on_fit_start(self) -> None:
         with eval_mode(self.model):
@@ -186,13 +183,6 @@ class OptimizeBadCLIPPatch(CLIPModule):
         for name, value in terms.items():
             self.log(f"badclip/{name}", value, prog_bar=name == "loss")
         return terms["loss"]
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        with torch.no_grad():
-            self.patch.clamp_(0, 1)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam([self.patch], lr=self.optimizer_config.lr)
 
     @rank_zero_only
     def on_fit_end(self) -> None:

@@ -1,5 +1,5 @@
-"""Pretraining objectives: SigLIP and CyCLIP against hand computations, their DDP forms against one
-process on the concatenated batch, and (slow) a SigLIP pretraining whose bias survives export."""
+"""Pretraining objectives: SigLIP and CyCLIP against hand computations, their DDP forms (and CLIP's)
+against one process on the concatenated batch, and (slow) a SigLIP pretraining whose bias survives export."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def _data():
 
 
 def _loss(objective: str, image, text, rank: int, world: int) -> torch.Tensor:
+    if objective == "clip":
+        return make_clip_loss(rank, world)(image, text, torch.tensor(10.0))
     if objective == "siglip":
         return make_siglip_loss(rank, world)(image, text, torch.tensor(10.0), torch.tensor(-3.0))
     terms = cyclic_terms(image, text, rank, world)
@@ -90,8 +92,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("objective", ["siglip", "cyclip"])
+@pytest.mark.parametrize("objective", ["clip", "siglip", "cyclip"])
 def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(objective):
+    """Under DDP (2 processes, gloo, CPU) each loss over all ranks' features, with gradients, equals one
+    process on the concatenated batch: the loss averaged over ranks, and DDP-averaged gradients."""
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(_free_port(), objective, out), nprocs=WORLD, join=True)
     images, texts = _data()
