@@ -5,8 +5,9 @@ from modules.badclip import BadCLIPWeights, OptimizeBadCLIPPatch
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
+from modules.roclip import RoCLIP
 from modules.ubt import SuspiciousPairDiscovery
 from modules.ubt_unlearn import TokenUnlearning
 
 __all__ = ["ABD", "BadCLIPWeights", "OptimizeBadCLIPPatch", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "ModelConfig",
-           "OptimizerConfig", "SuspiciousPairDiscovery", "TokenUnlearning"]
+           "OptimizerConfig", "RoCLIP", "SuspiciousPairDiscovery", "TokenUnlearning"]

@@ -1,0 +1,78 @@
+"""RoCLIP (Yang et al., NeurIPS 2023), a defense during pretraining: on every `break_epoch`-th epoch
+each image is matched, in the contrastive loss, with its nearest caption embedding from a FIFO memory
+bank of earlier batches' caption embeddings instead of its own caption, which breaks the link a
+poisoned pair would teach; other epochs use the plain loss.
+
+    python main.py fit --config configs/embedded/roclip.yaml
+
+Facts from its code (BigML-CS-UCLA/RoCLIP): the swap happens on epochs where epoch % break_epoch == 0
+(default 2); the bank (default 21,845 entries) is updated with the batch's caption embeddings after
+it is queried, so an image never meets its own caption through the bank; bank entries carry no
+gradient. `cross_aug` (EDA captions, augmented images) is not implemented here. The bank is per rank
+and not checkpointed: a resumed run refills it (until it holds something, a swap epoch uses the plain loss).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modules.base import CLIPModule, OptimizerConfig
+from modules.model_loading import ModelConfig
+
+
+class TextMemoryBank:
+    """A FIFO bank of caption embeddings (no gradient): `nearest` before `add`."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"model.bank_size must be ≥ 1, got {size}")
+        self.size = size
+        self.embeddings: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.embeddings is None else len(self.embeddings)
+
+    def nearest(self, images: torch.Tensor) -> torch.Tensor:
+        """For each (normalised) image embedding, the bank's most similar caption embedding."""
+        assert self.embeddings is not None and len(self.embeddings), "query a bank that holds something"
+        bank = self.embeddings.to(images.device, images.dtype)
+        return bank[(images.detach() @ bank.t()).argmax(dim=1)]
+
+    def add(self, texts: torch.Tensor) -> None:
+        new = texts.detach()
+        merged = new if self.embeddings is None else torch.cat([self.embeddings.to(new.device), new])
+        self.embeddings = merged[-self.size:]
+
+
+class RoCLIP(CLIPModule):
+    """Pretraining with RoCLIP's nearest-caption swap on every `break_epoch`-th epoch."""
+
+    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
+                 break_epoch: int = 2, bank_size: int = 21845):
+        """
+        Args:
+            model: The open_clip model and its starting weights.
+            optimizer: AdamW and the warm-up + cosine schedule.
+            break_epoch: Swap captions for their nearest bank neighbour on epochs divisible by this (RoCLIP: 2).
+            bank_size: Caption embeddings the FIFO bank holds (RoCLIP: 21,845).
+        """
+        super().__init__(model, optimizer)
+        if break_epoch < 1:
+            raise ValueError(f"model.break_epoch must be ≥ 1, got {break_epoch}")
+        self.break_epoch = break_epoch
+        self.bank = TextMemoryBank(bank_size)
+
+    def swaps_this_epoch(self) -> bool:
+        return self.current_epoch % self.break_epoch == 0
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        scale = self.logit_scale()
+        image = self.encode_image(batch["image"])
+        text = self.encode_text(batch["text"])
+        swapped = self.swaps_this_epoch() and len(self.bank) > 0
+        loss = self.clip_loss(image, self.bank.nearest(image) if swapped else text, scale)
+        self.bank.add(text)  # after the query: an image never meets its own caption through the bank
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/swapped", float(swapped))
+        self.log("train/logit_scale", scale)
+        return loss

@@ -1,0 +1,58 @@
+"""RoCLIP's memory bank on hand-made embeddings (nearest caption, FIFO, never the query's own caption
+before it is added), and (slow) the swap on every break_epoch-th epoch only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modules.roclip import TextMemoryBank
+
+
+def test_the_bank_returns_each_images_nearest_caption_and_forgets_the_oldest():
+    bank = TextMemoryBank(size=3)
+    captions = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), dim=-1)
+    bank.add(captions[:2])
+    bank.add(captions[2:])
+    images = F.normalize(torch.tensor([[0.9, 0.1], [0.1, 0.9], [-0.8, 0.3]]), dim=-1)
+    assert torch.equal(bank.nearest(images), captions)
+    bank.add(F.normalize(torch.tensor([[0.0, -1.0]]), dim=-1))  # the oldest, [1, 0], leaves
+    assert len(bank) == 3 and not any(torch.equal(row, captions[0]) for row in bank.embeddings)
+
+
+def test_an_image_never_meets_its_own_caption_through_the_bank():
+    bank = TextMemoryBank(size=10)
+    bank.add(F.normalize(torch.tensor([[0.0, 1.0]]), dim=-1))
+    own = F.normalize(torch.tensor([[1.0, 0.0]]), dim=-1)  # this batch's caption, identical to its image
+    assert not torch.equal(bank.nearest(own), own)  # queried before the batch's captions are added
+    bank.add(own)
+    assert torch.equal(bank.nearest(own), own)
+
+
+def test_the_bank_holds_no_gradient():
+    bank = TextMemoryBank(size=4)
+    text = torch.randn(2, 3, requires_grad=True)
+    bank.add(text * 2)
+    assert not bank.embeddings.requires_grad
+
+
+@pytest.mark.slow
+def test_roclip_swaps_captions_on_every_break_epoch_only(small_benchmark, tmp_path):
+    import csv
+    import json
+
+    from lightning_app.cli import BackdoorCLI
+
+    run_dir = tmp_path / "run"
+    BackdoorCLI(args=["fit", "--config", "configs/embedded/roclip.yaml", "--trainer.default_root_dir", str(run_dir),
+                      "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+                      "--trainer.log_every_n_steps", "1", "--data.init_args.embedded", "null",
+                      "--data.init_args.train_shards", small_benchmark.pretrain_urls,
+                      "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.batch_size", "32",
+                      "--model.init_args.optimizer.warmup_steps", "5", "--model.init_args.bank_size", "256"])
+    rows = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("train/swapped")]
+    by_epoch = {e: [float(r["train/swapped"]) for r in rows if int(r["epoch"]) == e] for e in (0, 1, 2)}
+    assert by_epoch[0][0] == 0.0 and all(by_epoch[0][1:])  # the first batch finds an empty bank
+    assert not any(by_epoch[1]) and all(by_epoch[2])
+    assert json.loads((run_dir / "summary.json").read_text())["ca_top1"] is not None
