@@ -274,3 +274,20 @@ def test_a_stage_that_poisons_a_clean_model_takes_its_checkpoint_but_brings_its_
     attack.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-rn32.json}}}\n")
     defense = resolve(runs["cleanclip[poisoned_by=badclip]@seed0"])
     assert defense["data.init_args.trigger_dir"] == str(runs["attack[poisoned_by=badclip]@seed0"].run_dir.trigger_dir)
+
+
+def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_path):
+    from lightning_app.experiments.views import comparisons
+
+    experiment = toy(tmp_path, TOY.replace("    reference: cleanclip\n",
+                                           "    reference: cleanclip\n    compare: [[abd, cleanclip]]\n"))
+    rows = []
+    for seed, (abd_asr, clean_asr, abd_ca) in enumerate([(0.10, 0.50, 0.90), (0.12, 0.52, 0.80), (0.11, 0.51, 0.99)]):
+        rows.append({"stage": "cleanclip", "attack": "badnet", "lr": "0.001", "seed": seed, "asr": clean_asr, "ca_top1": 0.9})
+        rows.append({"stage": "abd", "attack": "badnet", "seed": seed, "asr": abd_asr, "ca_top1": abd_ca})
+    lines = comparisons(experiment, experiment.tables[0], rows)
+    assert len(lines) == 2
+    assert lines[0].startswith("- badnet: ASR of abd 0.110 ± ") and lines[0].endswith("(n = 3, 3): lower, separated")
+    assert lines[1].endswith("not separated")  # CA 0.80-0.99 against 0.9 everywhere
+    with pytest.raises(ValueError, match="compare"):
+        toy(tmp_path, TOY.replace("    reference: cleanclip\n", "    reference: cleanclip\n    compare: [[abd, nope]]\n"))

@@ -51,7 +51,7 @@ STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys",
 INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
-TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot"}
+TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "compare", "compare_on"}
 RESERVED = {"experiment", "stage", "label", "seed", "run_dir", "trigger", "cost_s", "before_ca_top1", "before_asr",
             "ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module"}
 REFERENCE = re.compile(r"\{([A-Za-z_][\w-]*)\.(run_dir|checkpoint|trigger_dir)\}")
@@ -121,6 +121,11 @@ class TableSpec:
     note: str = ""
     plot: bool = True
     """Also draw CA against ASR with error bars, one point per row."""
+    compare: list[list[str]] = field(default_factory=list)
+    """Pairs of stages [A, B] whose rows (same other row keys) are compared on `compare_on`: the table
+    says for each whether the seeds' intervals separate them, and which way."""
+    compare_on: list[str] = field(default_factory=lambda: ["asr", "ca_top1"])
+    """The result fields the comparisons are made on."""
 
 
 @dataclass
@@ -250,6 +255,10 @@ def _check(experiment: Experiment) -> None:
         for stage in _list(table.stages) + _list(table.reference):
             if stage not in experiment.stages:
                 raise ValueError(f"{path}: table {table.block!r} names unknown stage {stage!r}")
+        for pair in table.compare:
+            if len(pair) != 2 or any(stage not in experiment.stages for stage in pair) or "stage" not in table.rows:
+                raise ValueError(f"{path}: table {table.block!r}: compare {pair!r} must be two stages of the "
+                                 "experiment, in a table whose rows include `stage`")
         for key in table.rows:
             if key != "stage" and key not in experiment.axes:
                 raise ValueError(f"{path}: table {table.block!r}: row key {key!r} is neither `stage` nor an axis")

@@ -87,6 +87,34 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
     return "\n".join(lines)
 
 
+def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> list[str]:
+    """For each declared pair of stages and each row of A, the row of B with the same other keys: on each
+    `compare_on` field, whether the seeds' intervals separate them (and which way) or not."""
+    groups = group_rows(experiment, table, rows)
+    at = table.rows.index("stage")
+    lines = []
+    for first, second in table.compare:
+        for key, group in groups.items():
+            if key[at] != first:
+                continue
+            other = groups.get(key[:at] + (second,) + key[at + 1:])
+            if other is None:
+                continue
+            context = " · ".join(str(v) for i, v in enumerate(key) if i != at)
+            for field_name in table.compare_on:
+                a, b = interval([r.get(field_name) for r in group]), interval([r.get(field_name) for r in other])
+                if a is None or b is None:
+                    continue
+                if a.separated_from(b):
+                    verdict = f"{'lower' if a.mean < b.mean else 'higher'}, separated"
+                else:
+                    verdict = "not separated"
+                name_a, name_b = experiment.stages[first].label, experiment.stages[second].label
+                lines.append(f"- {context + ': ' if context else ''}{column_name(field_name, experiment, table)} of "
+                             f"{name_a} {a.format()} vs {name_b} {b.format()} (n = {a.n}, {b.n}): {verdict}")
+    return lines
+
+
 def table_note(experiment: Experiment, table: TableSpec) -> str:
     note = (f"Written by `python -m lightning_app.experiments run {experiment.path}` from the runs' summary.json "
             "(`results.jsonl` beside them): each cell is the mean over n seeds ± the 95% t-interval's half-width "
@@ -138,6 +166,9 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
     written = []
     for table in experiment.tables:
         text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
+        compared = comparisons(experiment, table, rows)
+        if compared:
+            text += "\n\nOrderings (the first stage against the second, 95% intervals over seeds):\n\n" + "\n".join(compared)
         path = Path(experiment.runs) / f"{table.block}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
