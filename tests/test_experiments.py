@@ -289,5 +289,7 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
     assert len(lines) == 2
     assert lines[0].startswith("- badnet: ASR of abd 0.110 ± ") and lines[0].endswith("(n = 3, 3): lower, separated")
     assert lines[1].endswith("not separated")  # CA 0.80-0.99 against 0.9 everywhere
+    two_seeds = [r for r in rows if r["seed"] < 2]
+    assert all(line.endswith("no ordering claimed") for line in comparisons(experiment, experiment.tables[0], two_seeds))
     with pytest.raises(ValueError, match="compare"):
         toy(tmp_path, TOY.replace("    reference: cleanclip\n", "    reference: cleanclip\n    compare: [[abd, nope]]\n"))

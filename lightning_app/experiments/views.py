@@ -89,7 +89,8 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
 
 def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> list[str]:
     """For each declared pair of stages and each row of A, the row of B with the same other keys: on each
-    `compare_on` field, whether the seeds' intervals separate them (and which way) or not."""
+    `compare_on` field, whether the seeds' 95% t-intervals separate them (and which way) or not. With
+    fewer than 3 seeds on either side there is no interval to speak of, and no ordering is claimed."""
     groups = group_rows(experiment, table, rows)
     at = table.rows.index("stage")
     lines = []
@@ -105,7 +106,9 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
                 a, b = interval([r.get(field_name) for r in group]), interval([r.get(field_name) for r in other])
                 if a is None or b is None:
                     continue
-                if a.separated_from(b):
+                if min(a.n, b.n) < 3:
+                    verdict = "fewer than 3 seeds: no ordering claimed"
+                elif a.separated_from(b):
                     verdict = f"{'lower' if a.mean < b.mean else 'higher'}, separated"
                 else:
                     verdict = "not separated"
