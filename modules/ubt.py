@@ -46,10 +46,11 @@ from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
 
 from datamodules.transforms import denormalise
 from modules.base import CLIPModule, OptimizerConfig
+from modules.detectors import DETECTORS, local_density_scores, reference_rows
 from modules.losses import info_nce
 from modules.model_loading import ModelConfig
 
-SCORES = ("before", "after", "rise", "weak", "cluster")
+SCORES = ("before", "after", "rise", "weak", "cluster", *DETECTORS)
 SUSPICIOUS_PAIRS = "suspicious_pairs.safetensors"
 
 
@@ -157,12 +158,23 @@ def cluster_scores(similarity: dict[str, float], embeddings: list[tuple[list[str
     return dict(zip(keys, (images @ centroid).tolist()))
 
 
+def density_scores(embeddings: list[tuple[list[str], torch.Tensor]], k: int = 16, reference: int = 4096,
+                   seed: int = 0) -> dict[str, dict[str, float]]:
+    """Huang et al.'s local-density outlier scores (modules.detectors) of every pair's image, against a
+    random reference sample of `reference` images: reported beside UBT's rankings, not used to pick."""
+    keys = [key for batch_keys, _ in embeddings for key in batch_keys]
+    images = torch.cat([e for _, e in embeddings]).float()
+    scores = local_density_scores(images, k, reference_rows(len(images), reference, seed))
+    return {name: dict(zip(keys, values.tolist())) for name, values in scores.items()}
+
+
 def one_pass_rankings(similarity: dict[str, float], embeddings: list[tuple[list[str], torch.Tensor]], score: str,
                       cluster_seed: int) -> tuple[dict[str, dict[str, float]], Optional[list[str]]]:
-    """The rankings of one scoring pass (`before`, `weak`, `cluster`), and the keys that `score` picks
-    its top m from (the cluster seed for `cluster`; None: all)."""
+    """The rankings of one scoring pass (`before`, `weak`, `cluster`, and the density detectors
+    `kdist`, `slof`, `dao`, reported only), and the keys that `score` picks its top m from (the cluster
+    seed for `cluster`; None: all)."""
     scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()},
-              "cluster": cluster_scores(similarity, embeddings, cluster_seed)}
+              "cluster": cluster_scores(similarity, embeddings, cluster_seed), **density_scores(embeddings)}
     return scores, weakest_keys(similarity, cluster_seed) if score == "cluster" else None
 
 
