@@ -161,10 +161,13 @@ class OptimizeBadCLIPPatch(PatchOptimisation, CLIPModule):
             positions = random_positions(len(images), spec.image_size, size, generator)
         return paste_patch(images, self.patch, positions, spec.mean, spec.std)
 
+    def non_target(self, batch: dict) -> list[int]:
+        """The batch's rows whose caption does not name the target (the images BadCLIP patches)."""
+        return [i for i, caption in enumerate(batch["caption"]) if not names_target(caption, self.target)]
+
     def embeddings(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(patched, clean) embeddings of the batch's non-target images: the anchor and the triplet's negative."""
-        keep = [i for i, caption in enumerate(batch["caption"]) if not names_target(caption, self.target)]
-        images = batch["image"][keep]
+        images = batch["image"][self.non_target(batch)]
         with torch.no_grad():
             clean = self.encode_image(images)
         return self.encode_image(self.patch_images(images)), clean
@@ -176,8 +179,7 @@ class OptimizeBadCLIPPatch(PatchOptimisation, CLIPModule):
             captions = self.encode_text(self.target_captions[self._draw(n, len(self.target_captions), 0)])
             own = None
             if self.weights.text_negatives == "batch":
-                keep = [i for i, caption in enumerate(batch["caption"]) if not names_target(caption, self.target)]
-                own = self.encode_text(batch["text"][keep])
+                own = self.encode_text(batch["text"][self.non_target(batch)])
         positives = self.target_images[self._draw(n, len(self.target_images), 1)]
         terms = badclip_terms(patched, clean, positives, captions, self.logit_scale().detach(), self.weights, own)
         for name, value in terms.items():

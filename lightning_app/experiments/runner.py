@@ -112,8 +112,8 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
         log.info("wrote %s", path)
     for run in runs:
         if run.stage.name in experiment.exports and run.run_dir.is_finished():
-            tag = run.id.replace("@", "-").replace("[", "-").replace("]", "").replace(",", "-").replace("=", "-")
-            export_run(run.run_dir.path, Path(experiment.runs) / "exports" / tag)
+            # the run directory's path below RUNS, e.g. attack/seed0 → exports/attack/seed0
+            export_run(run.run_dir.path, Path(experiment.runs) / "exports" / run.run_dir.path.relative_to(experiment.runs))
     if failed:
         raise RuntimeError("failed runs:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items()))
     return rows

@@ -37,6 +37,7 @@ leaf). S is the stage itself's dependency or one of theirs.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,8 +365,6 @@ def flatten(key: str, value: Any) -> dict[str, Any]:
 
 def command_line(settings: dict[str, Any]) -> list[str]:
     """Settings as `main.py fit` arguments."""
-    import json
-
     args = []
     for key, value in settings.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
