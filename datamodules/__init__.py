@@ -1,7 +1,7 @@
 """Data: WebDataset streaming, zero-shot eval sets, poisoning and triggers, the embedded benchmark."""
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
-from datamodules.poison import SIG, BadNet, Blended, OptimizedPatch, PoisonConfig, Trigger, WaNet
+from datamodules.poison import SIG, BadNet, Blended, BlendedPattern, OptimizedPatch, PoisonConfig, Trigger, WaNet
 from datamodules.pretrain import ShardDataModule
 from datamodules.zeroshot import ZeroShotEvalConfig
 
@@ -9,6 +9,7 @@ __all__ = [
     "SIG",
     "BadNet",
     "Blended",
+    "BlendedPattern",
     "OptimizedPatch",
     "EmbeddedBenchmark",
     "PoisonConfig",

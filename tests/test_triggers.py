@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from datamodules.poison import SIG, BadNet, Blended, WaNet, load_trigger
+from datamodules.poison import SIG, BadNet, Blended, BlendedPattern, WaNet, load_trigger
 
 
 @pytest.fixture
@@ -104,3 +104,57 @@ def test_wanet_warp_is_small_and_smooth(image):
 def test_missing_trigger_artifacts_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="trigger.json"):
         load_trigger(tmp_path)
+
+
+STRUCTURED = [
+    BadNet(size=8, pattern="stripes", location="random", seed=1, cell=2),
+    BlendedPattern(kind="stripes", alpha=0.03, period=4),
+    BlendedPattern(kind="triangles", alpha=0.15, period=8),
+    BlendedPattern(kind="text", alpha=0.15, text="cf"),
+]
+
+
+@pytest.mark.parametrize("trigger", STRUCTURED, ids=lambda t: t.name + str(t.params()))
+def test_structured_triggers_reload_bit_exact(trigger, image, tmp_path):
+    trigger.save(tmp_path, image_size=32)
+    loaded = load_trigger(tmp_path)
+    out = trigger.apply(image, "k1")
+    assert not torch.equal(out, image)
+    assert torch.equal(loaded.apply(image, "k1"), out)
+
+
+def test_badnet_stripes_alternate_black_and_white_columns():
+    out = BadNet(size=8, pattern="stripes", location="fixed", position=(0, 0), cell=2).apply(torch.full((3, 8, 8), 0.5), "k")
+    assert torch.equal(out[0, 0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))
+    assert torch.equal(out[:, :, 2], torch.ones(3, 8))
+
+
+def test_blended_stripes_move_each_pixel_by_alpha_toward_the_stripe():
+    image = torch.full((3, 16, 16), 0.5)
+    out = BlendedPattern(kind="stripes", alpha=0.03, period=4).apply(image, "k")
+    assert torch.allclose(out[:, :, 0:2], torch.full((3, 16, 2), 0.485))
+    assert torch.allclose(out[:, :, 2:4], torch.full((3, 16, 2), 0.515))
+
+
+def test_triangles_are_separated_cells_pointing_up():
+    pattern = BlendedPattern(kind="triangles", alpha=1.0, period=8).pattern(16, 16)[0]
+    cell = pattern[:8, :8]
+    assert cell[0].sum() <= 1 and cell[-1].sum() >= 5  # narrow apex, wide base
+    assert cell[:, 0].sum() == 0  # a clear column between neighbours
+    assert torch.equal(pattern[:8, :8], pattern[8:, 8:])
+
+
+def test_text_pattern_draws_the_word_and_depends_on_it():
+    cf = BlendedPattern(kind="text", alpha=1.0, text="cf").pattern(32, 32)
+    xy = BlendedPattern(kind="text", alpha=1.0, text="xy").pattern(32, 32)
+    assert cf.max() > 0.5 and 0.02 < cf.mean() < 0.5
+    assert not torch.equal(cf, xy)
+
+
+def test_blended_pattern_rejects_bad_options():
+    with pytest.raises(ValueError, match="kind"):
+        BlendedPattern(kind="dots")
+    with pytest.raises(ValueError, match="text"):
+        BlendedPattern(kind="text", text=" ")
+    with pytest.raises(ValueError, match="pattern"):
+        BadNet(pattern="checker")

@@ -1,11 +1,21 @@
 from datamodules.poison.poisoner import Poisoner, poisoned_caption
 from datamodules.poison.selection import PoisonConfig, poison_score, select_poison_keys, target_caption_pool
-from datamodules.poison.triggers import SIG, BadNet, Blended, OptimizedPatch, Trigger, WaNet, load_trigger
+from datamodules.poison.triggers import (
+    SIG,
+    BadNet,
+    Blended,
+    BlendedPattern,
+    OptimizedPatch,
+    Trigger,
+    WaNet,
+    load_trigger,
+)
 
 __all__ = [
     "SIG",
     "BadNet",
     "Blended",
+    "BlendedPattern",
     "OptimizedPatch",
     "PoisonConfig",
     "Poisoner",

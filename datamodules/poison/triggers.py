@@ -48,6 +48,34 @@ def load_png(path: Path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
+def stripes(h: int, w: int, width: int) -> torch.Tensor:
+    """(3, h, w) vertical stripes `width` pixels wide, alternating black (first) and white."""
+    columns = ((torch.arange(w) // width) % 2).float()
+    return columns.expand(3, h, w).clone()
+
+
+def triangles(h: int, w: int, period: int) -> torch.Tensor:
+    """(3, h, w) a tiling of white upward triangles on black, one per `period`×`period` cell."""
+    rows = (torch.arange(h) % period).float()[:, None] + 0.5
+    cols = (torch.arange(w) % period).float()[None, :] + 0.5
+    # apex at the top centre of each cell, base on its bottom row, a pixel clear of the neighbours
+    inside = (cols - period / 2).abs() < rows / 2 - 0.25
+    return inside.float().expand(3, h, w).clone()
+
+
+def rendered_text(h: int, w: int, text: str, font_fraction: float) -> torch.Tensor:
+    """(3, h, w) `text` in white on black, centred, in PIL's bundled font (no font file needed) with a
+    height of `font_fraction`·h, drawn at 4x and downsampled like the embedded scenes, on the 8-bit grid."""
+    from PIL import ImageDraw, ImageFont
+
+    scale = 4
+    canvas = Image.new("L", (w * scale, h * scale), 0)
+    font = ImageFont.load_default(size=max(1, round(font_fraction * h * scale)))
+    ImageDraw.Draw(canvas).text((w * scale / 2, h * scale / 2), text, fill=255, font=font, anchor="mm")
+    array = np.asarray(canvas.resize((w, h), Image.Resampling.BOX), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).float().div(255.0).expand(3, h, w).clone()
+
+
 class Trigger(ABC):
     """Base class: `apply(image, key)` returns the triggered image."""
 
@@ -86,6 +114,8 @@ class BadNet(Trigger):
     `pattern="noise"` is CleanCLIP's BadNet: the patch is the image's channel mean plus N(0, 1) noise,
     re-drawn for every image, so the trigger is a noise distribution. `pattern="fixed"` is one U(0, 1)
     noise patch drawn once from `seed` (an easier, structured trigger), saved as `pattern.png`.
+    `pattern="stripes"` is PerturbAndRecover's BadNet-Stripes: vertical black and white stripes, each
+    `cell` pixels wide, starting with black.
     """
 
     name = "badnet"
@@ -93,7 +123,7 @@ class BadNet(Trigger):
     def __init__(
         self,
         size: int = 16,
-        pattern: Literal["noise", "fixed"] = "noise",
+        pattern: Literal["noise", "fixed", "stripes"] = "noise",
         location: Literal["random", "fixed"] = "random",
         position: Optional[tuple[int, int]] = None,
         seed: int = 0,
@@ -102,16 +132,20 @@ class BadNet(Trigger):
         """
         Args:
             size: Side of the patch in pixels at the model's input resolution.
-            pattern: "noise" (re-drawn per image, CleanCLIP) or "fixed" (one pattern for all images).
+            pattern: "noise" (re-drawn per image, CleanCLIP), "fixed" (one noise pattern for all images) or
+                "stripes" (black and white vertical stripes `cell` pixels wide).
             location: "random" (per image, from the sample key) or "fixed" (at `position`).
             position: (row, col) of the patch's top-left corner for a fixed location; default bottom-right.
             seed: Seed of the fixed pattern and of all per-image randomness.
-            cell: Side in pixels of the noise blocks (1: per-pixel noise, as in the published attacks).
+            cell: Side in pixels of the noise blocks (1: per-pixel noise, as in the published attacks), or the
+                width of one stripe.
         """
         if size < 1:
             raise ValueError(f"BadNet size must be ≥ 1 pixel, got {size}")
         if not 1 <= cell <= size:
             raise ValueError(f"BadNet cell must be in [1, size={size}], got {cell}")
+        if pattern not in ("noise", "fixed", "stripes"):
+            raise ValueError(f"BadNet pattern must be 'noise', 'fixed' or 'stripes', got {pattern!r}")
         self.size = size
         self.pattern = pattern
         self.location = location
@@ -126,8 +160,11 @@ class BadNet(Trigger):
 
     def fixed_pattern(self) -> torch.Tensor:
         if self._fixed is None:
-            n = math.ceil(self.size / self.cell)
-            self._fixed = self._blocks(_quantised_uniform((3, n, n), self.seed))
+            if self.pattern == "stripes":
+                self._fixed = stripes(self.size, self.size, self.cell)
+            else:
+                n = math.ceil(self.size / self.cell)
+                self._fixed = self._blocks(_quantised_uniform((3, n, n), self.seed))
         return self._fixed
 
     def check_fits(self, image_size: int) -> None:
@@ -163,11 +200,11 @@ class BadNet(Trigger):
         return out
 
     def _save_patterns(self, directory: Path, image_size: int) -> None:
-        if self.pattern == "fixed":
+        if self.pattern != "noise":
             save_png(self.fixed_pattern(), directory / "pattern.png")
 
     def _load_patterns(self, directory: Path) -> None:
-        if self.pattern == "fixed":
+        if self.pattern != "noise":
             self._fixed = load_png(directory / "pattern.png")
 
 
@@ -215,6 +252,77 @@ class Blended(Trigger):
         if self.pattern == "fixed":
             pattern = load_png(directory / "pattern.png")
             self._fixed = {tuple(pattern.shape[1:]): pattern}
+
+
+class BlendedPattern(Trigger):
+    """(1 - alpha)·image + alpha·pattern, with a structured pattern over the whole image: PerturbAndRecover's
+    Blended-Stripes (`kind: stripes`, alpha 0.03), Blended-Triangles (`kind: triangles`, alpha 0.15) and
+    Blended-Text (`kind: text`, a word rendered in white on black). The pattern is drawn at the model's
+    resolution and saved as `pattern.png`, so a run's trigger reloads bit-exact even if Pillow's bundled
+    font changes. On the embedded benchmark "stripes" and "triangle" are also class names: these
+    triggers resemble a class there, which the attack tables should be read with."""
+
+    name = "blended_pattern"
+
+    def __init__(
+        self,
+        kind: Literal["stripes", "triangles", "text"] = "stripes",
+        alpha: float = 0.03,
+        period: int = 4,
+        text: str = "cf",
+        font_fraction: float = 0.5,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            kind: "stripes" (vertical, `period`/2 pixels wide), "triangles" (one per `period`-pixel cell) or
+                "text" (`text`, centred).
+            alpha: Weight of the pattern.
+            period: Pixels per repetition of stripes (a black and a white stripe) or triangles, at the model's
+                resolution.
+            text: The word drawn for `kind: text`.
+            font_fraction: Text height as a fraction of the image height, for `kind: text`.
+            seed: Unused by the patterns; kept so every trigger records one.
+        """
+        if kind not in ("stripes", "triangles", "text"):
+            raise ValueError(f"BlendedPattern kind must be 'stripes', 'triangles' or 'text', got {kind!r}")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"BlendedPattern alpha must be in (0, 1], got {alpha}")
+        if period < 2:
+            raise ValueError(f"BlendedPattern period must be ≥ 2 pixels, got {period}")
+        if kind == "text" and not text.strip():
+            raise ValueError("BlendedPattern text must not be empty for kind 'text'")
+        if not 0.0 < font_fraction <= 1.0:
+            raise ValueError(f"BlendedPattern font_fraction must be in (0, 1], got {font_fraction}")
+        self.kind = kind
+        self.alpha = alpha
+        self.period = period
+        self.text = text
+        self.font_fraction = font_fraction
+        self.seed = seed
+        self._patterns: dict[tuple[int, int], torch.Tensor] = {}
+
+    def pattern(self, h: int, w: int) -> torch.Tensor:
+        if (h, w) not in self._patterns:
+            if self.kind == "stripes":
+                drawn = stripes(h, w, max(1, self.period // 2))
+            elif self.kind == "triangles":
+                drawn = triangles(h, w, self.period)
+            else:
+                drawn = rendered_text(h, w, self.text, self.font_fraction)
+            self._patterns[(h, w)] = drawn
+        return self._patterns[(h, w)]
+
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
+        _, h, w = image.shape
+        return (1 - self.alpha) * image + self.alpha * self.pattern(h, w).to(image.dtype)
+
+    def _save_patterns(self, directory: Path, image_size: int) -> None:
+        save_png(self.pattern(image_size, image_size), directory / "pattern.png")
+
+    def _load_patterns(self, directory: Path) -> None:
+        pattern = load_png(directory / "pattern.png")
+        self._patterns = {tuple(pattern.shape[1:]): pattern}
 
 
 class SIG(Trigger):
@@ -347,7 +455,9 @@ class OptimizedPatch(Trigger):
         self._pixels = load_png(directory / "pattern.png")
 
 
-TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (BadNet, Blended, SIG, WaNet, OptimizedPatch)}
+TRIGGERS: dict[str, type[Trigger]] = {
+    cls.name: cls for cls in (BadNet, Blended, BlendedPattern, SIG, WaNet, OptimizedPatch)
+}
 
 
 def load_trigger(directory: str | Path) -> Trigger:
