@@ -4,12 +4,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lightning_app.cli import BackdoorCLI
 from modules.base import CLIPModule
 
-# configs/strategies/ holds trainer fragments, added to a full config with a second --config
-CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml") if p.parent.name != "strategies")
+# configs/strategies/ holds trainer fragments, added to a full config with a second --config;
+# configs/*/triggers/ holds trigger fragments, given as the value of --data.init_args.trigger
+FRAGMENTS = ("strategies", "triggers")
+CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml") if p.parent.name not in FRAGMENTS)
+TRIGGERS = sorted(str(p) for p in Path("configs").rglob("triggers/*.yaml"))
 
 
 def test_there_are_configs():
@@ -40,6 +44,16 @@ def test_config_instantiates(config, tmp_path):
     assert isinstance(cli.model, CLIPModule)
     assert cli.datamodule is not None
     assert cli.trainer.default_root_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("trigger", TRIGGERS)
+def test_trigger_fragment_replaces_a_recipes_trigger(trigger, tmp_path):
+    cli = BackdoorCLI(args=["--config", "configs/embedded/badnet.yaml", "--data.init_args.trigger", trigger,
+                            "--trainer.default_root_dir", str(tmp_path)], run=False)
+    expected = yaml.safe_load(Path(trigger).read_text())
+    assert type(cli.datamodule.trigger).__name__ == expected["class_path"].rsplit(".", 1)[1]
+    for name, value in expected.get("init_args", {}).items():
+        assert getattr(cli.datamodule.trigger, name) == value
 
 
 def test_bad_value_fails_before_training(tmp_path):
