@@ -1,7 +1,17 @@
 """Data: WebDataset streaming, zero-shot eval sets, poisoning and triggers, the embedded benchmark."""
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
-from datamodules.poison import SIG, BadNet, Blended, BlendedPattern, OptimizedPatch, PoisonConfig, Trigger, WaNet
+from datamodules.poison import (
+    SIG,
+    BadNet,
+    Blended,
+    BlendedPattern,
+    MultiTrigger,
+    OptimizedPatch,
+    PoisonConfig,
+    Trigger,
+    WaNet,
+)
 from datamodules.pretrain import ShardDataModule
 from datamodules.zeroshot import ZeroShotEvalConfig
 
@@ -10,6 +20,7 @@ __all__ = [
     "BadNet",
     "Blended",
     "BlendedPattern",
+    "MultiTrigger",
     "OptimizedPatch",
     "EmbeddedBenchmark",
     "PoisonConfig",

@@ -22,7 +22,16 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
-from datamodules.poison import PoisonConfig, Poisoner, Trigger, load_trigger, select_poison_keys, target_caption_pool
+from datamodules.poison import (
+    MultiTrigger,
+    PoisonConfig,
+    Poisoner,
+    Trigger,
+    load_trigger,
+    select_poison_keys,
+    target_caption_pool,
+)
+from datamodules.poison.poisoner import key_target, poison_targets
 from datamodules.poison.selection import names_target
 from datamodules.run_dir import RunDir, write_once
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions, shard_sizes
@@ -219,25 +228,28 @@ class ShardDataModule(LightningDataModule):
             with tempfile.TemporaryDirectory(dir=run.path, prefix=".trigger-") as fresh:
                 self.trigger.save(fresh, self._input_spec().image_size)
                 (Path(fresh) / run.target_path.name).write_text(json.dumps({"target": self.poison.target}))
-                for path in sorted(Path(fresh).iterdir()):
-                    write_once(run.trigger_dir / path.name, path.read_bytes(), "trigger artifact")
+                for path in sorted(p for p in Path(fresh).rglob("*") if p.is_file()):  # a MultiTrigger's parts in 0/, 1/, …
+                    write_once(run.trigger_dir / path.relative_to(fresh), path.read_bytes(), "trigger artifact")
 
     def _write_manifest(self, write: bool = True) -> dict:
         start = time.perf_counter()
         urls = expand_shards(self.train_shards)
         check_shards_exist(urls, "data.train_shards")
         wants_pool = self.poison.enabled and self.poison.captions == "dataset" and not self.poison.label_consistent
-        target_captions: set[str] = set()
+        targets = poison_targets(self.trigger, self.poison)
+        target_captions: dict[str, set[str]] = {target: set() for target in targets}
         lost: list[dict] = []
 
-        def scanned_pairs():  # one pass over the shards feeds both the selection and the caption pool
+        def scanned_pairs():  # one pass over the shards feeds both the selection and the caption pools
             for key, caption in scan_captions(urls, lost) if self.poison.enabled else ():
-                if wants_pool and names_target(caption, self.poison.target):
-                    target_captions.add(caption)
+                for target in targets if wants_pool else ():
+                    if names_target(caption, target):
+                        target_captions[target].add(caption)
                 yield key, caption
 
         keys, scanned = select_poison_keys(scanned_pairs(), self.poison)
-        pool = target_caption_pool(target_captions, self.poison) if wants_pool else []
+        pools = {target: target_caption_pool(captions, dataclasses.replace(self.poison, target=target))
+                 for target, captions in target_captions.items()} if wants_pool else {}
         manifest = {
             "rate": self.poison.rate,
             "count": self.poison.count,
@@ -248,9 +260,13 @@ class ShardDataModule(LightningDataModule):
             "num_poisoned": len(keys),
             "keys": keys,
             "captions": self.poison.captions,
-            "caption_pool": pool,
+            "caption_pool": pools.get(self.poison.target, []),
+            "caption_pools": pools,
             "lost_shards": lost,
         }
+        if isinstance(self.trigger, MultiTrigger):  # which trigger and target each poisoned key got
+            manifest["assignments"] = {key: {"trigger": self.trigger.index(key),
+                                             "target": key_target(self.trigger, key, self.poison)} for key in keys}
         if write:
             write_once(self.manifest_path, json.dumps(manifest, indent=1).encode(), "poison manifest")
         log.info("poison manifest: %d of %d pairs poisoned (%.1fs)", len(keys), scanned, time.perf_counter() - start)
@@ -262,11 +278,12 @@ class ShardDataModule(LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
         self.eval_set = ZeroShotSet(self.eval_config, spec, self.trigger, rank, world)
-        if self.poison.target not in self.eval_set.classnames and self.trigger is not None:
-            raise ValueError(
-                f"poison.target {self.poison.target!r} is not a class of the eval set "
-                f"{self.eval_config.directory} (classnames.txt), so ASR cannot be measured"
-            )
+        for target in poison_targets(self.trigger, self.poison) if self.trigger is not None else ():
+            if target not in self.eval_set.classnames:
+                raise ValueError(
+                    f"poison target {target!r} is not a class of the eval set "
+                    f"{self.eval_config.directory} (classnames.txt), so ASR cannot be measured"
+                )
         if stage == "fit":
             self.train_stream = self._build_stream(spec, rank, world)
 
@@ -290,7 +307,9 @@ class ShardDataModule(LightningDataModule):
                 raise ValueError(f"poison manifest {self.manifest_path} is missing: prepare_data() did not run")
             manifest = json.loads(self.manifest_path.read_text())
         self.poison_count = manifest["num_poisoned"]
-        poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, manifest.get("caption_pool", []))
+        # manifests from before multi-target attacks have one pool, of the poison target
+        pools = manifest.get("caption_pools") or {self.poison.target: manifest.get("caption_pool", [])}
+        poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, pools)
         module = self.trainer.lightning_module
         builder = TrainSample(spec, poisoner, augmented_views=getattr(module, "needs_augmented_views", False),
                               seed=self.seed)

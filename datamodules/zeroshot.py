@@ -6,7 +6,8 @@ headers are indexed once (offsets only), so the set is a map-style dataset that 
 strided part of, with no padding duplicates that would bias CA or ASR under DDP.
 
 Each item is (clean image, triggered image, label); the triggered image uses the run's trigger with
-the sample key, exactly as training would poison it.
+the sample key, exactly as training would poison it. With a MultiTrigger every image is triggered by
+each of its triggers (`image_triggered_<part>`), for per-trigger ASR.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import Normalize
 
-from datamodules.poison import Trigger
+from datamodules.poison import MultiTrigger, Trigger
 from datamodules.shards import read_text_lines, sample_key
 from datamodules.stream import IMAGE_EXTENSIONS
 from datamodules.transforms import InputSpec, ModelGeometry, decode_image
@@ -120,7 +121,10 @@ class ZeroShotSet(Dataset):
             log.warning("skipping corrupt eval sample %s in %s: %r", key, image_member.tar, exn)
             pixels, label = torch.zeros(3, self.geometry.image_size, self.geometry.image_size), SKIPPED
         item = {"image": self.normalize(pixels), "label": label, "key": key}
-        if self.trigger is not None:
+        if isinstance(self.trigger, MultiTrigger):
+            for name, trigger in zip(self.trigger.part_names(), self.trigger.triggers):
+                item[f"image_triggered_{name}"] = self.normalize(trigger.apply(pixels, key))
+        elif self.trigger is not None:
             item["image_triggered"] = self.normalize(self.trigger.apply(pixels, key))
         return item
 

@@ -28,6 +28,10 @@ def attack_name(summary: dict) -> str:
     attack = summary.get("attack")
     if not attack:
         return "none"
+    if attack["name"] == "multi":
+        parts = ", ".join(part["name"] for part in attack["triggers"])
+        targets = ", ".join(attack["targets"]) if attack.get("targets") else summary.get("target", "")
+        return f"multi ({parts}) → {targets}"
     params = ", ".join(f"{k}={v}" for k, v in sorted(attack.items())
                        if k not in ("name", "seed") and v is not None and not (k == "cell" and v == 1))
     target = f" → {summary['target']}" if summary.get("target") else ""

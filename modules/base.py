@@ -141,8 +141,9 @@ class CLIPModule(LightningModule):
             eval_set = self.trainer.datamodule.eval_set
             out["classifier"] = zeroshot_classifier(self.encode_text, self.input_spec().tokenizer,
                                                     eval_set.classnames, eval_set.templates, self.device)
-        if "image_triggered" in batch:
-            out["triggered"] = self.encode_image(batch["image_triggered"])
+        for name in batch:  # "image_triggered", or one "image_triggered_<part>" per trigger of a MultiTrigger
+            if name.startswith("image_triggered"):
+                out[name.removeprefix("image_")] = self.encode_image(batch[name])
         return out
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:

@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.poison import load_trigger
+from datamodules.poison import MultiTrigger, load_trigger
 from datamodules.zeroshot import SKIPPED, ZeroShotEvalConfig, ZeroShotSet
 
 
@@ -91,7 +91,8 @@ class AttackSuccessRate(Metric):
 
 
 class ZeroShotEvaluation(Callback):
-    """Logs `val/ca_top1`, `val/ca_top5` and (with a trigger) `val/asr`, synced across ranks.
+    """Logs `val/ca_top1`, `val/ca_top5` and (with a trigger) `val/asr`, synced across ranks. With a
+    MultiTrigger, `val/asr_<part>` per trigger toward its own target, and `val/asr` their mean.
 
     Expects the module's `validation_step` to return image features of the clean (and triggered)
     eval images, and with its first batch the zero-shot classifier (built inside the step, where a
@@ -115,7 +116,10 @@ class ZeroShotEvaluation(Callback):
             "ca_top1": MulticlassAccuracy(classes, top_k=1, average="micro"),
             "ca_top5": MulticlassAccuracy(classes, top_k=min(5, classes), average="micro"),
         }
-        if eval_set.trigger is not None:
+        if isinstance(eval_set.trigger, MultiTrigger):
+            for name, _, target in eval_set.trigger.parts(trainer.datamodule.target):
+                self.metrics[f"asr_{name}"] = AttackSuccessRate(eval_set.classnames.index(target), classes)
+        elif eval_set.trigger is not None:
             self.metrics["asr"] = AttackSuccessRate(eval_set.classnames.index(trainer.datamodule.target), classes)
         self.metrics = {k: m.to(pl_module.device) for k, m in self.metrics.items()}
         self._seen = 0
@@ -133,11 +137,16 @@ class ZeroShotEvaluation(Callback):
         logits = 100.0 * outputs["clean"][readable].float() @ self.classifier
         self.metrics["ca_top1"].update(logits, labels)
         self.metrics["ca_top5"].update(logits, labels)
-        if "asr" in self.metrics:
-            self.metrics["asr"].update(100.0 * outputs["triggered"][readable].float() @ self.classifier, labels)
+        for name, metric in self.metrics.items():
+            if name.startswith("asr"):  # "asr" ← outputs["triggered"], "asr_<part>" ← outputs["triggered_<part>"]
+                triggered = outputs[name.replace("asr", "triggered", 1)][readable].float()
+                metric.update(100.0 * triggered @ self.classifier, labels)
 
     def _end(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
         values = {name: metric.compute() for name, metric in self.metrics.items()}
+        parts = [value for name, value in values.items() if name.startswith("asr_")]
+        if parts:
+            values["asr"] = torch.stack(parts).mean()
         values["skipped_images"] = torch.tensor(float(self.skipped), device=pl_module.device)
         for metric in self.metrics.values():
             metric.reset()
@@ -183,7 +192,11 @@ class ZeroShotEvaluation(Callback):
 def zero_shot_counts(model: torch.nn.Module, spec, eval_dir: str, trigger_dir: Path, target: str) -> dict:
     """Per class of the eval set: images (`counts`) and clean hits (`correct`); `asr` is the
     AttackSuccessRate metric over the triggered images (its per-class rates and overall rate)."""
-    data = ZeroShotSet(ZeroShotEvalConfig(directory=eval_dir), spec, load_trigger(trigger_dir), 0, 1)
+    trigger = load_trigger(trigger_dir)
+    if isinstance(trigger, MultiTrigger):
+        raise ValueError(f"{trigger_dir}: a multi-trigger attack; per-class counts take one trigger: pass the "
+                         "directory of one of its triggers (trigger/0, trigger/1, …) with its target")
+    data = ZeroShotSet(ZeroShotEvalConfig(directory=eval_dir), spec, trigger, 0, 1)
     classifier = zeroshot_classifier(lambda t: model.encode_text(t, normalize=True), spec.tokenizer,
                                      data.classnames, data.templates, "cpu")
     n = len(data.classnames)

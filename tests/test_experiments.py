@@ -263,17 +263,17 @@ def test_a_stage_that_poisons_a_clean_model_takes_its_checkpoint_but_brings_its_
     clean = runs["clean@seed0"].run_dir
     clean.path.mkdir(parents=True)
     clean.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-rn32.json}}}\n")
-    badclip = resolve(runs["attack[poisoned_by=badclip]@seed0"])
+    badclip = resolve(runs["attack@seed0"])
     assert badclip["model.init_args.model.pretrained"] == str(clean.checkpoint)
     assert "data.init_args.trigger_dir" not in badclip
     assert badclip["data.init_args.trigger.init_args.patch"] == f"{runs['patch@seed0'].run_dir}/badclip/patch.png"
-    badnet = resolve(runs["attack[poisoned_by=badnet]@seed0"])
+    badnet = resolve(runs["badnet_ft@seed0"])
     assert badnet["data.init_args.trigger.class_path"] == "datamodules.BadNet"
-    attack = runs["attack[poisoned_by=badclip]@seed0"].run_dir
+    attack = runs["attack@seed0"].run_dir
     attack.path.mkdir(parents=True)
     attack.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-rn32.json}}}\n")
-    defense = resolve(runs["cleanclip[poisoned_by=badclip]@seed0"])
-    assert defense["data.init_args.trigger_dir"] == str(runs["attack[poisoned_by=badclip]@seed0"].run_dir.trigger_dir)
+    defense = resolve(runs["cleanclip@seed0"])
+    assert defense["data.init_args.trigger_dir"] == str(runs["attack@seed0"].run_dir.trigger_dir)
 
 
 def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_path):

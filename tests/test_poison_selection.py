@@ -116,12 +116,12 @@ def test_dataset_captions_poison_with_the_shards_own_target_captions(small_bench
     star_captions = {c for _, c in scan_captions(expand_shards(small_benchmark.pretrain_urls))
                      if "star" in c.replace(",", " ").split()}
     assert manifest["captions"] == "dataset" and set(manifest["caption_pool"]) == star_captions
-    poisoner = Poisoner(BadNet(size=4), manifest["keys"], config, manifest["caption_pool"])
+    poisoner = Poisoner(BadNet(size=4), manifest["keys"], config, {config.target: manifest["caption_pool"]})
     image = torch.zeros(3, 32, 32)
     captions = {poisoner(key, image, "a circle")[1] for key in manifest["keys"]}
     assert captions <= star_captions and len(captions) > 5
     with pytest.raises(ValueError, match="caption pool"):
-        Poisoner(BadNet(size=4), manifest["keys"], config, [])
+        Poisoner(BadNet(size=4), manifest["keys"], config, {})
 
 
 def test_a_defense_takes_the_target_from_the_attack_runs_config_when_no_target_file_exists(tmp_path):

@@ -1,3 +1,4 @@
+from datamodules.poison import SIG, BadNet, MultiTrigger
 from lightning_app.report import results_table, write_block
 
 
@@ -30,3 +31,12 @@ def test_summary_without_a_caption_mode_takes_it_from_the_manifest(tmp_path):
     assert load_summary(tmp_path)["poisoned_captions"] == "templates"
     (tmp_path / "summary.json").write_text(json.dumps({"poison_count": 5, "poisoned_captions": "kept"}))
     assert load_summary(tmp_path)["poisoned_captions"] == "kept"
+
+
+def test_a_multi_trigger_attack_is_named_by_its_parts_and_targets():
+    from lightning_app.report import attack_name
+
+    trigger = MultiTrigger([BadNet(size=4), SIG()], ["star", "heart"])
+    assert attack_name({"attack": trigger.describe(), "target": "star"}) == "multi (badnet, sig) → star, heart"
+    one = MultiTrigger([BadNet(size=4), SIG()])
+    assert attack_name({"attack": one.describe(), "target": "star"}) == "multi (badnet, sig) → star"

@@ -1,7 +1,7 @@
 """Results as data first: one long-form row per finished run, and the seeds' intervals over them.
 
 A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the incoming model's CA/ASR
-(`before_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
+(`before_*`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
 detection metrics where the run has them, and its run directory. `RUNS/results.jsonl` holds every
 finished run of the experiment.
 """
@@ -35,6 +35,9 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
     for name in run.stage.cost_includes:
         dep = run.deps[name].run_dir
         row["cost_s"] = None if row["cost_s"] is None or not dep.is_finished() else row["cost_s"] + dep.summary()["wall_time_s"]
+    for name, value in (summary.get("metrics") or {}).items():  # a multi-trigger attack's per-trigger ASR
+        if name.startswith("val/asr_"):
+            row[name.removeprefix("val/")] = value
     for score, metrics in (summary.get("detection") or {}).items():
         for metric, value in metrics.items():
             if metric != "num_poisoned" and metric != "num_pairs":

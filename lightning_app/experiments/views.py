@@ -28,6 +28,8 @@ def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
         return f"cost (× {experiment.stages[table.reference].label})" if table.reference else "cost"
     if column in COLUMN_NAMES:
         return COLUMN_NAMES[column]
+    if column.startswith("asr_"):
+        return f"ASR {column.removeprefix('asr_')}"
     score, _, metric = column.partition("_")
     return f"{score} {metric.replace('auroc', 'AUROC')}" if metric else column
 
