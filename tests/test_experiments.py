@@ -293,3 +293,18 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
     assert all(line.endswith("no ordering claimed") for line in comparisons(experiment, experiment.tables[0], two_seeds))
     with pytest.raises(ValueError, match="compare"):
         toy(tmp_path, TOY.replace("    reference: cleanclip\n", "    reference: cleanclip\n    compare: [[abd, nope]]\n"))
+
+
+def test_where_keeps_only_the_named_values_of_an_axis():
+    from lightning_app.experiments.spec import restrict_axes
+
+    experiment = load_experiment("experiments/attacks.yaml")
+    restrict_axes(experiment, ["attack=badnet_stripes,multi_target"])
+    ids = [run.id for run in expand(experiment)]
+    assert ids == [f"pretrain[attack={a}]@seed{s}" for s in experiment.seeds for a in ("badnet_stripes", "multi_target")] \
+        or sorted(ids) == sorted(f"pretrain[attack={a}]@seed{s}" for s in experiment.seeds
+                                 for a in ("badnet_stripes", "multi_target"))
+    with pytest.raises(ValueError, match="no value"):
+        restrict_axes(experiment, ["attack=clean"])
+    with pytest.raises(ValueError, match="no axis"):
+        restrict_axes(experiment, ["victim=clean"])

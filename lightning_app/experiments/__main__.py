@@ -1,6 +1,7 @@
 """Run a study from its experiment file, from the repository root:
 
     python -m lightning_app.experiments run experiments/defenses.yaml [--dry-run] [--only STAGE...]
+        [--seeds N...] [--where AXIS=VALUE[,VALUE...]...]   (the tables then cover those runs; `report` covers all)
     python -m lightning_app.experiments report experiments/defenses.yaml     # views only, no training
 
 `run` trains what is not finished (one run at a time, each in its own process), reuses finished runs,
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from lightning_app.experiments.results import collect
 from lightning_app.experiments.runner import plan, run_experiment
-from lightning_app.experiments.spec import expand, load_experiment
+from lightning_app.experiments.spec import expand, load_experiment, restrict_axes
 from lightning_app.experiments.views import write_views
 
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("experiment", help="the experiment file (experiments/NAME.yaml)")
     parser.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (and what they need)")
+    parser.add_argument("--where", nargs="+", default=[], metavar="AXIS=VALUES",
+                        help="only these values of an axis (comma-separated), e.g. --where attack=badnet,blended")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of the experiment's seeds")
     parser.add_argument("--update-docs", action="store_true",
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise ValueError(f"--seeds {unknown}: the experiment's seeds are {experiment.seeds}")
             experiment.seeds = args.seeds
+        restrict_axes(experiment, args.where)
         if args.dry_run:
             print(plan(experiment, args.only))
             return 0

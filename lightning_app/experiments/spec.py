@@ -278,6 +278,22 @@ def _consistent(runs: tuple[StageRun, ...]) -> dict[str, str] | None:
     return merged
 
 
+def restrict_axes(experiment: Experiment, choices: list[str]) -> None:
+    """Keep only some values of some axes: each choice is `AXIS=VALUE[,VALUE…]` (the `--where` option)."""
+    for choice in choices:
+        name, sep, listed = choice.partition("=")
+        if not sep or not listed:
+            raise ValueError(f"--where {choice!r}: write AXIS=VALUE[,VALUE...]")
+        if name not in experiment.axes:
+            raise ValueError(f"--where {choice!r}: no axis {name!r}; the experiment's axes are {sorted(experiment.axes)}")
+        axis = experiment.axes[name]
+        wanted = listed.split(",")
+        unknown = [v for v in wanted if v not in axis.values]
+        if unknown:
+            raise ValueError(f"--where {choice!r}: axis {name!r} has no value {unknown}; its values are {list(axis.values)}")
+        axis.values = {v: axis.values[v] for v in axis.values if v in wanted}
+
+
 def expand(experiment: Experiment) -> list[StageRun]:
     """Every run of the experiment: stages × their axes' values × seeds, dependencies first."""
     runs: list[StageRun] = []
