@@ -3,11 +3,13 @@
 from modules.abd import ABD, CraftAdversarialPatch
 from modules.badclip import BadCLIPWeights, OptimizeBadCLIPPatch
 from modules.base import CLIPModule, OptimizerConfig
+from modules.decree import InvertTrigger
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
 from modules.roclip import RoCLIP
 from modules.ubt import SuspiciousPairDiscovery
 from modules.ubt_unlearn import TokenUnlearning
 
-__all__ = ["ABD", "BadCLIPWeights", "OptimizeBadCLIPPatch", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "ModelConfig",
+__all__ = ["ABD", "BadCLIPWeights", "OptimizeBadCLIPPatch", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "InvertTrigger",
+           "ModelConfig",
            "OptimizerConfig", "RoCLIP", "SuspiciousPairDiscovery", "TokenUnlearning"]

@@ -455,6 +455,60 @@ class OptimizedPatch(Trigger):
         self._pixels = load_png(directory / "pattern.png")
 
 
+class MaskedPattern(Trigger):
+    """(1 - mask)·image + mask·pattern with a per-pixel mask (1, H, W) and pattern (3, H, W) in [0, 1] at
+    the model's resolution: a trigger recovered by inversion (`modules.InvertTrigger`, DECREE). Built by
+    `from_tensors` or loaded from a `trigger/` directory (`mask.png`, `pattern.png`, 8-bit, lossless)."""
+
+    name = "masked"
+
+    def __init__(self, seed: int = 0):
+        """
+        Args:
+            seed: Unused; kept so every trigger records one.
+        """
+        self.seed = seed
+        self._mask: Optional[torch.Tensor] = None
+        self._pattern: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_tensors(cls, mask: torch.Tensor, pattern: torch.Tensor) -> "MaskedPattern":
+        """Quantised to the 8-bit grid, so that the saved trigger is the one this object applies."""
+        if mask.dim() != 3 or mask.shape[0] != 1 or pattern.shape != (3, *mask.shape[1:]):
+            raise ValueError(f"MaskedPattern needs a (1, H, W) mask and a (3, H, W) pattern, got "
+                             f"{tuple(mask.shape)} and {tuple(pattern.shape)}")
+        trigger = cls()
+        trigger._mask = (mask.detach().float().clamp(0, 1) * 255).round() / 255
+        trigger._pattern = (pattern.detach().float().clamp(0, 1) * 255).round() / 255
+        return trigger
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._mask is None or self._pattern is None:
+            raise ValueError("MaskedPattern has no mask: load it from a trigger/ directory (load_trigger) or "
+                             "build it with MaskedPattern.from_tensors")
+        return self._mask, self._pattern
+
+    def check_fits(self, image_size: int) -> None:
+        size = self.tensors()[0].shape[-1]
+        if size != image_size:
+            raise ValueError(f"a {size}px recovered mask does not fit the model's {image_size}px input")
+
+    def apply(self, image: torch.Tensor, key: str) -> torch.Tensor:
+        mask, pattern = self.tensors()
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"MaskedPattern of {tuple(mask.shape[-2:])} applied to an image of {tuple(image.shape[-2:])}")
+        return (1 - mask.to(image.dtype)) * image + mask.to(image.dtype) * pattern.to(image.dtype)
+
+    def _save_patterns(self, directory: Path, image_size: int) -> None:
+        mask, pattern = self.tensors()
+        save_png(mask.expand(3, -1, -1), directory / "mask.png")
+        save_png(pattern, directory / "pattern.png")
+
+    def _load_patterns(self, directory: Path) -> None:
+        self._mask = load_png(directory / "mask.png")[:1]
+        self._pattern = load_png(directory / "pattern.png")
+
+
 class MultiTrigger(Trigger):
     """Several triggers in one attack (Huang et al.'s multi-trigger configs): each poisoned key gets one
     of `triggers`, chosen by (seed, key), and its caption names that trigger's target: `targets` gives
@@ -515,7 +569,7 @@ class MultiTrigger(Trigger):
 
 
 TRIGGERS: dict[str, type[Trigger]] = {
-    cls.name: cls for cls in (BadNet, Blended, BlendedPattern, SIG, WaNet, OptimizedPatch)
+    cls.name: cls for cls in (BadNet, Blended, BlendedPattern, SIG, WaNet, OptimizedPatch, MaskedPattern)
 }
 
 

@@ -1,7 +1,7 @@
 """Results as data first: one long-form row per finished run, and the seeds' intervals over them.
 
 A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the incoming model's CA/ASR
-(`before_*`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
+(`before_*`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
 detection metrics where the run has them, and its run directory. `RUNS/results.jsonl` holds every
 finished run of the experiment.
 """
@@ -38,6 +38,8 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
     for name, value in (summary.get("metrics") or {}).items():  # a multi-trigger attack's per-trigger ASR
         if name.startswith("val/asr_"):
             row[name.removeprefix("val/")] = value
+    for name, value in (summary.get("inversion") or {}).items():  # a trigger inversion's detector figures
+        row[f"inversion_{name}"] = value
     for score, metrics in (summary.get("detection") or {}).items():
         for metric, value in metrics.items():
             if metric != "num_poisoned" and metric != "num_pairs":

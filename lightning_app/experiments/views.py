@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5", "asr": "ASR", "before_ca_top1": "CA before",
                 "before_asr": "ASR before", "steps": "steps", "wall_time_s": "wall time (s)", "cost_s": "cost (s)",
-                "poison_count": "poisoned pairs"}
+                "poison_count": "poisoned pairs", "inversion_mask_fraction": "inverted mask (fraction of image)",
+                "inversion_mask_l1": "inverted mask L1 (px)"}
 WHOLE_NUMBERS = {"steps", "wall_time_s", "cost_s", "poison_count"}
 
 
