@@ -6,10 +6,12 @@ from modules.base import CLIPModule, OptimizerConfig
 from modules.decree import InvertTrigger
 from modules.model_loading import ModelConfig
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
+from modules.repair import TriggerRepair
 from modules.roclip import RoCLIP
 from modules.ubt import SuspiciousPairDiscovery
 from modules.ubt_unlearn import TokenUnlearning
 
 __all__ = ["ABD", "BadCLIPWeights", "OptimizeBadCLIPPatch", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "InvertTrigger",
            "ModelConfig",
-           "OptimizerConfig", "RoCLIP", "SuspiciousPairDiscovery", "TokenUnlearning"]
+           "OptimizerConfig", "RoCLIP", "SuspiciousPairDiscovery", "TokenUnlearning",
+           "TriggerRepair"]

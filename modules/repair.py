@@ -1,0 +1,98 @@
+"""Targeted repair with a recovered trigger: fine-tune on clean pairs of which a share of the images carry
+the trigger a finder recovered (DECREE's inversion, `modules.InvertTrigger`), each kept with its own true
+caption, so the shortcut from the trigger to the target is what the loss unlearns.
+
+    python main.py fit --config configs/embedded/repair.yaml
+
+Loss: λ_clip·L_CLIP(stamped batch, true captions) + λ_consistency·mean(1 − cos(f(x ⊕ t), sg[f(x)])) over
+the stamped rows, the second term pulling a stamped image's embedding back to its clean one's (stop
+gradient on the clean side). Which rows are stamped is a function of (seed, key), like poisoning. The
+ASR reported is the attack's (`data.trigger_dir`), not the recovered trigger's: the repair is judged by
+the trigger the attacker used, which it never sees.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from datamodules.poison import Trigger, load_trigger
+from datamodules.poison.selection import poison_score
+from datamodules.transforms import denormalise, normalise_pixels
+from modules.base import CLIPModule, OptimizerConfig
+from modules.model_loading import ModelConfig
+
+
+def stamp_rows(keys: list[str], fraction: float, seed: int) -> list[int]:
+    """The rows of a batch whose key is stamped: those whose (seed, key) score is below `fraction`."""
+    return [i for i, key in enumerate(keys) if poison_score(f"repair/{key}", seed) < fraction]
+
+
+def stamp(images: torch.Tensor, keys: list[str], trigger: Trigger, mean, std) -> torch.Tensor:
+    """Normalised images with `trigger` applied in pixel space (per key), normalised again."""
+    pixels = denormalise(images, mean, std)
+    stamped = torch.stack([trigger.apply(p, key) for p, key in zip(pixels, keys)])
+    return normalise_pixels(stamped, mean, std)
+
+
+class TriggerRepair(CLIPModule):
+    """Fine-tunes a poisoned model on clean pairs, a share of them stamped with a recovered trigger."""
+
+    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
+                 recovered_trigger: str = "", stamp_fraction: float = 0.5, lambda_clip: float = 1.0,
+                 lambda_consistency: float = 1.0, seed: int = 0):
+        """
+        Args:
+            model: The poisoned model to repair.
+            optimizer: AdamW and the warm-up + cosine schedule.
+            recovered_trigger: A `trigger/` directory of a finder (e.g. `RUN/inversion/trigger` of an
+                InvertTrigger run).
+            stamp_fraction: Share of the clean pairs whose image carries the recovered trigger.
+            lambda_clip: Weight of the CLIP loss on the stamped batch with its true captions.
+            lambda_consistency: Weight of pulling stamped embeddings to their clean images' embeddings.
+            seed: Seed of which keys are stamped.
+        """
+        super().__init__(model, optimizer)
+        if not recovered_trigger:
+            raise ValueError("model.recovered_trigger: name the trigger/ directory a finder wrote "
+                             "(e.g. RUN/inversion/trigger of configs/embedded/decree.yaml)")
+        if not 0.0 < stamp_fraction <= 1.0:
+            raise ValueError(f"model.stamp_fraction must be in (0, 1], got {stamp_fraction}")
+        self.trigger: Trigger | None = None
+        """Loaded at setup (before training), so that a config naming a finder's run still to come builds."""
+        self.recovered_trigger = recovered_trigger
+        self.stamp_fraction = stamp_fraction
+        self.lambda_clip = lambda_clip
+        self.lambda_consistency = lambda_consistency
+        self.seed = seed
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.trigger = load_trigger(self.recovered_trigger)
+        self.trigger.check_fits(self.input_spec().image_size)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        assert self.trigger is not None, "setup() loads the recovered trigger"
+        spec = self.input_spec()
+        rows = stamp_rows(batch["key"], self.stamp_fraction, self.seed)
+        images = batch["image"]
+        if rows:
+            images = images.clone()
+            images[rows] = stamp(batch["image"][rows], [batch["key"][i] for i in rows], self.trigger,
+                                 spec.mean, spec.std).to(images.dtype)
+        scale = self.logit_scale()
+        features = self.encode_image(images)
+        clip = self.clip_loss(features, self.encode_text(batch["text"]), scale)
+        consistency = features.new_zeros(())
+        if rows and self.lambda_consistency > 0:
+            with torch.no_grad():
+                clean = self.encode_image(batch["image"][rows])
+            consistency = (1 - (features[rows] * clean).sum(-1)).mean()
+        loss = self.lambda_clip * clip + self.lambda_consistency * consistency
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss_clip", clip)
+        self.log("train/loss_consistency", consistency)
+        self.log("train/stamped", float(len(rows)))
+        return loss
+
+    def summary_extras(self) -> dict:
+        return {"repair": {"recovered_trigger": self.recovered_trigger, "stamp_fraction": self.stamp_fraction}}
