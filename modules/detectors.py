@@ -11,6 +11,12 @@ gathered over ranks; `reference_sample` draws one from the whole set, so the cos
 - `dao`: dimensionality-aware outlier score, the mean over the k nearest neighbours n of
   LID(n) · log(kdist(x) / kdist(n)), with LID the maximum-likelihood local intrinsic dimension.
 
+and SafeCLIP's split (Yang et al., ICML 2024), on image–caption similarity instead of image embeddings:
+
+- `gmm`: a two-component Gaussian mixture over every pair's cosine similarity; the score is the
+  posterior of the lower-mean component (SafeCLIP trains with the CLIP loss only on pairs whose
+  posterior of the higher one exceeds a threshold).
+
 Choices of ours: Euclidean distance between *normalised* image embeddings (the geometry the model's
 similarities use; Huang et al. use the raw features), image embeddings only (their default
 modality), k counted from 1 without the sample itself. No decision reads the poison manifest: it
@@ -68,3 +74,25 @@ def reference_rows(n: int, size: int, seed: int = 0) -> torch.Tensor:
     if n <= size:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+def gmm_risk(similarity: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """Posterior of the lower-mean component of a two-component 1-D Gaussian mixture fitted by EM to
+    `similarity` (N,): SafeCLIP's risky-pair probability. (A 1-D, two-component EM is a few lines; it
+    does not warrant scikit-learn as a dependency.) Initialised at the lower and upper quartiles."""
+    x = similarity.double().flatten()
+    if len(x) < 4:
+        raise ValueError(f"a two-component mixture needs at least 4 similarities, got {len(x)}")
+    mean = torch.quantile(x, torch.tensor([0.25, 0.75], dtype=x.dtype))
+    var = x.var().expand(2).clone().clamp_min(1e-8)
+    weight = torch.tensor([0.5, 0.5], dtype=x.dtype)
+    for _ in range(iterations):
+        log_p = -0.5 * ((x[:, None] - mean) ** 2 / var + torch.log(2 * torch.pi * var)) + torch.log(weight)
+        resp = torch.softmax(log_p, dim=1)
+        total = resp.sum(0).clamp_min(1e-12)
+        weight = total / len(x)
+        mean = (resp * x[:, None]).sum(0) / total
+        var = ((resp * (x[:, None] - mean) ** 2).sum(0) / total).clamp_min(1e-8)
+    log_p = -0.5 * ((x[:, None] - mean) ** 2 / var + torch.log(2 * torch.pi * var)) + torch.log(weight)
+    resp = torch.softmax(log_p, dim=1)
+    return resp[:, int(mean.argmin())].float()

@@ -46,11 +46,11 @@ from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
 
 from datamodules.transforms import denormalise
 from modules.base import CLIPModule, OptimizerConfig
-from modules.detectors import DETECTORS, local_density_scores, reference_rows
+from modules.detectors import DETECTORS, gmm_risk, local_density_scores, reference_rows
 from modules.losses import info_nce
 from modules.model_loading import ModelConfig
 
-SCORES = ("before", "after", "rise", "weak", "cluster", *DETECTORS)
+SCORES = ("before", "after", "rise", "weak", "cluster", *DETECTORS, "gmm")
 SUSPICIOUS_PAIRS = "suspicious_pairs.safetensors"
 
 
@@ -170,11 +170,13 @@ def density_scores(embeddings: list[tuple[list[str], torch.Tensor]], k: int = 16
 
 def one_pass_rankings(similarity: dict[str, float], embeddings: list[tuple[list[str], torch.Tensor]], score: str,
                       cluster_seed: int) -> tuple[dict[str, dict[str, float]], Optional[list[str]]]:
-    """The rankings of one scoring pass (`before`, `weak`, `cluster`, and the density detectors
-    `kdist`, `slof`, `dao`, reported only), and the keys that `score` picks its top m from (the cluster
-    seed for `cluster`; None: all)."""
+    """The rankings of one scoring pass (`before`, `weak`, `cluster`, and the detectors `kdist`, `slof`,
+    `dao` and SafeCLIP's `gmm`, reported only), and the keys that `score` picks its top m from (the
+    cluster seed for `cluster`; None: all)."""
+    keys = list(similarity)
+    gmm = dict(zip(keys, gmm_risk(torch.tensor([similarity[k] for k in keys])).tolist()))
     scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()},
-              "cluster": cluster_scores(similarity, embeddings, cluster_seed), **density_scores(embeddings)}
+              "cluster": cluster_scores(similarity, embeddings, cluster_seed), **density_scores(embeddings), "gmm": gmm}
     return scores, weakest_keys(similarity, cluster_seed) if score == "cluster" else None
 
 

@@ -52,3 +52,20 @@ def test_a_reference_sample_keeps_the_ranking_of_the_planted_points():
     assert detection_metrics(dict(zip(keys, scores.tolist())), planted, ks=[8])["precision@8"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="k = 8"):
         local_density_scores(embeddings[:5], k=8)
+
+
+def test_gmm_split_finds_the_low_similarity_mode_of_a_bimodal_set():
+    from modules.detectors import gmm_risk
+
+    generator = torch.Generator().manual_seed(0)
+    clean = 0.30 + 0.03 * torch.randn(900, generator=generator)
+    risky = 0.05 + 0.03 * torch.randn(100, generator=generator)
+    order = torch.randperm(1000, generator=generator)
+    similarity = torch.cat([clean, risky])[order]
+    planted = (order >= 900)
+    risk = gmm_risk(similarity)
+    low = similarity < 0.175  # the midpoint between the modes
+    assert risk[low].min() > 0.9 and risk[~low].max() < 0.1
+    assert risk[planted].mean() > 0.9 and risk[~planted].mean() < 0.05
+    with pytest.raises(ValueError, match="at least 4"):
+        gmm_risk(torch.tensor([0.1, 0.2]))

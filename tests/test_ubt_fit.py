@@ -34,7 +34,7 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
 
     detection, suspicious = detect(tmp_path / "detect")  # the shipped config: one scoring pass
     print({score: round(d["auroc"], 3) for score, d in detection.items()})
-    assert set(detection) == {"before", "weak", "cluster", "kdist", "slof", "dao"}
+    assert set(detection) == {"before", "weak", "cluster", "kdist", "slof", "dao", "gmm"}
     assert abs(detection["weak"]["num_poisoned"] - RATE * 3000) < 30  # the rate is met per key hash, not exactly
     assert detection["weak"]["auroc"] >= 0.75  # measured 0.82 (a clean-model ranking is at 0.5)
     assert detection["weak"][f"precision@{M}"] >= 2 * RATE
