@@ -298,12 +298,12 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
 def test_where_keeps_only_the_named_values_of_an_axis():
     from lightning_app.experiments.spec import restrict_axes
 
-    experiment = load_experiment("experiments/attacks.yaml")
+    experiment = load_experiment("experiments/structured_attacks.yaml")
     restrict_axes(experiment, ["attack=badnet_stripes,multi_target"])
     ids = [run.id for run in expand(experiment)]
     assert sorted(ids) == sorted(f"pretrain[attack={a}]@seed{s}" for s in experiment.seeds
                                  for a in ("badnet_stripes", "multi_target"))
     with pytest.raises(ValueError, match="no value"):
-        restrict_axes(experiment, ["attack=clean"])
+        restrict_axes(experiment, ["attack=blended_text"])
     with pytest.raises(ValueError, match="no axis"):
         restrict_axes(experiment, ["victim=clean"])
