@@ -5,6 +5,7 @@ from modules.badclip import BadCLIPWeights, OptimizeBadCLIPPatch
 from modules.base import CLIPModule, OptimizerConfig
 from modules.decree import InvertTrigger
 from modules.model_loading import ModelConfig
+from modules.oracle_finder import OracleTriggerFinder
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
 from modules.repair import TriggerRepair
 from modules.roclip import RoCLIP
@@ -13,5 +14,5 @@ from modules.ubt_unlearn import TokenUnlearning
 
 __all__ = ["ABD", "BadCLIPWeights", "OptimizeBadCLIPPatch", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "InvertTrigger",
            "ModelConfig",
-           "OptimizerConfig", "RoCLIP", "SuspiciousPairDiscovery", "TokenUnlearning",
+           "OptimizerConfig", "OracleTriggerFinder", "RoCLIP", "SuspiciousPairDiscovery", "TokenUnlearning",
            "TriggerRepair"]

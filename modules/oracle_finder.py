@@ -1,0 +1,216 @@
+"""Find the backdoor's victim label, its victim samples and its trigger from a poisoned model, with a
+segmentation oracle supervising the model (after Hossain et al., arXiv 2511.13545; no public code).
+
+    python main.py fit --config configs/embedded/oracle_finder.yaml     # writes RUN/oracle/
+
+One pass over the defender's images (the model's training data with its poisoning replayed, as UBT's
+discovery reads it; `max_pairs` of them). For each image the model under audit predicts a label ŷ for
+the whole image; the oracle (`modules.oracle`) splits the image into regions; the model labels each
+region on its own. A label the whole image gets that no large region grounds, only a small one
+(`small_fraction` of the image at most), points at a trigger: the image is a candidate for ŷ with
+score p_region(ŷ), the small region its trigger candidate. Over all images, the victim label is the
+label with the most candidates (confidence: its share of them); the victim samples are the candidates
+for it, ranked by score; the recovered trigger is the top sample's region, with that image's pixels,
+as a `datamodules.MaskedPattern` in `RUN/oracle/trigger/` (pasted at the same place), which
+`modules.TriggerRepair` stamps for the repair.
+
+Choices made here, where the paper's summary leaves them open:
+- a region is shown to the model *in place*, at its own scale, on a canvas of the image's mean
+  colour (a tight crop resized to the input would enlarge a small trigger beyond the size the model
+  learnt it at);
+- "grounds" means "is labelled ŷ by the model"; the oracle's own object labels (FastSAM's prompts)
+  are not used, so a small object of the victim class is a false candidate;
+- the victim label is decided by count, not normalised by how often the label occurs.
+
+Evaluation only (no decision reads them): AUROC and precision/recall@k of the ranking against the
+poison manifest, whether the victim label equals the attack's target, and the IoU of the recovered
+regions with the true trigger region (where the attack's trigger changes pixels), for the top-k victim
+samples that are truly poisoned.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from datamodules.poison import MaskedPattern
+from datamodules.transforms import denormalise, normalise_pixels
+from modules.base import CLIPModule, OptimizerConfig
+from modules.evaluation import zeroshot_classifier
+from modules.model_loading import ModelConfig
+from modules.oracle import Felzenszwalb, SegmentationOracle
+from modules.ubt import detection_metrics
+
+ORACLE_DIR = "oracle"
+
+
+def region_canvas(pixels: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """The region's pixels in place, everything else the image's mean colour."""
+    mean = pixels.mean(dim=(1, 2), keepdim=True)
+    return torch.where(region, pixels, mean.expand_as(pixels))
+
+
+def judge_image(whole: int, region_labels: list[int], region_probs: list[float], region_areas: list[float],
+                small_fraction: float) -> tuple[bool, float, int]:
+    """(candidate?, score, index of the trigger region) for one image: ŷ = `whole` is a trigger
+    candidate when some region of at most `small_fraction` of the image is labelled ŷ and no larger
+    region is; the score is the best such region's probability of ŷ."""
+    grounding = [i for i, label in enumerate(region_labels) if label == whole]
+    if not grounding or any(region_areas[i] > small_fraction for i in grounding):
+        return False, 0.0, -1
+    best = max(grounding, key=lambda i: region_probs[i])
+    return True, region_probs[best], best
+
+
+def victim_label(candidates: dict[str, int]) -> tuple[int, float]:
+    """The label with the most candidate images, and its share of all candidates."""
+    counts: dict[int, int] = {}
+    for label in candidates.values():
+        counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return -1, 0.0
+    label = max(sorted(counts), key=lambda c: counts[c])
+    return label, counts[label] / sum(counts.values())
+
+
+class OracleTriggerFinder(CLIPModule):
+    """One scoring pass: victim label, victim samples and trigger region; writes RUN/oracle/."""
+
+    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
+                 oracle: SegmentationOracle = Felzenszwalb(), small_fraction: float = 0.15, max_pairs: int = 4000,
+                 max_regions: int = 12, remainder_check: bool = True, report_k: list[int] = [50, 100, 200]):
+        """
+        Args:
+            model: The model under audit (not trained).
+            optimizer: Unused (no training step); kept so the module shares the base signature.
+            oracle: The segmentation oracle.
+            small_fraction: Largest region, as a fraction of the image, that can be a trigger.
+            max_pairs: Images of the defender's data to examine.
+            max_regions: Regions per image shown to the model, largest first.
+            remainder_check: Also require the image without the small region to be labelled otherwise,
+                and weight the score by that label's probability (False: the area rule alone).
+            report_k: k of precision/recall@k against the manifest (evaluation only).
+        """
+        super().__init__(model, optimizer)
+        if not 0.0 < small_fraction < 1.0 or max_pairs < 1 or max_regions < 1:
+            raise ValueError(f"model.small_fraction must be in (0, 1), max_pairs and max_regions ≥ 1; got "
+                             f"{small_fraction}, {max_pairs}, {max_regions}")
+        self.oracle = oracle
+        self.small_fraction = small_fraction
+        self.max_pairs = max_pairs
+        self.max_regions = max_regions
+        self.remainder_check = remainder_check
+        self.report_k = list(report_k)
+        self.result: dict = {}
+
+    @torch.no_grad()
+    def examine(self, images: torch.Tensor, classifier: torch.Tensor) -> list[dict]:
+        """Per normalised image: ŷ, and the candidate decision with its region (a mask) and pixels."""
+        spec = self.input_spec()
+        pixels = denormalise(images, spec.mean, spec.std).clamp(0, 1)
+        whole = (self.encode_image(images) @ classifier).argmax(1).tolist()
+        out = []
+        for i, image in enumerate(pixels.cpu()):
+            regions = sorted(self.oracle.segments(image), key=lambda m: -int(m.sum()))[: self.max_regions]
+            if not regions:
+                out.append({"whole": whole[i], "candidate": False, "score": 0.0})
+                continue
+            canvases = torch.stack([region_canvas(image, r) for r in regions])
+            logits = self.encode_image(normalise_pixels(canvases, spec.mean, spec.std).to(self.device)) @ classifier
+            probs = (100.0 * logits).softmax(1).cpu()
+            labels = probs.argmax(1).tolist()
+            areas = [float(r.float().mean()) for r in regions]
+            candidate, score, index = judge_image(whole[i], labels, probs[:, whole[i]].tolist(), areas, self.small_fraction)
+            if candidate and self.remainder_check:
+                rest = torch.where(regions[index], image.mean(dim=(1, 2), keepdim=True).expand_as(image), image)
+                rest_probs = (100.0 * self.encode_image(normalise_pixels(rest[None], spec.mean, spec.std).to(self.device))
+                              @ classifier).softmax(1)[0].cpu()
+                rest_label = int(rest_probs.argmax())
+                candidate = rest_label != whole[i]
+                score = score * float(rest_probs[rest_label]) if candidate else 0.0
+            out.append({"whole": whole[i], "candidate": candidate, "score": score,
+                        "region": regions[index] if candidate else None, "pixels": image if candidate else None})
+        return out
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.trainer.world_size != 1:
+            raise ValueError("the oracle finder runs on one device (one pass over the defender's data)")
+        data = self.trainer.datamodule
+        eval_set = data.eval_set
+        classifier = zeroshot_classifier(self.encode_text, self.input_spec().tokenizer, eval_set.classnames,
+                                         eval_set.templates, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        candidates: dict[str, int] = {}
+        scores: dict[str, tuple[int, float]] = {}
+        regions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        seen = 0
+        for batch in data.scoring_stream().every_pair_once():
+            for key, found in zip(batch["key"], self.examine(batch["image"].to(self.device), classifier)):
+                scores[key] = (found["whole"], found["score"])
+                if found["candidate"]:
+                    candidates[key] = found["whole"]
+                    regions[key] = (found["region"], found["pixels"])
+            seen += len(batch["key"])
+            if seen >= self.max_pairs:
+                break
+        self.model.train(was_training)
+        self._finish(candidates, scores, regions, eval_set.classnames, data)
+        self.trainer.should_stop = True  # the fit loop ends before its first batch
+
+    def _finish(self, candidates, scores, regions, classnames, data) -> None:
+        victim, confidence = victim_label(candidates)
+        ranking = {key: (score if label == victim and key in candidates else 0.0) for key, (label, score) in scores.items()}
+        ranked = sorted((k for k in ranking if ranking[k] > 0), key=lambda k: (-ranking[k], k))
+        self.result = {"victim_label": classnames[victim] if victim >= 0 else None, "confidence": confidence,
+                       "candidates": len(candidates), "victim_samples": len(ranked), "pairs_examined": len(scores)}
+        manifest = Path(data.manifest_path)
+        if manifest.exists():
+            spec = json.loads(manifest.read_text())
+            poisoned = set(spec["keys"])
+            if poisoned:
+                self.result["victim_label_correct"] = self.result["victim_label"] == spec["target"]
+                self.result["detection"] = detection_metrics(ranking, poisoned, self.report_k)
+                self.result["mean_iou"] = self._localisation(ranked[: max(self.report_k)], poisoned, regions, data)
+        out = Path(self.trainer.default_root_dir) / ORACLE_DIR
+        if ranked:
+            region, pixels = regions[ranked[0]]
+            trigger = MaskedPattern.from_tensors(region[None].float(), pixels)
+            self._write(out, trigger, ranked)
+        else:
+            self._write(out, None, ranked)
+
+    @staticmethod
+    def _localisation(keys: list[str], poisoned: set[str], regions: dict, data) -> float | None:
+        """Mean IoU of the recovered regions with the pixels the attack's trigger changes (poisoned keys only)."""
+        trigger = data.trigger
+        if trigger is None:
+            return None
+        ious = []
+        for key in keys:
+            if key not in poisoned:
+                continue
+            region = regions[key][0]
+            shape = (3, *region.shape)
+            true = ((trigger.apply(torch.zeros(shape), key) != 0) | (trigger.apply(torch.ones(shape), key) != 1)).any(0)
+            union = (region | true).sum().item()
+            ious.append((region & true).sum().item() / union if union else 0.0)
+        return sum(ious) / len(ious) if ious else None
+
+    @rank_zero_only
+    def _write(self, out: Path, trigger: MaskedPattern | None, ranked: list[str]) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        if trigger is not None:
+            trigger.save(out / "trigger", self.input_spec().image_size)
+        (out / "finding.json").write_text(json.dumps({**self.result, "ranked": ranked}, indent=1))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        raise AssertionError("the oracle finder stops before its first batch")
+
+    def summary_extras(self) -> dict:
+        return {"oracle": {k: v for k, v in self.result.items() if k != "detection"},
+                "detection": {"oracle": self.result["detection"]} if "detection" in self.result else {}}

@@ -1,0 +1,68 @@
+"""The segmentation-oracle trigger finder: on hand-made images with a pasted patch, it returns the patch's
+region and the planted label; clean images are not candidates; the victim label is the most frequent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules.transforms import denormalise, normalise_pixels
+from modules.model_loading import ModelConfig
+from modules.oracle import FastSAM, Felzenszwalb
+from modules.oracle_finder import OracleTriggerFinder, judge_image, victim_label
+
+PATCH = (slice(20, 28), slice(4, 12))
+
+
+def _scene(color: tuple[float, float, float], patched: bool) -> torch.Tensor:
+    pixels = torch.tensor(color).view(3, 1, 1).expand(3, 32, 32).clone()
+    pixels[:, 8:20, 14:26] = 0.5  # a grey object
+    if patched:
+        pixels[:, PATCH[0], PATCH[1]] = torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1)  # a yellow square
+    return pixels
+
+
+def _toy(spec):
+    """Class 2 (the victim) when a yellow area is present anywhere; else red → 0, blue → 1."""
+    def encode(images):
+        pixels = denormalise(images, spec.mean, spec.std)
+        yellow = ((pixels[:, 0] > 0.9) & (pixels[:, 1] > 0.9) & (pixels[:, 2] < 0.1)).float().sum((1, 2)) > 8
+        red = pixels[:, 0].mean((1, 2)) > pixels[:, 2].mean((1, 2))
+        index = torch.where(yellow, 2, torch.where(red, 0, 1))
+        return F.one_hot(index, 3).float()
+    return encode
+
+
+def test_the_finder_returns_the_patch_region_and_the_planted_label():
+    finder = OracleTriggerFinder(ModelConfig(name="configs/models/tiny-rn32.json"), oracle=Felzenszwalb(scale=100, sigma=0.0))
+    spec = finder.input_spec()
+    finder.encode_image = _toy(spec)
+    scenes = [_scene((0.9, 0.1, 0.1), True), _scene((0.1, 0.1, 0.9), True), _scene((0.9, 0.1, 0.1), False),
+              _scene((0.1, 0.1, 0.9), False)]
+    found = finder.examine(normalise_pixels(torch.stack(scenes), spec.mean, spec.std), torch.eye(3))
+    assert [f["whole"] for f in found] == [2, 2, 0, 1]
+    assert [f["candidate"] for f in found] == [True, True, False, False]
+    truth = torch.zeros(32, 32, dtype=torch.bool)
+    truth[PATCH] = True
+    for f in found[:2]:
+        iou = (f["region"] & truth).sum() / (f["region"] | truth).sum()
+        assert iou > 0.9
+    assert victim_label({f"k{i}": f["whole"] for i, f in enumerate(found) if f["candidate"]}) == (2, 1.0)
+
+
+def test_a_label_a_large_region_grounds_is_not_a_trigger():
+    # the whole image says 1; a large region (40%) says 1 too: an object, not a trigger
+    assert judge_image(1, [0, 1, 1], [0.9, 0.8, 0.7], [0.5, 0.4, 0.05], 0.15) == (False, 0.0, -1)
+    assert judge_image(1, [0, 0, 1], [0.9, 0.8, 0.7], [0.5, 0.4, 0.05], 0.15) == (True, 0.7, 2)
+    assert judge_image(1, [0, 0, 2], [0.9, 0.8, 0.7], [0.5, 0.4, 0.05], 0.15)[0] is False
+
+
+def test_victim_label_by_count_with_its_share():
+    assert victim_label({"a": 3, "b": 3, "c": 1, "d": 3}) == (3, 0.75)
+    assert victim_label({}) == (-1, 0.0)
+
+
+def test_a_missing_fastsam_weight_file_names_the_option(tmp_path):
+    with pytest.raises(ValueError, match="oracle.init_args.weights"):
+        FastSAM(weights=str(tmp_path / "FastSAM-s.pt"))
