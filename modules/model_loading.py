@@ -36,8 +36,18 @@ class ModelConfig:
     batchnorm_momentum: Optional[float] = None
     """Override the momentum of BatchNorm running statistics (ResNet towers). A tiny model trained for a
     few thousand steps at a high learning rate changes faster than the default 0.1 tracks."""
+    shrink: Optional[float] = None
+    """Shrink and perturb the starting weights (Ash & Adams; a defense in Verma et al.): every parameter
+    θ ← shrink·θ + perturb·θ_random, θ_random a fresh initialisation of the same model (seed
+    `perturb_seed`); buffers (BatchNorm statistics) are kept. None: off; Verma et al.: 0.95."""
+    perturb: float = 1e-4
+    """Weight of the fresh initialisation added when `shrink` is set (Verma et al.: 1e-4)."""
+    perturb_seed: int = 0
+    """Seed of the fresh initialisation."""
 
     def __post_init__(self) -> None:
+        if self.shrink is not None and not 0.0 < self.shrink <= 1.0:
+            raise ValueError(f"model.shrink must be in (0, 1], got {self.shrink}")
         # jsonargparse hands `--model.init_args.model.pretrained null` on the command line over as a string.
         if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
             self.pretrained = None
@@ -96,6 +106,22 @@ def _strip_prefix(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return data
 
 
+def _random_twin(name: str, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of the same architecture, drawn from `seed` (the global RNG is kept)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return open_clip.create_model(name, pretrained=None)
+
+
+@torch.no_grad()
+def shrink_and_perturb(model: torch.nn.Module, random: torch.nn.Module, shrink: float, perturb: float) -> None:
+    """θ ← shrink·θ + perturb·θ_random for every parameter (the two models' parameters by name)."""
+    fresh = dict(random.named_parameters())
+    for name, param in model.named_parameters():
+        if name in fresh:  # (a SigLIP model's logit_bias has no twin: kept)
+            param.mul_(shrink).add_(fresh[name].to(param.dtype), alpha=perturb)
+
+
 def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
     name = _open_clip_name(config.name)
     pretrained = config.pretrained
@@ -120,6 +146,8 @@ def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
                 f"model.pretrained: {pretrained} does not match {config.name}: "
                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
+    if config.shrink is not None:
+        shrink_and_perturb(model, _random_twin(name, config.perturb_seed), config.shrink, config.perturb)
     if config.batchnorm_momentum is not None:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

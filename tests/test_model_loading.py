@@ -52,3 +52,31 @@ def test_input_spec_follows_the_model_config():
     _, spec = build_model(ModelConfig(TINY))
     assert spec.image_size == 32
     assert spec.tokenizer(["a red star"]).shape == (1, 16)
+
+
+def test_shrink_and_perturb_is_the_weighted_sum_of_the_weights_and_a_fresh_initialisation(tmp_path):
+    import torch
+
+    from modules.model_loading import ModelConfig, _random_twin, build_model
+
+    plain, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json"))
+    path = tmp_path / "w.pt"
+    torch.save(plain.state_dict(), path)
+    shrunk, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json", pretrained=str(path), shrink=0.95,
+                                        perturb=1e-4, perturb_seed=3))
+    fresh = dict(_random_twin("tiny-rn32", 3).named_parameters())
+    for name, param in shrunk.named_parameters():
+        expected = 0.95 * dict(plain.named_parameters())[name] + 1e-4 * fresh[name]
+        assert torch.allclose(param, expected, atol=1e-7), name
+    buffers = dict(plain.named_buffers())
+    for name, buffer in shrunk.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name  # BatchNorm statistics untouched
+
+
+def test_shrink_out_of_range_fails_naming_the_option():
+    import pytest
+
+    from modules.model_loading import ModelConfig
+
+    with pytest.raises(ValueError, match="model.shrink"):
+        ModelConfig(shrink=1.5)
