@@ -27,8 +27,13 @@ def _poisoned_captions(data) -> str | None:
     return "kept" if poison.label_consistent else poison.captions
 
 
+THROUGHPUT_WARMUP_BATCHES = 5
+
+
 class RunSummary(Callback):
-    """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, skipped data.
+    """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, skipped data,
+    training throughput of this process's fit (`train_samples_per_s`, all ranks, after the first
+    few batches) and, on CUDA, the peak GPU memory of rank zero.
 
     The wall time is that of the whole run: a resumed run adds the time spent before its checkpoint.
     """
@@ -36,6 +41,10 @@ class RunSummary(Callback):
     def __init__(self) -> None:
         self._fit_start = time.perf_counter()
         self._earlier_wall_time = 0.0
+        self._batches = 0
+        self._samples = 0
+        self._train_seconds = 0.0
+        self._previous: float | None = None
 
     def wall_time(self) -> float:
         return self._earlier_wall_time + time.perf_counter() - self._fit_start
@@ -48,6 +57,22 @@ class RunSummary(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self._fit_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._previous = None  # the time between epochs (validation, checkpoints) is not training
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        self._batches += 1
+        if self._batches > THROUGHPUT_WARMUP_BATCHES and self._previous is not None:
+            self._train_seconds += now - self._previous
+            self._samples += len(batch["image"]) * trainer.world_size
+        self._previous = now
+
+    def throughput(self) -> float | None:
+        """Training samples per second over every rank, batch end to batch end after the warm-up batches,
+        epochs' boundaries excluded (None: too few batches)."""
+        return self._samples / self._train_seconds if self._samples and self._train_seconds > 0 else None
 
     def on_train_epoch_end(self, trainer, pl_module):
         health = getattr(trainer.datamodule, "data_health", lambda: {})()
@@ -74,6 +99,8 @@ class RunSummary(Callback):
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
             "wall_time_s": round(self.wall_time(), 2),
+            "train_samples_per_s": self.throughput(),
+            "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "data_health": getattr(data, "data_health", lambda: {})(),
             "eval_skipped_images": metrics.get("val/skipped_images"),
             "metrics": metrics,
