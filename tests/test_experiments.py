@@ -307,3 +307,16 @@ def test_where_keeps_only_the_named_values_of_an_axis():
         restrict_axes(experiment, ["attack=blended_text"])
     with pytest.raises(ValueError, match="no axis"):
         restrict_axes(experiment, ["victim=clean"])
+
+
+def test_a_table_by_axis_alone_renders_without_comparisons(tmp_path):
+    from lightning_app.experiments.views import comparisons, render_table
+
+    experiment = load_experiment("experiments/structured_attacks.yaml")
+    table = experiment.tables[0]
+    assert "stage" not in table.rows and not table.compare
+    rows = [{"stage": "pretrain", "attack": "multi_target", "seed": 0, "asr": 0.9, "ca_top1": 0.99,
+             "asr_0_badnet": 0.8, "trigger": "multi (badnet, blended, sig) → triangle, star, heart"}]
+    assert comparisons(experiment, table, rows) == []
+    line = render_table(experiment, table, rows).splitlines()[2]
+    assert line.startswith("| multi_target | 1 | multi (badnet, blended, sig)") and "0.800" in line

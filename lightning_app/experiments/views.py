@@ -96,6 +96,8 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
     """For each declared pair of stages and each row of A, the row of B with the same other keys: on each
     `compare_on` field, whether the seeds' 95% t-intervals separate them (and which way) or not. With
     fewer than 3 seeds on either side there is no interval to speak of, and no ordering is claimed."""
+    if not table.compare:
+        return []
     groups = group_rows(experiment, table, rows)
     at = table.rows.index("stage")
     lines = []
