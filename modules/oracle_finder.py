@@ -21,6 +21,11 @@ Choices made here, where the paper's summary leaves them open:
 - "grounds" means "is labelled ŷ by the model"; the oracle's own object labels (FastSAM's prompts)
   are not used, so a small object of the victim class is a false candidate;
 - the victim label is decided by count, not normalised by how often the label occurs.
+- with `remainder_check` (default) a candidate must also lose ŷ when its small region is painted
+  out (the rest of the image, its object, is labelled otherwise), and its score is
+  p_region(ŷ)·p_rest(label of the rest): a clean image of the victim class whose object is small keeps
+  only background when the object is removed, which the model labels with little confidence, so it
+  scores low; `remainder_check: false` measures the area rule alone.
 
 Evaluation only (no decision reads them): AUROC and precision/recall@k of the ranking against the
 poison manifest, whether the victim label equals the attack's target, and the IoU of the recovered
