@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import AutoAugment, CenterCrop, Compose, InterpolationMode, Normalize, PILToTensor, Resize
 
-from datamodules.poison import Poisoner
+from datamodules.poison import Poisoner, Trigger
 from datamodules.text_augment import eda
 
 
@@ -126,3 +126,9 @@ def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
     return images * std + mean
+
+
+def apply_trigger(trigger: Trigger, images: torch.Tensor, keys: Sequence[str], mean, std) -> torch.Tensor:
+    """`trigger` on normalised model inputs (N, 3, H, W): applied in pixel space per key, normalised again."""
+    pixels = denormalise(images, mean, std)
+    return normalise_pixels(torch.stack([trigger.apply(p, key) for p, key in zip(pixels, keys)]), mean, std)

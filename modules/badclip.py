@@ -36,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.poison.selection import names_target, poison_score
 from datamodules.poison.triggers import save_png
-from datamodules.transforms import denormalise, normalise_pixels
+from datamodules.transforms import apply_trigger
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 from modules.adversarial import PatchOptimisation, paste_patch, random_positions
 from modules.base import CLIPModule, OptimizerConfig, eval_mode
@@ -212,7 +212,6 @@ def target_closeness(model: torch.nn.Module, spec, eval_dir: str, target: str, t
     targets = torch.stack([it["image"] for it in items if it["label"] == index])
     text = F.normalize(model.encode_text(spec.tokenizer([f"a photo of a {target}."])), dim=-1)[0]
     target_images = F.normalize(model.encode_image(targets), dim=-1).mean(0)
-    pixels = denormalise(images, spec.mean, spec.std)
-    patched = torch.stack([trigger.apply(p, str(i)) for i, p in enumerate(pixels)])
-    feats = F.normalize(model.encode_image(normalise_pixels(patched, spec.mean, spec.std)), dim=-1)
+    patched = apply_trigger(trigger, images, [str(i) for i in range(len(images))], spec.mean, spec.std)
+    feats = F.normalize(model.encode_image(patched), dim=-1)
     return (feats @ text).mean().item(), (feats @ target_images).mean().item()

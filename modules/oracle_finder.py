@@ -130,7 +130,7 @@ class OracleTriggerFinder(CLIPModule):
             areas = [float(r.float().mean()) for r in regions]
             candidate, score, index = judge_image(whole[i], labels, probs[:, whole[i]].tolist(), areas, self.small_fraction)
             if candidate and self.remainder_check:
-                rest = torch.where(regions[index], image.mean(dim=(1, 2), keepdim=True).expand_as(image), image)
+                rest = region_canvas(image, ~regions[index])
                 rest_probs = (100.0 * self.encode_image(normalise_pixels(rest[None], spec.mean, spec.std).to(self.device))
                               @ classifier).softmax(1)[0].cpu()
                 rest_label = int(rest_probs.argmax())

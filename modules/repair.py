@@ -17,7 +17,7 @@ import torch
 
 from datamodules.poison import Trigger, load_trigger
 from datamodules.poison.selection import poison_score
-from datamodules.transforms import denormalise, normalise_pixels
+from datamodules.transforms import apply_trigger
 from modules.base import CLIPModule, OptimizerConfig
 from modules.model_loading import ModelConfig
 
@@ -25,13 +25,6 @@ from modules.model_loading import ModelConfig
 def stamp_rows(keys: list[str], fraction: float, seed: int) -> list[int]:
     """The rows of a batch whose key is stamped: those whose (seed, key) score is below `fraction`."""
     return [i for i, key in enumerate(keys) if poison_score(f"repair/{key}", seed) < fraction]
-
-
-def stamp(images: torch.Tensor, keys: list[str], trigger: Trigger, mean, std) -> torch.Tensor:
-    """Normalised images with `trigger` applied in pixel space (per key), normalised again."""
-    pixels = denormalise(images, mean, std)
-    stamped = torch.stack([trigger.apply(p, key) for p, key in zip(pixels, keys)])
-    return normalise_pixels(stamped, mean, std)
 
 
 class TriggerRepair(CLIPModule):
@@ -77,8 +70,8 @@ class TriggerRepair(CLIPModule):
         images = batch["image"]
         if rows:
             images = images.clone()
-            images[rows] = stamp(batch["image"][rows], [batch["key"][i] for i in rows], self.trigger,
-                                 spec.mean, spec.std).to(images.dtype)
+            images[rows] = apply_trigger(self.trigger, batch["image"][rows], [batch["key"][i] for i in rows],
+                                         spec.mean, spec.std).to(images.dtype)
         scale = self.logit_scale()
         features = self.encode_image(images)
         clip = self.clip_loss(features, self.encode_text(batch["text"]), scale)
