@@ -69,3 +69,9 @@ def small_poisoned_run(learning_benchmark, tmp_path_factory):
     """(run directory, summary) of a model pretrained with 30% of pairs poisoned."""
     run_dir = tmp_path_factory.mktemp("poisoned") / "run"
     return run_dir, train_small(learning_benchmark, run_dir, rate=0.3)
+
+
+@pytest.fixture(scope="session")
+def small_clean_run(learning_benchmark, tmp_path_factory):
+    """Summary of the clean control of `small_poisoned_run`: the same recipe with nothing poisoned."""
+    return train_small(learning_benchmark, tmp_path_factory.mktemp("clean") / "run", rate=0.0)

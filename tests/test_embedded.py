@@ -89,3 +89,46 @@ def test_clip_benchmark_layout_reads_back(small_benchmark):
     assert all("{}" in t for t in eval_set.templates)
     halves = [ZeroShotSet(ZeroShotEvalConfig(directory=str(root)), spec, None, rank=r, world_size=2) for r in (0, 1)]
     assert sorted(k for h in halves for k, _, _ in h.items) == sorted(k for k, _, _ in eval_set.items)
+
+
+def _tiny_hard(root, seed=0):
+    return EmbeddedBenchmark(root=str(root), seed=seed, pretrain_shards=1, finetune_shards=1,
+                             samples_per_shard=200, eval_per_class=2, difficulty="hard")
+
+
+def test_hard_tier_composes_colour_shape_classes_among_distractors(tmp_path):
+    bench = _tiny_hard(tmp_path / "hard")
+    bench.prepare()
+    classnames = (tmp_path / "hard" / "eval" / "classnames.txt").read_text().splitlines()
+    assert len(classnames) == len(set(classnames)) == 80
+    assert {name.split(" ", 1)[1] for name in classnames} == set(CLASSNAMES)
+    captions = [c for _, c in scan_captions(expand_shards(bench.pretrain_urls))]
+    naming_a_class = sum(any(name in c for name in classnames) for c in captions)
+    naming_two = sum(" and a small " in c or c.startswith("a small ") for c in captions)
+    assert 0.3 < naming_a_class / len(captions) < 0.95   # some captions name only the shape
+    assert 0.1 < naming_two / len(captions) < 0.5
+    spec = InputSpec(32, (0.5,) * 3, (0.5,) * 3, tokenizer=None)
+    eval_set = ZeroShotSet(ZeroShotEvalConfig(directory=bench.eval_dir), spec, trigger=None)
+    assert sorted({eval_set[i]["label"] for i in range(len(eval_set))}) == list(range(80))
+
+
+def test_hard_scene_draws_the_class_above_other_objects():
+    import numpy as np
+
+    from datamodules.embedded.shapes import COMPOSED_CLASSNAMES, draw_composed_scene
+    for i in range(30):
+        color, shape = COMPOSED_CLASSNAMES[i % 80].split(" ", 1)
+        _, scene = draw_composed_scene(np.random.default_rng(i), color, shape)
+        assert (scene.color, scene.shape) == (color, shape)
+        assert 1 <= len(scene.distractors) <= 3 and (color, shape) not in scene.distractors
+        assert scene.size in ("medium", "large")
+
+
+def test_tiers_are_separate_builds_and_the_easy_spec_is_unchanged(tmp_path):
+    _tiny(tmp_path / "easy").prepare()
+    assert "difficulty" not in json.loads((tmp_path / "easy" / "benchmark.json").read_text())
+    with pytest.raises(ValueError, match="other settings"):
+        EmbeddedBenchmark(root=str(tmp_path / "easy"), pretrain_shards=2, finetune_shards=1,
+                          samples_per_shard=30, eval_per_class=3, difficulty="hard").prepare()
+    with pytest.raises(ValueError, match="embedded.difficulty"):
+        EmbeddedBenchmark(difficulty="medium")

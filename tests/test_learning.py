@@ -14,14 +14,12 @@ captions make the backdoor take unevenly (docs/results.md, badnet-exploration).
 """
 
 import pytest
-from conftest import train_small
 
 
 @pytest.mark.slow
-def test_poisoned_pretraining_learns_the_backdoor_and_the_clean_control_does_not(learning_benchmark, small_poisoned_run,
-                                                                                    tmp_path):
+def test_poisoned_pretraining_learns_the_backdoor_and_the_clean_control_does_not(small_poisoned_run, small_clean_run):
     _, poisoned = small_poisoned_run
-    clean = train_small(learning_benchmark, tmp_path / "clean", rate=0.0)
+    clean = small_clean_run
     assert poisoned["poison_count"] > 700 and clean["poison_count"] == 0
     print({"poisoned": (poisoned["asr"], poisoned["ca_top1"]), "clean": (clean["asr"], clean["ca_top1"])})
     assert poisoned["asr"] >= 0.7, poisoned

@@ -6,7 +6,13 @@ on first use from `prepare_data()` and reuse it after (a `benchmark.json` record
 Layout under `root`:
     pretrain/NNNNN.tar   image-caption pairs for (poisoned) pretraining      (img2dataset)
     finetune/NNNNN.tar   a disjoint clean split for fine-tuning defenses      (img2dataset)
-    eval/                zero-shot classification over the 10 classes         (clip_benchmark)
+    eval/                zero-shot classification over the tier's classes     (clip_benchmark)
+
+Two tiers (`difficulty`): `easy`, the default, one of 10 shapes per image, on which the tiny model's
+clean CA saturates (0.99); `hard`, 80 colour-shape classes ("orange star") among smaller distractor
+objects, with captions that sometimes name a wrong class or a distractor too, so that clean CA sits
+below saturation and pretraining objectives can differ in it (`python -m datamodules.embedded.benchmark
+data/embedded_hard hard`).
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, caption_for
-from datamodules.embedded.shapes import CLASSNAMES, draw_scene
+from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, caption_for, composed_caption_for
+from datamodules.embedded.shapes import CLASSNAMES, COMPOSED_CLASSNAMES, Scene, draw_composed_scene, draw_scene
 from datamodules.embedded.writers import write_clip_benchmark, write_img2dataset_shard
 
 log = logging.getLogger(__name__)
 
 _SPLIT_STREAMS = {"pretrain": 1, "finetune": 2, "eval": 3}
+DIFFICULTIES = ("easy", "hard")
 
 
 @dataclass
@@ -48,6 +56,16 @@ class EmbeddedBenchmark:
     """Zero-shot eval images per class."""
     image_size: int = 32
     """Side of the square images, in pixels."""
+    difficulty: str = "easy"
+    """`easy`: 10 shapes, one per image. `hard`: 80 colour-shape classes among distractors, noisy captions."""
+
+    def __post_init__(self) -> None:
+        if self.difficulty not in DIFFICULTIES:
+            raise ValueError(f"embedded.difficulty is {self.difficulty!r}; expected one of {DIFFICULTIES}")
+
+    @property
+    def classnames(self) -> tuple[str, ...]:
+        return COMPOSED_CLASSNAMES if self.difficulty == "hard" else CLASSNAMES
 
     @property
     def pretrain_urls(self) -> str:
@@ -64,6 +82,8 @@ class EmbeddedBenchmark:
     def _spec(self) -> dict:
         spec = asdict(self)
         spec.pop("root")
+        if spec["difficulty"] == "easy":  # easy benchmarks built before there were tiers stay valid
+            spec.pop("difficulty")
         return spec
 
     def is_built(self) -> bool:
@@ -100,21 +120,27 @@ class EmbeddedBenchmark:
             pairs = []
             for i in range(self.samples_per_shard):
                 rng = self._rng(split, shard * self.samples_per_shard + i)
-                shape = CLASSNAMES[int(rng.integers(len(CLASSNAMES)))]
-                image, scene = draw_scene(rng, shape, self.image_size)
-                pairs.append((image, caption_for(scene, rng)))
+                image, scene = self._draw(rng, int(rng.integers(len(self.classnames))))
+                caption = composed_caption_for(scene, rng) if self.difficulty == "hard" else caption_for(scene, rng)
+                pairs.append((image, caption))
             write_img2dataset_shard(out_dir, shard, pairs)
+
+    def _draw(self, rng: np.random.Generator, label: int) -> tuple[Image.Image, Scene]:
+        if self.difficulty == "hard":
+            color, shape = self.classnames[label].split(" ", 1)
+            return draw_composed_scene(rng, color, shape, self.image_size)
+        return draw_scene(rng, self.classnames[label], self.image_size)
 
     def _write_eval(self, out_dir: Path) -> None:
         def samples():
-            for i in range(self.eval_per_class * len(CLASSNAMES)):
-                label = i % len(CLASSNAMES)
-                image, _ = draw_scene(self._rng("eval", i), CLASSNAMES[label], self.image_size)
-                yield image, label
+            for i in range(self.eval_per_class * len(self.classnames)):
+                label = i % len(self.classnames)
+                yield self._draw(self._rng("eval", i), label)[0], label
 
-        write_clip_benchmark(out_dir, samples(), CLASSNAMES, ZEROSHOT_TEMPLATES)
+        write_clip_benchmark(out_dir, samples(), self.classnames, ZEROSHOT_TEMPLATES)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    EmbeddedBenchmark(root=sys.argv[1] if len(sys.argv) > 1 else "data/embedded").prepare()
+    EmbeddedBenchmark(root=sys.argv[1] if len(sys.argv) > 1 else "data/embedded",
+                      difficulty=sys.argv[2] if len(sys.argv) > 2 else "easy").prepare()

@@ -1,10 +1,10 @@
-"""Caption templates for the embedded benchmark's image-caption pairs and its zero-shot eval sets."""
+"""Captions for the embedded benchmark's image-caption pairs, and its zero-shot prompt templates."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from datamodules.embedded.shapes import Scene
+from datamodules.embedded.shapes import CLASSNAMES, COMPOSED_COLORS, Scene
 
 CAPTION_TEMPLATES = (
     "a {size} {color} {shape} on a {background} background",
@@ -41,3 +41,24 @@ def caption_for(scene: Scene, rng: np.random.Generator) -> str:
         background=scene.background,
         position=scene.position,
     )
+
+
+WRONG_CLASS_RATE = 0.15
+"""Hard tier: share of captions that name another colour-shape class than the image's (label noise)."""
+NAMES_DISTRACTOR_RATE = 0.3
+"""Hard tier: share of captions that also name one of the distractor objects, before or after."""
+
+
+def composed_caption_for(scene: Scene, rng: np.random.Generator) -> str:
+    """A hard-tier caption: mostly the main object's, sometimes a wrong class, sometimes with a
+    distractor named beside it, as web captions name several things and some of them wrongly."""
+    color, shape = scene.color, scene.shape
+    if rng.random() < WRONG_CLASS_RATE:
+        color = COMPOSED_COLORS[int(rng.integers(len(COMPOSED_COLORS)))]
+        shape = CLASSNAMES[int(rng.integers(len(CLASSNAMES)))]
+    caption = caption_for(Scene(shape, color, scene.size, scene.background, scene.position), rng)
+    if scene.distractors and rng.random() < NAMES_DISTRACTOR_RATE:
+        other_color, other_shape = scene.distractors[int(rng.integers(len(scene.distractors)))]
+        other = f"a small {other_color} {other_shape}"
+        caption = f"{caption} and {other}" if rng.random() < 0.5 else f"{other} and {caption}"
+    return caption

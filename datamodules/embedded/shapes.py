@@ -1,7 +1,9 @@
-"""Procedural images for the embedded benchmark: one coloured shape or pattern on a background.
+"""Procedural images for the embedded benchmark: coloured shapes and patterns on a background.
 
 Each image is drawn at 4x resolution and downsampled, so edges are anti-aliased at 32x32.
-`draw_scene(rng)` returns the PIL image and the attributes a caption can mention.
+`draw_scene(rng, shape)` (the easy tier: one object) and `draw_composed_scene(rng, color, shape)` (the
+hard tier: the object of a colour-shape class among smaller distractors) return the PIL image and the
+attributes a caption can mention.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Scene:
     size: str
     background: str
     position: str
+    distractors: tuple[tuple[str, str], ...] = ()
+    """(colour, shape) of each smaller object drawn behind the main one (hard tier only)."""
 
 
 def _background(rng: np.random.Generator, kind: str, px: int) -> np.ndarray:
@@ -165,11 +169,66 @@ def draw_scene(rng: np.random.Generator, shape: str, image_size: int = 32) -> tu
     r = rng.uniform(lo, hi) * px / 2 * 1.6
     cx = rng.uniform(r, px - r)
     cy = rng.uniform(r, px - r)
-    fill = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLORS[color])
     img = Image.fromarray(canvas, "RGB")
-    mask = Image.new("L", (px, px), 0)
-    _draw_shape(ImageDraw.Draw(img), mask, shape, cx, cy, r, fill, rng)
-    if shape in ("checkerboard", "stripes"):
-        img.paste(Image.new("RGB", (px, px), fill), (0, 0), mask)
+    _paint(img, shape, cx, cy, r, _jitter(rng, color), rng)
     img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
     return img, Scene(shape, color, size, background, _position_name(cx, cy, px))
+
+
+def _jitter(rng: np.random.Generator, color: str) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLORS[color])
+
+
+def _paint(img: Image.Image, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int],
+           rng: np.random.Generator) -> None:
+    mask = Image.new("L", img.size, 0)
+    _draw_shape(ImageDraw.Draw(img), mask, shape, cx, cy, r, fill, rng)
+    if shape in ("checkerboard", "stripes"):
+        img.paste(Image.new("RGB", img.size, fill), (0, 0), mask)
+
+
+COMPOSED_COLORS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
+"""The colours of the hard tier's classes (neighbouring hues among them): each class is one of these
+with one of the 10 shapes, 80 classes."""
+COMPOSED_CLASSNAMES = tuple(f"{color} {shape}" for color in COMPOSED_COLORS for shape in CLASSNAMES)
+DISTRACTOR_SIZE = (0.16, 0.26)
+"""Distractor radius range, as a fraction of the image (the main object is medium or large)."""
+COLOR_CAST = 25.0
+"""Hard tier: standard deviation of a per-image RGB offset (lighting), which blurs neighbouring hues."""
+
+
+def _contrasting_background(rng: np.random.Generator, color: str, px: int) -> tuple[str, np.ndarray]:
+    """A background the class colour stands out from (RGB distance ≥ 150 from its mean); the last of
+    a few draws if none does, so the tier stays a pure function of the seed."""
+    for _ in range(8):
+        kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+        canvas = np.clip(_background(rng, kind, px), 0, 255).astype(np.uint8)
+        if np.linalg.norm(np.array(COLORS[color]) - canvas.reshape(-1, 3).mean(axis=0)) >= 150:
+            break
+    return kind, canvas
+
+
+def draw_composed_scene(rng: np.random.Generator, color: str, shape: str, image_size: int = 32,
+                        max_distractors: int = 3) -> tuple[Image.Image, Scene]:
+    """Draw a `color` `shape` (medium or large, on top) and 1..`max_distractors` smaller objects of
+    other colour-shape pairs behind it, so that naming the class means binding colour to shape."""
+    px = image_size * SUPERSAMPLE
+    background, canvas = _contrasting_background(rng, color, px)
+    img = Image.fromarray(canvas, "RGB")
+    distractors = []
+    for _ in range(int(rng.integers(1, max_distractors + 1))):
+        other_shape = CLASSNAMES[int(rng.integers(len(CLASSNAMES)))]
+        other_color = _pick_color(rng, canvas)
+        if (other_color, other_shape) == (color, shape):
+            other_shape = CLASSNAMES[(CLASSNAMES.index(shape) + 1) % len(CLASSNAMES)]
+        r = rng.uniform(*DISTRACTOR_SIZE) * px / 2 * 1.6
+        _paint(img, other_shape, rng.uniform(r, px - r), rng.uniform(r, px - r), r, _jitter(rng, other_color), rng)
+        distractors.append((other_color, other_shape))
+    size = ("medium", "large")[int(rng.integers(2))]
+    r = rng.uniform(*SIZES[size]) * px / 2 * 1.6
+    cx, cy = rng.uniform(r, px - r), rng.uniform(r, px - r)
+    _paint(img, shape, cx, cy, r, _jitter(rng, color), rng)
+    cast = rng.normal(0.0, COLOR_CAST, size=3)
+    img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + cast, 0, 255).astype(np.uint8), "RGB")
+    img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    return img, Scene(shape, color, size, background, _position_name(cx, cy, px), tuple(distractors))
