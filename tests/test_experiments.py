@@ -320,3 +320,60 @@ def test_a_table_by_axis_alone_renders_without_comparisons(tmp_path):
     assert comparisons(experiment, table, rows) == []
     line = render_table(experiment, table, rows).splitlines()[2]
     assert line.startswith("| multi_target | 1 | multi (badnet, blended, sig)") and "0.800" in line
+
+
+SELECTION = """
+name: selection
+runs: {runs}
+seeds: [0, 1, 2]
+stages:
+  pretrain: {{config: configs/embedded/badnet.yaml}}
+  ft: {{config: configs/embedded/ft.yaml, from: pretrain}}
+  cleanclip: {{config: configs/embedded/cleanclip.yaml, from: pretrain}}
+axes:
+  objective: {{stages: [pretrain], key: model.init_args.objective, values: [mmcl, mmcl_ssl]}}
+  lr: {{stages: [ft, cleanclip], key: model.init_args.optimizer.lr, values: [1.0e-3, 2.0e-3]}}
+tables:
+  - block: best
+    stages: [ft, cleanclip]
+    rows: [objective]
+    columns: [found, ca_top1, asr, selected]
+    select: {{maximise: ca_top1, where: asr, at_most: 0.05}}
+    compare: [[mmcl, mmcl_ssl]]
+    compare_axis: objective
+    compare_on: [ca_top1]
+    plot: runs
+    colour_by: objective
+"""
+
+
+def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says_when_none_is(tmp_path):
+    from lightning_app.experiments.views import comparisons, render_table, write_views
+
+    experiment = toy(tmp_path, SELECTION)
+    table = experiment.tables[0]
+    rows = []
+    for seed in range(3):
+        # mmcl: the higher-lr CleanCLIP run is best under the bound; FT is better but above it
+        for stage, lr, ca, asr in [("ft", "0.001", 0.95, 0.40), ("cleanclip", "0.001", 0.80 + seed / 100, 0.04),
+                                   ("cleanclip", "0.002", 0.85 + seed / 100, 0.05)]:
+            rows.append({"stage": stage, "objective": "mmcl", "lr": lr, "seed": seed, "ca_top1": ca, "asr": asr})
+        # mmcl_ssl: only seed 0 gets below the bound, at a low CA
+        for stage, lr in [("ft", "0.001"), ("cleanclip", "0.002")]:
+            asr = 0.03 if (seed, stage) == (0, "cleanclip") else 0.6
+            rows.append({"stage": stage, "objective": "mmcl_ssl", "lr": lr, "seed": seed, "ca_top1": 0.5, "asr": asr})
+    lines = render_table(experiment, table, rows).splitlines()
+    assert "seeds with ASR ≤ 0.05" in lines[0] and "chosen run" in lines[0]
+    assert lines[2].startswith("| mmcl | 3 | 3/3 | 0.860 ± ") and lines[2].endswith("| cleanclip · lr 0.002 |")
+    assert lines[3].startswith("| mmcl_ssl | 1 | 1/3 | 0.500 | 0.030 |")
+    assert comparisons(experiment, table, rows) == [
+        "- CA top-1 of mmcl 0.860 ± 0.025 vs mmcl_ssl 0.500 (n = 3, 1): fewer than 3 seeds: no ordering claimed"]
+    none = [r for r in rows if not (r["objective"] == "mmcl_ssl" and r["asr"] < 0.05)]
+    assert render_table(experiment, table, none).splitlines()[3] == "| mmcl_ssl | 0 | 0/3 | – | – | none |"
+    assert comparisons(experiment, table, none)[0] == ("- mmcl_ssl has no run meeting the rule in any seed: no ordering claimed")
+    written = write_views(experiment, rows)
+    assert [p.name for p in written] == ["best.md", "best.png"]
+    with pytest.raises(ValueError, match="select has unknown key"):
+        toy(tmp_path, SELECTION.replace("at_most: 0.05", "below: 0.05"))
+    with pytest.raises(ValueError, match="two values of 'objective'"):
+        toy(tmp_path, SELECTION.replace("[[mmcl, mmcl_ssl]]", "[[mmcl, siglip]]"))

@@ -52,7 +52,9 @@ STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys",
 INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
-TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "compare", "compare_on"}
+TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "compare",
+              "compare_axis", "compare_on", "select"}
+SELECT_KEYS = {"maximise", "where", "at_most"}
 RESERVED = {"experiment", "stage", "label", "seed", "run_dir", "trigger", "cost_s", "before_ca_top1", "before_asr",
             "ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module"}
 REFERENCE = re.compile(r"\{([A-Za-z_][\w-]*)\.(run_dir|checkpoint|trigger_dir)\}")
@@ -120,13 +122,21 @@ class TableSpec:
     reference: str | None = None
     """The stage whose cost is 1 (paired by seed and axis values)."""
     note: str = ""
-    plot: bool = True
-    """Also draw CA against ASR with error bars, one point per row."""
+    plot: bool | str = True
+    """Also draw CA against ASR: one point per row with error bars (true), or one point per run ("runs")."""
+    colour_by: str | None = None
+    """For `plot: runs`, the row key whose values get one colour each (default: the stage)."""
     compare: list[list[str]] = field(default_factory=list)
-    """Pairs of stages [A, B] whose rows (same other row keys) are compared on `compare_on`: the table
-    says for each whether the seeds' intervals separate them, and which way."""
+    """Pairs [A, B] of values of `compare_axis` whose rows (same other row keys) are compared on
+    `compare_on`: the table says for each whether the seeds' intervals separate them, and which way."""
+    compare_axis: str = "stage"
+    """The row key the compared pairs are values of: `stage`, or an axis (e.g. the pretraining objective)."""
     compare_on: list[str] = field(default_factory=lambda: ["asr", "ca_top1"])
     """The result fields the comparisons are made on."""
+    select: dict[str, Any] | None = None
+    """A selection rule (Verma et al.'s): per row and seed, only the run with the highest `maximise`
+    among those with `where` ≤ `at_most`, e.g. {maximise: ca_top1, where: asr, at_most: 0.05}. Columns
+    `found` (seeds where some run qualifies) and `selected` (which run it was) describe the choice."""
 
 
 @dataclass
@@ -256,10 +266,20 @@ def _check(experiment: Experiment) -> None:
         for stage in _list(table.stages) + _list(table.reference):
             if stage not in experiment.stages:
                 raise ValueError(f"{path}: table {table.block!r} names unknown stage {stage!r}")
+        axis = table.compare_axis
+        names = experiment.stages if axis == "stage" else experiment.axes[axis].values if axis in experiment.axes else {}
         for pair in table.compare:
-            if len(pair) != 2 or any(stage not in experiment.stages for stage in pair) or "stage" not in table.rows:
-                raise ValueError(f"{path}: table {table.block!r}: compare {pair!r} must be two stages of the "
-                                 "experiment, in a table whose rows include `stage`")
+            if len(pair) != 2 or any(value not in names for value in pair) or axis not in table.rows:
+                raise ValueError(f"{path}: table {table.block!r}: compare {pair!r} must be two values of "
+                                 f"{axis!r}, in a table whose rows include {axis!r}")
+        if table.select is not None:
+            _unknown(f"table {table.block!r}: select", table.select, SELECT_KEYS, str(path))
+            if set(table.select) != SELECT_KEYS:
+                raise ValueError(f"{path}: table {table.block!r}: select needs {sorted(SELECT_KEYS)}")
+        if table.plot not in (True, False, "runs"):
+            raise ValueError(f"{path}: table {table.block!r}: plot is {table.plot!r}; expected true, false or runs")
+        if table.colour_by is not None and table.colour_by not in table.rows:
+            raise ValueError(f"{path}: table {table.block!r}: colour_by {table.colour_by!r} is not one of its rows")
         for key in table.rows:
             if key != "stage" and key not in experiment.axes:
                 raise ValueError(f"{path}: table {table.block!r}: row key {key!r} is neither `stage` nor an axis")

@@ -1,6 +1,7 @@
 """Views of an experiment's long-form results, as its file declares them: markdown tables with the
-mean and 95% interval over seeds per cell, a cost column relative to a reference stage, and a
-CA-vs-ASR plot with error bars. Tables go to RUNS/<block>.md and into the declared files' blocks."""
+mean and 95% interval over seeds per cell, a cost column relative to a reference stage, a selection
+rule's table (per seed, the best run under a constraint), and a CA-vs-ASR plot (per row with error
+bars, or per run). Tables go to RUNS/<block>.md and into the declared files' blocks."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "poison_count": "poisoned pairs", "inversion_mask_fraction": "inverted mask (fraction of image)",
                 "inversion_mask_l1": "inverted mask L1 (px)", "oracle_victim_label": "victim label found",
                 "oracle_victim_label_correct": "found the target", "oracle_confidence": "its share of candidates",
-                "oracle_mean_iou": "IoU with the trigger"}
+                "oracle_mean_iou": "IoU with the trigger", "selected": "chosen run"}
 WHOLE_NUMBERS = {"steps", "wall_time_s", "cost_s", "poison_count"}
 
 
 def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
     if column == "cost":
         return f"cost (× {experiment.stages[table.reference].label})" if table.reference else "cost"
+    if column == "found" and table.select:
+        return f"seeds with {COLUMN_NAMES.get(table.select['where'], table.select['where'])} ≤ {table.select['at_most']:g}"
     if column in COLUMN_NAMES:
         return COLUMN_NAMES[column]
     if column.startswith("asr_"):
@@ -52,6 +55,25 @@ def group_rows(experiment: Experiment, table: TableSpec, rows: list[dict]) -> di
     return dict(sorted(groups.items(), key=lambda item: [_order(experiment, k, v) for k, v in zip(table.rows, item[0])]))
 
 
+def run_name(experiment: Experiment, table: TableSpec, row: dict) -> str:
+    """What tells a row's runs apart within a table row: its stage (unless a row key) and other axis values."""
+    parts = [] if "stage" in table.rows else [experiment.stages[row["stage"]].label]
+    parts += [f"{axis} {row[axis]}" for axis in experiment.axes if axis in row and axis not in table.rows]
+    return " · ".join(parts) or row["stage"]
+
+
+def select(table: TableSpec, group: list[dict]) -> list[dict]:
+    """Per seed, the group's run with the highest `maximise` among those with `where` ≤ `at_most`."""
+    rule, best = table.select, {}
+    for row in group:
+        value, constrained = row.get(rule["maximise"]), row.get(rule["where"])
+        if value is None or constrained is None or constrained > rule["at_most"]:
+            continue
+        if row["seed"] not in best or value > best[row["seed"]][rule["maximise"]]:
+            best[row["seed"]] = row
+    return [best[seed] for seed in sorted(best)]
+
+
 def cost_ratios(experiment: Experiment, table: TableSpec, group: list[dict], rows: list[dict]) -> list[float]:
     """Per seed, the group's cost over the reference stage's cost in the same seed and axis values."""
     ratios = []
@@ -66,8 +88,14 @@ def cost_ratios(experiment: Experiment, table: TableSpec, group: list[dict], row
     return ratios
 
 
-def cell(experiment: Experiment, table: TableSpec, column: str, group: list[dict], rows: list[dict]) -> Interval | str | None:
-    """The column's interval over the group's seeds; for a text column (e.g. `trigger`), its value(s)."""
+def cell(experiment: Experiment, table: TableSpec, column: str, group: list[dict], rows: list[dict],
+         pool: list[dict] | None = None) -> Interval | str | None:
+    """The column's interval over the group's seeds; for a text column (e.g. `trigger`), its value(s).
+    Under a selection rule `group` is the chosen runs and `pool` every run they were chosen from."""
+    if column == "found":
+        return f"{len(group)}/{len({r['seed'] for r in pool or group})}"
+    if column == "selected":
+        return " / ".join(sorted({run_name(experiment, table, r) for r in group})) or "none"
     if column == "cost":
         return interval(cost_ratios(experiment, table, group, rows)) if table.reference else None
     values = [row.get(column) for row in group]
@@ -81,11 +109,12 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
     heads = [("stage" if key == "stage" else key) for key in table.rows]
     lines = ["| " + " | ".join(heads + ["n"] + [column_name(c, experiment, table) for c in table.columns]) + " |",
              "|" + "---|" * len(heads) + "---:|" + "---:|" * len(table.columns)]
-    for key, group in groups.items():
+    for key, pool in groups.items():
+        group = select(table, pool) if table.select else pool
         names = [experiment.stages[v].label if k == "stage" else str(v) for k, v in zip(table.rows, key)]
         cells = []
         for column in table.columns:
-            value = cell(experiment, table, column, group, rows)
+            value = cell(experiment, table, column, group, rows, pool)
             digits = 0 if column in WHOLE_NUMBERS else (2 if column == "cost" else 3)
             cells.append("–" if value is None else value if isinstance(value, str) else value.format(digits))
         lines.append("| " + " | ".join(names + [str(len({r['seed'] for r in group}))] + cells) + " |")
@@ -93,13 +122,16 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
 
 
 def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> list[str]:
-    """For each declared pair of stages and each row of A, the row of B with the same other keys: on each
-    `compare_on` field, whether the seeds' 95% t-intervals separate them (and which way) or not. With
-    fewer than 3 seeds on either side there is no interval to speak of, and no ordering is claimed."""
+    """For each declared pair [A, B] of `compare_axis` values and each row of A, the row of B with the same
+    other keys: on each `compare_on` field, whether the seeds' 95% t-intervals separate them (and which
+    way) or not. With fewer than 3 seeds on either side there is no interval to speak of, and no ordering
+    is claimed. Under a selection rule the chosen runs are compared."""
     if not table.compare:
         return []
     groups = group_rows(experiment, table, rows)
-    at = table.rows.index("stage")
+    if table.select:
+        groups = {key: select(table, group) for key, group in groups.items()}
+    at = table.rows.index(table.compare_axis)
     lines = []
     for first, second in table.compare:
         for key, group in groups.items():
@@ -109,6 +141,10 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
             if other is None:
                 continue
             context = " · ".join(str(v) for i, v in enumerate(key) if i != at)
+            if table.select and (not group or not other):
+                lines.append(f"- {context + ': ' if context else ''}{second if group else first} has no run "
+                             "meeting the rule in any seed: no ordering claimed")
+                continue
             for field_name in table.compare_on:
                 a, b = interval([r.get(field_name) for r in group]), interval([r.get(field_name) for r in other])
                 if a is None or b is None:
@@ -119,7 +155,8 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
                     verdict = f"{'lower' if a.mean < b.mean else 'higher'}, separated"
                 else:
                     verdict = "not separated"
-                name_a, name_b = experiment.stages[first].label, experiment.stages[second].label
+                name_a, name_b = ((experiment.stages[first].label, experiment.stages[second].label)
+                                  if table.compare_axis == "stage" else (first, second))
                 lines.append(f"- {context + ': ' if context else ''}{column_name(field_name, experiment, table)} of "
                              f"{name_a} {a.format()} vs {name_b} {b.format()} (n = {a.n}, {b.n}): {verdict}")
     return lines
@@ -171,6 +208,38 @@ def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], p
     return path
 
 
+def runs_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: Path) -> Path | None:
+    """One point per run of the table's stages at its ASR and CA (Verma et al.'s figure): one colour per
+    value of `colour_by` (default the stage), one marker per stage, and the selection rule's bound drawn."""
+    stages = table.stages or [name for name, stage in experiment.stages.items() if stage.report]
+    points = [r for r in rows if r["stage"] in stages and r.get("ca_top1") is not None and r.get("asr") is not None]
+    if not points:
+        return None
+    by = table.colour_by or "stage"
+    values = list(dict.fromkeys(sorted((str(r.get(by)) for r in points), key=lambda v: _order(experiment, by, v))))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, value in enumerate(values):
+        for j, stage in enumerate(stages):
+            mine = [r for r in points if str(r.get(by)) == value and r["stage"] == stage]
+            if mine:
+                label = " · ".join(dict.fromkeys([experiment.stages[stage].label if by != "stage" else "", value])).strip(" ·")
+                ax.scatter([r["asr"] for r in mine], [r["ca_top1"] for r in mine], color=f"C{i % 10}",
+                           marker="osD^vP*X"[j % 8], alpha=0.8, label=label)
+    if table.select and table.select["where"] == "asr":
+        ax.axvline(table.select["at_most"], color="grey", linestyle="--", linewidth=1)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlabel("attack success rate (lower is better)")
+    ax.set_ylabel("zero-shot clean accuracy, top-1")
+    ax.set_xlim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{experiment.name}: every run ({len(points)})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = False) -> list[Path]:
     """Every declared table into RUNS/<block>.md (and, with `update_docs`, its files' blocks), and its plot."""
     written = []
@@ -178,7 +247,7 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
         text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
         compared = comparisons(experiment, table, rows)
         if compared:
-            text += "\n\nOrderings (the first stage against the second, 95% intervals over seeds):\n\n" + "\n".join(compared)
+            text += "\n\nOrderings (the first against the second, 95% intervals over seeds):\n\n" + "\n".join(compared)
         path = Path(experiment.runs) / f"{table.block}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
@@ -187,7 +256,8 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
             for file in table.files:
                 write_block(file, table.block, text)
         if table.plot:
-            plot = ca_vs_asr_plot(experiment, table, rows, Path(experiment.runs) / f"{table.block}.png")
+            draw = runs_plot if table.plot == "runs" else ca_vs_asr_plot
+            plot = draw(experiment, table, rows, Path(experiment.runs) / f"{table.block}.png")
             if plot is not None:
                 written.append(plot)
     return written
