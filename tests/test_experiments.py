@@ -371,6 +371,10 @@ def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says
     none = [r for r in rows if not (r["objective"] == "mmcl_ssl" and r["asr"] < 0.05)]
     assert render_table(experiment, table, none).splitlines()[3] == "| mmcl_ssl | 0 | 0/3 | – | – | none |"
     assert comparisons(experiment, table, none)[0] == ("- mmcl_ssl has no run meeting the rule in any seed: no ordering claimed")
+    only_low_lr = toy(tmp_path, SELECTION.replace("    plot: runs\n", "    plot: runs\n    where: {{lr: [1.0e-3]}}\n"))
+    assert render_table(experiment, only_low_lr.tables[0], rows).splitlines()[2].startswith("| mmcl | 3 | 3/3 | 0.810 ± ")
+    with pytest.raises(ValueError, match="where lr"):
+        toy(tmp_path, SELECTION.replace("    plot: runs\n", "    plot: runs\n    where: {{lr: [5.0e-3]}}\n"))
     written = write_views(experiment, rows)
     assert [p.name for p in written] == ["best.md", "best.png"]
     with pytest.raises(ValueError, match="select has unknown key"):

@@ -53,7 +53,7 @@ INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
 TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "compare",
-              "compare_axis", "compare_on", "select"}
+              "compare_axis", "compare_on", "select", "where"}
 SELECT_KEYS = {"maximise", "where", "at_most"}
 RESERVED = {"experiment", "stage", "label", "seed", "run_dir", "trigger", "cost_s", "before_ca_top1", "before_asr",
             "ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module"}
@@ -133,6 +133,9 @@ class TableSpec:
     """The row key the compared pairs are values of: `stage`, or an axis (e.g. the pretraining objective)."""
     compare_on: list[str] = field(default_factory=lambda: ["asr", "ca_top1"])
     """The result fields the comparisons are made on."""
+    where: dict[str, list] = field(default_factory=dict)
+    """Only runs with these values of these axes, e.g. {cleaning: [lr1e-3]}; a run the axis does not
+    apply to (another stage's) is kept."""
     select: dict[str, Any] | None = None
     """A selection rule (Verma et al.'s): per row and seed, only the run with the highest `maximise`
     among those with `where` ≤ `at_most`, e.g. {maximise: ca_top1, where: asr, at_most: 0.05}. Columns
@@ -212,7 +215,7 @@ def load_experiment(path: str | Path) -> Experiment:
         if isinstance(values, list):
             if body.get("key") is None:
                 raise ValueError(f"{path}: axis {name!r} lists values without a `key` to set")
-            values = {_value_name(v): v for v in values}
+            values = {value_name(v): v for v in values}
         axes[name] = Axis(name=name, stages=_list(body.get("stages")), values=dict(values), key=body.get("key"),
                           per_stage=bool(body.get("per_stage", False)))
     tables = []
@@ -227,7 +230,8 @@ def load_experiment(path: str | Path) -> Experiment:
     return experiment
 
 
-def _value_name(value: Any) -> str:
+def value_name(value: Any) -> str:
+    """An axis value's name: floats in short form (1.0e-3 → 0.001)."""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -272,6 +276,11 @@ def _check(experiment: Experiment) -> None:
             if len(pair) != 2 or any(value not in names for value in pair) or axis not in table.rows:
                 raise ValueError(f"{path}: table {table.block!r}: compare {pair!r} must be two values of "
                                  f"{axis!r}, in a table whose rows include {axis!r}")
+        for axis_name, values in table.where.items():
+            known = experiment.axes[axis_name].values if axis_name in experiment.axes else None
+            if known is None or any(value_name(v) not in known for v in _list(values)):
+                raise ValueError(f"{path}: table {table.block!r}: where {axis_name}: {values!r} names no axis, "
+                                 "or a value it does not have")
         if table.select is not None:
             _unknown(f"table {table.block!r}: select", table.select, SELECT_KEYS, str(path))
             if set(table.select) != SELECT_KEYS:

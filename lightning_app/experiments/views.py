@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib
 
 from lightning_app.experiments.results import Interval, interval
-from lightning_app.experiments.spec import Experiment, TableSpec
+from lightning_app.experiments.spec import Experiment, TableSpec, value_name
 from lightning_app.report import write_block
 
 matplotlib.use("Agg")
@@ -50,9 +50,14 @@ def group_rows(experiment: Experiment, table: TableSpec, rows: list[dict]) -> di
     stages = table.stages or [name for name, stage in experiment.stages.items() if stage.report]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        if row["stage"] in stages:
+        if row["stage"] in stages and wanted(table, row):
             groups[tuple(row.get(key, "–") for key in table.rows)].append(row)
     return dict(sorted(groups.items(), key=lambda item: [_order(experiment, k, v) for k, v in zip(table.rows, item[0])]))
+
+
+def wanted(table: TableSpec, row: dict) -> bool:
+    """Whether the row passes the table's `where` (axes the row does not have do not filter it)."""
+    return all(str(row[axis]) in {value_name(v) for v in values} for axis, values in table.where.items() if axis in row)
 
 
 def run_name(experiment: Experiment, table: TableSpec, row: dict) -> str:
@@ -212,7 +217,8 @@ def runs_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: 
     """One point per run of the table's stages at its ASR and CA (Verma et al.'s figure): one colour per
     value of `colour_by` (default the stage), one marker per stage, and the selection rule's bound drawn."""
     stages = table.stages or [name for name, stage in experiment.stages.items() if stage.report]
-    points = [r for r in rows if r["stage"] in stages and r.get("ca_top1") is not None and r.get("asr") is not None]
+    points = [r for r in rows if r["stage"] in stages and wanted(table, r) and r.get("ca_top1") is not None
+              and r.get("asr") is not None]
     if not points:
         return None
     by = table.colour_by or "stage"
