@@ -25,6 +25,8 @@ only scores the rankings (modules.ubt.detection_metrics).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -76,23 +78,47 @@ def reference_rows(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
 
 
-def gmm_risk(similarity: torch.Tensor, iterations: int = 100) -> torch.Tensor:
-    """Posterior of the lower-mean component of a two-component 1-D Gaussian mixture fitted by EM to
-    `similarity` (N,): SafeCLIP's risky-pair probability. (A 1-D, two-component EM is a few lines; it
-    does not warrant scikit-learn as a dependency.) Initialised at the lower and upper quartiles."""
-    x = similarity.double().flatten()
+@dataclass
+class Mixture:
+    """A two-component 1-D Gaussian mixture fitted by EM: weights, means, variances (2,) and each
+    point's posteriors (N, 2)."""
+
+    weight: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor
+    posterior: torch.Tensor
+
+    def separation(self) -> float:
+        """Ashman's D, |μ1 − μ2| / sqrt((σ1² + σ2²) / 2): above 2, the two components are cleanly apart."""
+        return float((self.mean[0] - self.mean[1]).abs() / ((self.var.sum() / 2).sqrt()))
+
+
+def two_component_mixture(values: torch.Tensor, init_quantiles: tuple[float, float] = (0.25, 0.75),
+                          iterations: int = 100) -> Mixture:
+    """EM for two 1-D Gaussians, the means started at two quantiles of `values` (N,). (A 1-D,
+    two-component EM is a few lines; it does not warrant scikit-learn as a dependency.)"""
+    x = values.double().flatten()
     if len(x) < 4:
-        raise ValueError(f"a two-component mixture needs at least 4 similarities, got {len(x)}")
-    mean = torch.quantile(x, torch.tensor([0.25, 0.75], dtype=x.dtype))
+        raise ValueError(f"a two-component mixture needs at least 4 values, got {len(x)}")
+    mean = torch.quantile(x, torch.tensor(init_quantiles, dtype=x.dtype))
     var = x.var().expand(2).clone().clamp_min(1e-8)
     weight = torch.tensor([0.5, 0.5], dtype=x.dtype)
-    for _ in range(iterations):
+
+    def posterior() -> torch.Tensor:
         log_p = -0.5 * ((x[:, None] - mean) ** 2 / var + torch.log(2 * torch.pi * var)) + torch.log(weight)
-        resp = torch.softmax(log_p, dim=1)
+        return torch.softmax(log_p, dim=1)
+
+    for _ in range(iterations):
+        resp = posterior()
         total = resp.sum(0).clamp_min(1e-12)
         weight = total / len(x)
         mean = (resp * x[:, None]).sum(0) / total
         var = ((resp * (x[:, None] - mean) ** 2).sum(0) / total).clamp_min(1e-8)
-    log_p = -0.5 * ((x[:, None] - mean) ** 2 / var + torch.log(2 * torch.pi * var)) + torch.log(weight)
-    resp = torch.softmax(log_p, dim=1)
-    return resp[:, int(mean.argmin())].float()
+    return Mixture(weight, mean, var, posterior())
+
+
+def gmm_risk(similarity: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """Posterior of the lower-mean component of a two-component mixture fitted to `similarity` (N,):
+    SafeCLIP's risky-pair probability. Initialised at the lower and upper quartiles."""
+    mixture = two_component_mixture(similarity, (0.25, 0.75), iterations)
+    return mixture.posterior[:, int(mixture.mean.argmin())].float()

@@ -49,8 +49,9 @@ from modules.base import CLIPModule, OptimizerConfig
 from modules.detectors import DETECTORS, gmm_risk, local_density_scores, reference_rows
 from modules.losses import info_nce
 from modules.model_loading import ModelConfig
+from modules.suspicious_set import SetRule, choose_suspicious
 
-SCORES = ("before", "after", "rise", "weak", "cluster", *DETECTORS, "gmm")
+SCORES = ("before", "after", "rise", "weak", "cluster", "dense", *DETECTORS, "gmm")
 SUSPICIOUS_PAIRS = "suspicious_pairs.safetensors"
 
 
@@ -170,42 +171,77 @@ def density_scores(embeddings: list[tuple[list[str], torch.Tensor]], k: int = 16
 
 def one_pass_rankings(similarity: dict[str, float], embeddings: list[tuple[list[str], torch.Tensor]], score: str,
                       cluster_seed: int) -> tuple[dict[str, dict[str, float]], Optional[list[str]]]:
-    """The rankings of one scoring pass (`before`, `weak`, `cluster`, and the detectors `kdist`, `slof`,
-    `dao` and SafeCLIP's `gmm`, reported only), and the keys that `score` picks its top m from (the
-    cluster seed for `cluster`; None: all)."""
+    """The rankings of one scoring pass (`before`, `weak`, `cluster`, `dense`, and the detectors `kdist`,
+    `slof`, `dao` and SafeCLIP's `gmm`, reported only), and the keys that `score` picks its top m from
+    (the cluster seed for `cluster`; None: all)."""
     keys = list(similarity)
+    density = density_scores(embeddings)
     gmm = dict(zip(keys, gmm_risk(torch.tensor([similarity[k] for k in keys])).tolist()))
     scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()},
-              "cluster": cluster_scores(similarity, embeddings, cluster_seed), **density_scores(embeddings), "gmm": gmm}
+              "cluster": cluster_scores(similarity, embeddings, cluster_seed), **density, "gmm": gmm,
+              "dense": {k: -v for k, v in density["kdist"].items()}}
     return scores, weakest_keys(similarity, cluster_seed) if score == "cluster" else None
+
+
+def collect_pairs(stream, keys: list[str], spec) -> dict[str, tuple[torch.Tensor, str]]:
+    """The pairs of `keys` as the model saw them (uint8 pixels, caption), from one pass over `stream`
+    without the model: for a ranking whose top pairs the scoring pass could not know to keep."""
+    wanted, out = set(keys), {}
+    for batch in stream.every_pair_once():
+        for i, key in enumerate(batch["key"]):
+            if key in wanted:
+                pixels = (denormalise(batch["image"][i].cpu(), spec.mean, spec.std) * 255).round().clamp(0, 255)
+                out[key] = (pixels.to(torch.uint8), batch["caption"][i])
+        if len(out) == len(wanted):
+            break
+    return out
 
 
 def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[str, tuple[torch.Tensor, str]],
                     score: str, top_m: int, report_k: list[int], manifest: Optional[Path],
-                    candidates: Optional[list[str]] = None) -> tuple[list[str], dict]:
-    """Write out/{ranking,suspicious,detection}.json and the top-m pairs (rank zero); returns the top-m
-    keys and the detection quality of every score against `manifest` (evaluation only: no decision reads it).
-    With `candidates`, the top m are the best-ranked of them (the `cluster` score picks from its seed)."""
+                    candidates: Optional[list[str]] = None, rule: Optional[SetRule] = None,
+                    fetch: Optional[Callable[[list[str]], dict]] = None) -> tuple[list[str], dict, Optional[dict]]:
+    """Write out/{ranking,suspicious,detection}.json and the chosen pairs (rank zero); returns their keys,
+    the detection quality of every score against `manifest` (evaluation only: no decision reads it),
+    and the set rule's decision. The set is the top m of `score` (with `candidates`, the best-ranked of
+    them: the `cluster` score picks from its seed), or, under a `mixture` rule, what
+    modules.suspicious_set.choose_suspicious keeps of them (possibly nothing). Pairs the scoring pass
+    did not keep are read by `fetch(keys)`."""
     ranked = rank_keys(scores[score])
     allowed = set(candidates) if candidates is not None else None
-    top = [key for key in ranked if allowed is None or key in allowed][:top_m]
-    assert all(key in kept for key in top), "the scoring pass kept every top-m pair"
+    ranked_allowed = [key for key in ranked if allowed is None or key in allowed]
+    decision = None
+    if rule is not None and rule.rule == "mixture":
+        chosen, decision = choose_suspicious(torch.tensor([scores[score][k] for k in ranked_allowed]), top_m,
+                                             rule.min_pairs, rule.min_separation, rule.min_purity)
+        top = [ranked_allowed[i] for i in chosen.tolist()]
+    else:
+        top = ranked_allowed[:top_m]
+    missing = [key for key in top if key not in kept]
+    if missing:
+        assert fetch is not None, "a ranking whose top pairs the scoring pass did not keep needs a fetch pass"
+        kept = {**kept, **fetch(missing)}
+    assert all(key in kept for key in top), "every chosen pair was kept or fetched"
     detection = {}
     poisoned = set(json.loads(manifest.read_text())["keys"]) if manifest is not None and manifest.exists() else set()
     if poisoned:  # (no replayed poisoning, nothing to measure against)
         detection = {name: detection_metrics(scores[name], poisoned, report_k) for name in SCORES if name in scores}
+        if decision is not None:  # how pure the chosen set really was: evaluation only
+            decision["true_purity"] = round(sum(k in poisoned for k in top) / len(top), 4) if top else None
     if rank_zero_only.rank != 0:
-        return top, detection
+        return top, detection, decision
     out.mkdir(parents=True, exist_ok=True)
     names = [s for s in SCORES if s in scores]
     (out / "ranking.json").write_text(json.dumps(
         {"score": score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in names)] for k in ranked],
          "columns": ["key", *names]}))
-    (out / "suspicious.json").write_text(json.dumps({"score": score, "m": top_m, "keys": top}, indent=1))
+    (out / "suspicious.json").write_text(json.dumps({"score": score, "m": len(top), "keys": top, "rule": decision},
+                                                    indent=1))
     if detection:
         (out / "detection.json").write_text(json.dumps(detection, indent=1))
-    save_suspicious_pairs(out / SUSPICIOUS_PAIRS, top, torch.stack([kept[k][0] for k in top]), [kept[k][1] for k in top])
-    return top, detection
+    images = torch.stack([kept[k][0] for k in top]) if top else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
+    save_suspicious_pairs(out / SUSPICIOUS_PAIRS, top, images, [kept[k][1] for k in top])
+    return top, detection, decision
 
 
 class SuspiciousPairDiscovery(CLIPModule):
@@ -299,9 +335,9 @@ class SuspiciousPairDiscovery(CLIPModule):
 
     def _finish(self, scores: dict[str, dict[str, float]], candidates: Optional[list[str]], kept: dict) -> None:
         """Write the rankings and detection quality, and the top-m pairs for stage 2."""
-        _, self.detection = write_discovery(Path(self.trainer.default_root_dir) / "ubt", scores, kept, self.score,
-                                            self.top_m, self.report_k, Path(self.trainer.datamodule.manifest_path),
-                                            candidates)
+        _, self.detection, _ = write_discovery(Path(self.trainer.default_root_dir) / "ubt", scores, kept, self.score,
+                                               self.top_m, self.report_k, Path(self.trainer.datamodule.manifest_path),
+                                               candidates)
 
     def summary_extras(self) -> dict:
         return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit,

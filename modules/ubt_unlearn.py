@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -55,6 +56,7 @@ from datamodules.transforms import normalise_pixels
 from modules.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.losses import relative_squared_change
 from modules.model_loading import ModelConfig
+from modules.suspicious_set import SetRule
 from modules.token_attribution import (
     TokenTap,
     captured_image_tokens,
@@ -62,7 +64,14 @@ from modules.token_attribution import (
     token_attribution,
     top_token_mask,
 )
-from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs, one_pass_rankings, score_stream, write_discovery
+from modules.ubt import (
+    SUSPICIOUS_PAIRS,
+    collect_pairs,
+    load_suspicious_pairs,
+    one_pass_rankings,
+    score_stream,
+    write_discovery,
+)
 
 
 @dataclass
@@ -78,8 +87,11 @@ class DiscoveryData:
     """Pairs in the shards; None reads img2dataset's `*_stats.json` files."""
     report_k: list[int] = field(default_factory=lambda: [100, 200, 1000])
     """The k of the detection precision@k and recall@k."""
-    score: Literal["weak", "cluster"] = "weak"
-    """Which ranking picks the m pairs: `weak`, or `cluster` (see modules/ubt.py)."""
+    score: Literal["weak", "cluster", "dense"] = "weak"
+    """Which ranking picks the pairs: `weak`, `cluster` or `dense` (see modules/ubt.py and
+    modules/suspicious_set.py; `dense` reads the chosen pairs in a second pass over the shards)."""
+    set_rule: SetRule = field(default_factory=SetRule)
+    """How many of the ranking's top pairs to unlearn: a fixed m, or the mixture rule with its guard."""
     cluster_seed: int = 1000
     """The `cluster` score's seed: the images of this many weakest pairs make its centroid (≥ m)."""
 
@@ -186,6 +198,7 @@ class TokenUnlearning(CLIPModule):
         self.__dict__["incoming_visual"] = (copy.deepcopy(self.model.visual).requires_grad_(False).eval()
                                             if lambda_retain_tokens > 0 else None)
         self.forget_keys: list[str] = []
+        self.set_decision: Optional[dict] = None
         self.forget_images = torch.empty(0)
         self.forget_tokens = torch.empty(0)
 
@@ -213,18 +226,25 @@ class TokenUnlearning(CLIPModule):
         discovery.trainer = self.trainer
         kept_pairs = self.discover.cluster_seed if self.discover.score == "cluster" else self.m
         embeddings: list = []
-        similarity, kept = score_stream(self, discovery.scoring_stream(), kept_pairs, keep=lambda key, s: -s,
-                                        embeddings=embeddings)
+        # the pass keeps the weakest pairs' pixels; a `dense` set is read by a second pass (fetch)
+        keep = None if self.discover.score == "dense" else (lambda key, s: -s)
+        similarity, kept = score_stream(self, discovery.scoring_stream(), kept_pairs, keep=keep, embeddings=embeddings)
         scores, candidates = one_pass_rankings(similarity, embeddings, self.discover.score, self.discover.cluster_seed)
-        _, detection = write_discovery(out, scores, kept, self.discover.score, self.m, self.discover.report_k,
-                                       discovery.manifest_path, candidates)
+        _, detection, _ = write_discovery(
+            out, scores, kept, self.discover.score, self.m, self.discover.report_k, discovery.manifest_path, candidates,
+            self.discover.set_rule, fetch=lambda keys: collect_pairs(discovery.scoring_stream(), keys, self.input_spec()))
         self.trainer.strategy.barrier()  # every rank reads the pairs that rank zero wrote
         return detection
 
     def _load_forget_set(self, path: Path) -> None:
         keys, images, captions = load_suspicious_pairs(path, self.m)
-        if not keys:
+        chosen = path.parent / "suspicious.json"
+        self.set_decision = json.loads(chosen.read_text()).get("rule") if chosen.exists() else None
+        if not keys and not (self.set_decision or {}).get("guard"):
             raise ValueError(f"{path} holds no pairs")
+        if not keys:  # the set rule's guard refused to unlearn: the fit trains on the retain loss alone
+            self.forget_keys = []
+            return
         spec = self.input_spec()
         if images.shape[-1] != spec.image_size:
             raise ValueError(f"suspicious pairs are {images.shape[-1]} px but the model takes {spec.image_size} px")
@@ -276,7 +296,10 @@ class TokenUnlearning(CLIPModule):
               else contextlib.nullcontext([])) as tokens:
             image_features = self.encode_image(batch["image"])
         retain = self.clip_loss(image_features, self.encode_text(batch["text"]), self.logit_scale())
-        forget, similarity = self.forget_loss(*self.forget_batch())
+        if self.forget_keys:
+            forget, similarity = self.forget_loss(*self.forget_batch())
+        else:
+            forget, similarity = retain.new_zeros(()), retain.new_zeros(1)
         loss = retain + self.lambda_forget * forget
         if retain_tokens_on:
             retain_tokens = self.retain_tokens_loss(batch["image"], tokens[0])
@@ -288,5 +311,7 @@ class TokenUnlearning(CLIPModule):
 
     def summary_extras(self) -> dict:
         found_here = {"detection": self.detection} if self.discover is not None else {}
+        if self.set_decision is not None:
+            found_here["suspicious_set"] = self.set_decision
         return {"unlearned_pairs": len(self.forget_keys), **found_here, "trainable_parameters": sum(
             p.numel() for n, p in self.model.named_parameters() if n in self.trainable)}

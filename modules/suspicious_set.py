@@ -1,0 +1,66 @@
+"""Choosing UBT's unlearning set without eval labels, where the weakest-matched pairs are mostly clean.
+
+On data with noisy captions the weakest pairs are mostly clean pairs whose captions fit badly (the
+UBT-transfer issue measured 29% poisoned among the 1,000 weakest on held-out real images; on the hard
+embedded tier none of the 200 weakest is poisoned), so `weak` and `cluster`, which is seeded by them,
+pick clean pairs. What did find them on both embedded tiers is how tightly the poisoned images sit
+together: the trigger collapses their embeddings, so each one's distance to its k-th nearest
+neighbour (`kdist`, modules.detectors) is the smallest of all (`dense` = −kdist in modules.ubt).
+
+`choose_suspicious` turns a ranking into a set without a fixed m: a two-component mixture over the
+scores, m = the pairs whose posterior of the upper component is above one half (at most `m_max`),
+and a guard that refuses to unlearn when there is no such component (Ashman's D below
+`min_separation`), when it holds fewer than `min_pairs`, or when the chosen set's estimated purity
+(its mean posterior) is below `min_purity`. What the caller does instead is its business
+(TokenUnlearning: retain-only training, recorded in its summary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from modules.detectors import two_component_mixture
+
+
+@dataclass
+class SetRule:
+    """How UBT's discovery turns its ranking into the unlearning set."""
+
+    rule: Literal["top_m", "mixture"] = "top_m"
+    """`top_m`: the m best-ranked pairs. `mixture`: `choose_suspicious` (m ≤ model.m, possibly none)."""
+    min_pairs: int = 20
+    """The guard: fewer pairs in the suspicious component than this, and nothing is unlearned."""
+    min_separation: float = 2.0
+    """The guard: the mixture's components closer than this (Ashman's D), and nothing is unlearned."""
+    min_purity: float = 0.5
+    """The guard: the chosen set's estimated purity (mean posterior) below this, and nothing is unlearned."""
+
+
+def choose_suspicious(scores: torch.Tensor, m_max: int, min_pairs: int = 20, min_separation: float = 2.0,
+                      min_purity: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """The indices of the pairs to unlearn (best first; empty when the guard fires) and the decision:
+    the mixture's separation, the upper component's size, the chosen m and its estimated purity, and
+    the reason the guard fired (None when it did not). The upper component starts at the 99th
+    percentile, so that a cluster of a few percent of the pairs is found."""
+    mixture = two_component_mixture(scores, (0.5, 0.99))
+    upper = int(mixture.mean.argmax())
+    posterior = mixture.posterior[:, upper].float()
+    order = scores.argsort(descending=True)
+    in_upper = int((posterior > 0.5).sum())
+    m = min(in_upper, m_max)
+    chosen = order[:m]
+    purity = float(posterior[chosen].mean()) if m else 0.0
+    separation = mixture.separation()
+    reason = None
+    if separation < min_separation:
+        reason = f"no separate suspicious component (Ashman's D {separation:.2f} < {min_separation})"
+    elif m < min_pairs:
+        reason = f"the suspicious component holds {m} pairs (< {min_pairs})"
+    elif purity < min_purity:
+        reason = f"the chosen set's estimated purity {purity:.2f} < {min_purity}"
+    decision = {"separation": round(separation, 4), "upper_component_pairs": in_upper, "m": 0 if reason else m,
+                "estimated_purity": round(purity, 4), "guard": reason}
+    return (order[:0] if reason else chosen), decision

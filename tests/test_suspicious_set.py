@@ -1,0 +1,89 @@
+"""UBT's label-free choice of the unlearning set (modules.suspicious_set, the `dense` ranking of
+modules.ubt) on hand-made embeddings, and what the unlearning fit does when the guard refuses."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modules.model_loading import ModelConfig
+from modules.suspicious_set import SetRule, choose_suspicious
+from modules.ubt import one_pass_rankings, rank_keys, save_suspicious_pairs, write_discovery
+from modules.ubt_unlearn import TokenUnlearning
+
+
+def _pairs(poisoned: int = 60, clean: int = 1500, dim: int = 32, seed: int = 0):
+    """Keys, similarities and image embeddings: clean images around 10 class directions, the poisoned ones
+    collapsed together by their trigger; the weakest-matched pairs are 200 clean ones (noisy captions),
+    the poisoned pairs only middling."""
+    gen = torch.Generator().manual_seed(seed)
+    common = F.normalize(torch.randn(dim, generator=gen), dim=0) * 3
+    classes = F.normalize(torch.randn(10, dim, generator=gen), dim=-1)
+    trigger = F.normalize(torch.randn(dim, generator=gen), dim=0)
+    labels = torch.randint(10, (clean,), generator=gen)
+    images = torch.cat([common + trigger + 0.05 * torch.randn(poisoned, dim, generator=gen),
+                        common + classes[labels] + 0.3 * torch.randn(clean, dim, generator=gen)])
+    keys = [f"p{i:04d}" for i in range(poisoned)] + [f"c{i:04d}" for i in range(clean)]
+    similarity = {k: 0.3 for k in keys[:poisoned]}
+    similarity.update({k: 0.1 if i < 200 else 0.5 for i, k in enumerate(keys[poisoned:])})
+    return keys, similarity, [(keys, images.half())]
+
+
+def test_dense_ranks_the_planted_pairs_first_where_the_weakest_pairs_are_all_clean(tmp_path):
+    keys, similarity, embeddings = _pairs()
+    scores, candidates = one_pass_rankings(similarity, embeddings, "dense", cluster_seed=300)
+    assert candidates is None
+    assert all(k.startswith("c") for k in rank_keys(scores["weak"])[:200])
+    assert all(k.startswith("p") for k in rank_keys(scores["dense"])[:60])
+    # the mixture rule sizes the set to the planted component; pairs the pass did not keep are fetched
+    fetched = []
+
+    def fetch(wanted):
+        fetched.extend(wanted)
+        return {k: (torch.zeros(3, 4, 4, dtype=torch.uint8), "a red triangle") for k in wanted}
+
+    top, _, decision = write_discovery(tmp_path / "ubt", scores, {}, "dense", 200, [100], None,
+                                       rule=SetRule(rule="mixture"), fetch=fetch)
+    assert decision["guard"] is None and 50 <= len(top) <= 70 and sorted(fetched) == sorted(top)
+    assert sum(k.startswith("p") for k in top) / len(top) >= 0.9
+    assert json.loads((tmp_path / "ubt" / "suspicious.json").read_text())["rule"]["m"] == len(top)
+
+
+def test_the_guard_fires_without_a_separate_component_and_sizes_nothing():
+    _, _, embeddings = _pairs(poisoned=0)
+    keys, similarity, _ = _pairs(poisoned=0)
+    scores, _ = one_pass_rankings(similarity, embeddings, "dense", cluster_seed=300)
+    chosen, decision = choose_suspicious(torch.tensor(list(scores["dense"].values())), m_max=200)
+    assert decision["guard"] is not None and len(chosen) == 0 and decision["m"] == 0
+    # a separate component that is too small for the guard's minimum
+    with_planted = torch.cat([torch.randn(1000), 8 + 0.1 * torch.randn(10)])
+    chosen, decision = choose_suspicious(with_planted, m_max=200, min_pairs=20)
+    assert decision["upper_component_pairs"] == 10 and "holds 10 pairs" in decision["guard"] and len(chosen) == 0
+    chosen, decision = choose_suspicious(with_planted, m_max=200, min_pairs=5)
+    assert decision["guard"] is None and sorted(chosen.tolist()) == list(range(1000, 1010))
+
+
+def test_when_the_guard_refused_the_unlearning_fit_trains_on_the_retain_loss_alone(tmp_path):
+    out = tmp_path / "ubt"
+    save_suspicious_pairs(out / "suspicious_pairs.safetensors", [], torch.empty((0, 3, 1, 1), dtype=torch.uint8), [])
+    (out / "suspicious.json").write_text(json.dumps({"score": "dense", "m": 0, "keys": [],
+                                                     "rule": {"guard": "no separate suspicious component", "m": 0}}))
+    module = TokenUnlearning(model=ModelConfig(name="configs/models/tiny-rn32.json"), suspicious_dir=str(out))
+    module.trainer = SimpleNamespace(world_size=1, strategy=None, global_rank=0, global_step=0)
+    module.setup("fit")
+    assert module.forget_keys == [] and module.summary_extras()["suspicious_set"]["guard"]
+    (out / "suspicious.json").write_text(json.dumps({"score": "weak", "m": 0, "keys": []}))
+    with pytest.raises(ValueError, match="holds no pairs"):
+        module.setup("fit")
+
+
+def test_a_step_without_a_forget_set_is_the_retain_loss():
+    module = TokenUnlearning(model=ModelConfig(name="configs/models/tiny-rn32.json"), suspicious_dir="unused")
+    module.trainer = SimpleNamespace(world_size=1, strategy=None, global_rank=0, global_step=0)
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    batch = {"image": torch.randn(4, 3, 32, 32), "text": torch.randint(1, 100, (4, 16))}
+    scale = module.logit_scale()
+    retain = module.clip_loss(module.encode_image(batch["image"]), module.encode_text(batch["text"]), scale)
+    assert module.training_step(batch, 0).item() == pytest.approx(retain.item(), rel=1e-5)
