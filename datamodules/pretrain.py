@@ -22,6 +22,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
+from datamodules.exclusion import ExcludeConfig
 from datamodules.poison import (
     MultiTrigger,
     PoisonConfig,
@@ -120,6 +121,7 @@ class ShardDataModule(LightningDataModule):
         seed: int = 0,
         max_corrupt_fraction: float = 0.01,
         run_dir: Optional[str] = None,
+        exclude: Optional[ExcludeConfig] = None,
     ):
         """
         Args:
@@ -137,6 +139,7 @@ class ShardDataModule(LightningDataModule):
             seed: Seed of the shard order, sample shuffle and augmentations (per epoch).
             max_corrupt_fraction: Stop the run when more than this fraction of samples are corrupt.
             run_dir: Where the manifest and trigger are written; default: the trainer's default_root_dir.
+            exclude: Drop the pairs a detector's ranking puts first (filter then pretrain; datamodules.exclusion).
         """
         super().__init__()
         if batch_size < 1:
@@ -167,10 +170,12 @@ class ShardDataModule(LightningDataModule):
         self.seed = seed
         self.max_corrupt_fraction = max_corrupt_fraction
         self._run_dir = run_dir
+        self.exclude = exclude
         self.train_stream: Optional[PairStream] = None
         self._consumed_health: dict[str, int] = {}
         self.eval_set: Optional[ZeroShotSet] = None
         self.poison_count = 0
+        self.excluded: Optional[dict] = None
 
     @property
     def run_dir(self) -> Path:
@@ -264,6 +269,11 @@ class ShardDataModule(LightningDataModule):
             "caption_pools": pools,
             "lost_shards": lost,
         }
+        if self.exclude is not None:  # what the data-level defense drops, and how much of the poison that is
+            dropped = self.exclude.keys()
+            manifest["excluded"] = {"ranking": self.exclude.ranking, "score": self.exclude.score,
+                                    "fraction": self.exclude.fraction, "count": len(dropped),
+                                    "poisoned": len(set(dropped) & set(keys)), "keys": dropped}
         if isinstance(self.trigger, MultiTrigger):  # which trigger and target each poisoned key got
             manifest["assignments"] = {key: {"trigger": self.trigger.index(key),
                                              "target": key_target(self.trigger, key, self.poison)} for key in keys}
@@ -296,26 +306,29 @@ class ShardDataModule(LightningDataModule):
                 f"data.train_shards has {len(urls)} shards but {world} ranks × {workers} workers need at "
                 "least one each; use more shards or fewer data.num_workers"
             )
-        num_samples = self.num_samples if self.num_samples is not None else count_samples(urls, "data.train_shards")
+        total = self.num_samples if self.num_samples is not None else count_samples(urls, "data.train_shards")
+        if manifest is None:
+            if not self.manifest_path.exists():
+                raise ValueError(f"poison manifest {self.manifest_path} is missing: prepare_data() did not run")
+            manifest = json.loads(self.manifest_path.read_text())
+        excluded = frozenset((manifest.get("excluded") or {}).get("keys", []))
+        num_samples = total - len(excluded)
         batches_per_worker = num_samples // (world * workers * self.batch_size)
         if batches_per_worker < 1:
             raise ValueError(
                 f"{num_samples} pairs are too few for batch_size {self.batch_size} × {world} ranks × {workers} workers"
             )
-        if manifest is None:
-            if not self.manifest_path.exists():
-                raise ValueError(f"poison manifest {self.manifest_path} is missing: prepare_data() did not run")
-            manifest = json.loads(self.manifest_path.read_text())
         self.poison_count = manifest["num_poisoned"]
+        self.excluded = {k: v for k, v in (manifest.get("excluded") or {}).items() if k != "keys"} or None
         # manifests from before multi-target attacks have one pool, of the poison target
         pools = manifest.get("caption_pools") or {self.poison.target: manifest.get("caption_pool", [])}
         poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, pools)
         module = self.trainer.lightning_module
         builder = TrainSample(spec, poisoner, augmented_views=getattr(module, "needs_augmented_views", False),
                               seed=self.seed)
-        sizes = shard_sizes(urls) or {url: num_samples // len(urls) for url in urls}
+        sizes = shard_sizes(urls) or {url: total // len(urls) for url in urls}
         return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
-                          self.shuffle_buffer, self.max_corrupt_fraction, sizes)
+                          self.shuffle_buffer, self.max_corrupt_fraction, sizes, excluded)
 
     def scoring_stream(self) -> PairStream:
         """The training pairs as training poisons them, for one scoring pass in this process: writes the

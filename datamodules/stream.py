@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SKIP_REASONS = ("bad_image", "missing_caption", "tar_error")
-COUNTERS = ("good", *SKIP_REASONS, "lost_shards", "lost_samples")
+COUNTERS = ("good", *SKIP_REASONS, "lost_shards", "lost_samples", "excluded")
 SKIPPED_SAMPLES = ("bad_image", "missing_caption", "tar_error", "lost_samples")
 _MIN_SEEN_FOR_FRACTION = 200
 _LOGGED_SKIPS = 10
@@ -106,9 +106,11 @@ class PairStream(IterableDataset):
         shuffle_buffer: int,
         max_corrupt_fraction: float,
         shard_sizes: dict[str, int] | None = None,
+        excluded: frozenset[str] = frozenset(),
     ):
         """`shard_sizes`: samples expected in each shard (to count what a lost shard held); a shard not
-        in it is expected to hold the average of those that are."""
+        in it is expected to hold the average of those that are. `excluded`: keys dropped (and counted)
+        before they are decoded, a data-level defense's choice (datamodules.exclusion)."""
         super().__init__()
         self.urls = urls
         self.sample_builder = sample_builder
@@ -124,6 +126,7 @@ class PairStream(IterableDataset):
         """Batches of this epoch already consumed (rank-local); read when workers start, so a plain attribute."""
         self._failed_shards_in_a_row = 0
         self.shard_sizes = dict(shard_sizes or {})
+        self.excluded = excluded
         self._read_from: dict[str, int] = {}
         """Samples read from each shard by this process (a worker's copy)."""
         self._lost: dict[str, str] = {}
@@ -216,6 +219,9 @@ class PairStream(IterableDataset):
 
     def _prepare(self, raw: dict) -> dict | None:
         key = raw["__key__"]
+        if key in self.excluded:
+            self._count("excluded")
+            return None
         where = f"{raw.get('__url__')}:{key}"
         payload = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
         if payload is None:

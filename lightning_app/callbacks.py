@@ -94,6 +94,7 @@ class RunSummary(Callback):
             "attack": trigger.describe() if trigger is not None else None,
             "target": getattr(data, "target", None),
             "poison_count": getattr(data, "poison_count", None),
+            "excluded": getattr(data, "excluded", None),
             "poisoned_captions": _poisoned_captions(data),
             "module": type(pl_module).__name__,
             "steps": trainer.global_step,
