@@ -9,6 +9,7 @@ from modules.oracle_finder import OracleTriggerFinder
 from modules.pretrain import CleanCLIP, CLIPPretraining, FineTune
 from modules.repair import TriggerRepair
 from modules.roclip import RoCLIP
+from modules.safeclip import SafeCLIP
 from modules.ubt import SuspiciousPairDiscovery
 from modules.ubt_unlearn import TokenUnlearning
 

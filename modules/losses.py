@@ -75,3 +75,17 @@ def cleanclip_loss(clip_loss: ClipLoss, image: torch.Tensor, text: torch.Tensor,
 def relative_squared_change(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """‖features − reference‖² / ‖reference‖²: how far features moved from a frozen reference, scale-free."""
     return (features - reference).pow(2).sum() / reference.pow(2).sum().clamp_min(torch.finfo(reference.dtype).tiny)
+
+
+def safeclip_loss(image: torch.Tensor, text: torch.Tensor, image_aug: torch.Tensor, text_aug: torch.Tensor,
+                  safe: torch.Tensor, scale: torch.Tensor | float, unimodal_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """SafeCLIP's split loss over one batch of normalised features: the multimodal InfoNCE among the
+    `safe` rows (bool (N,)) and, on the other (risky) rows, the unimodal InfoNCE of each image with its
+    augmented view and each caption with its augmented caption (the mean of the two). A term with fewer
+    than two rows is zero. All rows safe: the CLIP loss; none: unimodal warm-up."""
+    zero = image.new_zeros(())
+    risky = ~safe
+    clip = info_nce(image[safe], text[safe], scale) if int(safe.sum()) >= 2 else zero
+    unimodal = ((info_nce(image[risky], image_aug[risky], scale) + info_nce(text[risky], text_aug[risky], scale)) / 2
+                if int(risky.sum()) >= 2 else zero)
+    return {"loss": clip + unimodal_weight * unimodal, "loss_clip": clip, "loss_unimodal": unimodal}
