@@ -15,5 +15,5 @@ from modules.ubt_unlearn import TokenUnlearning
 
 __all__ = ["ABD", "BadCLIPWeights", "OptimizeBadCLIPPatch", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "FineTune", "InvertTrigger",
            "ModelConfig",
-           "OptimizerConfig", "OracleTriggerFinder", "RoCLIP", "SuspiciousPairDiscovery", "TokenUnlearning",
+           "OptimizerConfig", "OracleTriggerFinder", "RoCLIP", "SafeCLIP", "SuspiciousPairDiscovery", "TokenUnlearning",
            "TriggerRepair"]
