@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import time
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
@@ -170,16 +171,25 @@ def density_scores(embeddings: list[tuple[list[str], torch.Tensor]], k: int = 16
 
 
 def one_pass_rankings(similarity: dict[str, float], embeddings: list[tuple[list[str], torch.Tensor]], score: str,
-                      cluster_seed: int) -> tuple[dict[str, dict[str, float]], Optional[list[str]]]:
+                      cluster_seed: int, seconds: Optional[dict[str, float]] = None
+                      ) -> tuple[dict[str, dict[str, float]], Optional[list[str]]]:
     """The rankings of one scoring pass (`before`, `weak`, `cluster`, `dense`, and the detectors `kdist`,
     `slof`, `dao` and SafeCLIP's `gmm`, reported only), and the keys that `score` picks its top m from
-    (the cluster seed for `cluster`; None: all)."""
+    (the cluster seed for `cluster`; None: all). `seconds` receives what each ranking cost beyond the
+    pass (the density scores share one neighbour search)."""
+    seconds = {} if seconds is None else seconds
     keys = list(similarity)
+    start = time.perf_counter()
     density = density_scores(embeddings)
+    seconds["kdist_slof_dao_dense_s"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
     gmm = dict(zip(keys, gmm_risk(torch.tensor([similarity[k] for k in keys])).tolist()))
-    scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()},
-              "cluster": cluster_scores(similarity, embeddings, cluster_seed), **density, "gmm": gmm,
-              "dense": {k: -v for k, v in density["kdist"].items()}}
+    seconds["gmm_s"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    cluster = cluster_scores(similarity, embeddings, cluster_seed)
+    seconds["cluster_s"] = round(time.perf_counter() - start, 3)
+    scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()}, "cluster": cluster, **density,
+              "gmm": gmm, "dense": {k: -v for k, v in density["kdist"].items()}}
     return scores, weakest_keys(similarity, cluster_seed) if score == "cluster" else None
 
 
@@ -286,6 +296,7 @@ class SuspiciousPairDiscovery(CLIPModule):
         self.similarity_before: dict[str, float] = {}
         self.cluster_before: dict[str, float] = {}
         self.detection: dict[str, dict[str, float]] = {}
+        self.detection_cost: dict[str, float] = {}
 
     def score_pairs(self, keep: Optional[Callable[[str, float], float]] = None, embeddings: Optional[list] = None
                     ) -> tuple[dict[str, float], dict]:
@@ -298,8 +309,10 @@ class SuspiciousPairDiscovery(CLIPModule):
         super().on_train_start()
         embeddings: list = []
         if not self.overfit:
+            start = time.perf_counter()
             before, kept = self.score_pairs(keep=lambda key, s: -s, embeddings=embeddings)
-            self._finish(*one_pass_rankings(before, embeddings, self.score, self.cluster_seed), kept)
+            self.detection_cost = {"scoring_pass_s": round(time.perf_counter() - start, 3)}
+            self._finish(*one_pass_rankings(before, embeddings, self.score, self.cluster_seed, self.detection_cost), kept)
             self.trainer.should_stop = True  # the fit loop ends before its first batch
             return
         if not self.similarity_before:  # (restored from the checkpoint on resume)
@@ -341,4 +354,4 @@ class SuspiciousPairDiscovery(CLIPModule):
 
     def summary_extras(self) -> dict:
         return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit,
-                "cluster_seed": self.cluster_seed}
+                "cluster_seed": self.cluster_seed, "detection_cost": self.detection_cost}

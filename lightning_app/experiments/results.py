@@ -42,6 +42,8 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
         row[f"inversion_{name}"] = value
     excluded = summary.get("excluded") or {}  # filter then pretrain: pairs dropped, and poisoned among them
     row["excluded_count"], row["excluded_poisoned"] = excluded.get("count"), excluded.get("poisoned")
+    for name, value in (summary.get("detection_cost") or {}).items():  # seconds of the pass and of each ranking
+        row[f"cost_{name}"] = value
     for name, value in (summary.get("suspicious_set") or {}).items():  # UBT's set rule: its m, purity, guard
         row[f"set_{name}"] = value
     for name, value in (summary.get("oracle") or {}).items():  # the oracle finder's finding

@@ -36,6 +36,8 @@ def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
         return f"seeds with {COLUMN_NAMES.get(table.select['where'], table.select['where'])} ≤ {table.select['at_most']:g}"
     if column in COLUMN_NAMES:
         return COLUMN_NAMES[column]
+    if column.startswith("cost_") and column.endswith("_s"):
+        return f"{column.removeprefix('cost_').removesuffix('_s').replace('_', ', ')} (s)"
     if column.startswith("asr_"):
         return f"ASR {column.removeprefix('asr_')}"
     score, _, metric = column.partition("_")
