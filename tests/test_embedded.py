@@ -132,3 +132,15 @@ def test_tiers_are_separate_builds_and_the_easy_spec_is_unchanged(tmp_path):
                           samples_per_shard=30, eval_per_class=3, difficulty="hard").prepare()
     with pytest.raises(ValueError, match="embedded.difficulty"):
         EmbeddedBenchmark(difficulty="medium")
+
+
+def test_a_larger_build_extends_a_smaller_one_with_the_same_first_shards_and_eval(tmp_path):
+    small = EmbeddedBenchmark(root=str(tmp_path / "1x"), pretrain_shards=1, finetune_shards=1, samples_per_shard=20,
+                              eval_per_class=1, difficulty="hard")
+    large = EmbeddedBenchmark(root=str(tmp_path / "2x"), pretrain_shards=2, finetune_shards=1, samples_per_shard=20,
+                              eval_per_class=1, difficulty="hard")
+    small.prepare()
+    large.prepare()
+    for part in ("pretrain/00000.tar", "finetune/00000.tar", "eval/test/0.tar"):
+        assert (tmp_path / "1x" / part).read_bytes() == (tmp_path / "2x" / part).read_bytes()
+    assert (tmp_path / "2x" / "pretrain" / "00001.tar").exists()
