@@ -301,7 +301,7 @@ def test_where_keeps_only_the_named_values_of_an_axis():
     experiment = load_experiment("experiments/structured_attacks.yaml")
     restrict_axes(experiment, ["attack=badnet_stripes,multi_target"])
     ids = [run.id for run in expand(experiment)]
-    assert sorted(ids) == sorted(f"pretrain[attack={a}]@seed{s}" for s in experiment.seeds
+    assert sorted(ids) == sorted(f"{stage}[attack={a}]@seed{s}" for s in experiment.seeds for stage in ("pretrain", "detect")
                                  for a in ("badnet_stripes", "multi_target"))
     with pytest.raises(ValueError, match="no value"):
         restrict_axes(experiment, ["attack=blended_text"])

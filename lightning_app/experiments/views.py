@@ -181,6 +181,21 @@ def table_note(experiment: Experiment, table: TableSpec) -> str:
     return note + (f" {table.note.strip()}" if table.note else "")
 
 
+def _save_ca_asr(fig, ax, title: str, path: Path) -> Path:
+    """The CA-vs-ASR axes, legend and title of both plots, saved to `path`."""
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlabel("attack success rate (lower is better)")
+    ax.set_ylabel("zero-shot clean accuracy, top-1")
+    ax.set_xlim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: Path) -> Path | None:
     """One point per table row at its mean ASR and CA, with the 95% intervals as error bars."""
     groups = group_rows(experiment, table, rows)
@@ -204,17 +219,7 @@ def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], p
         ax.errorbar([asr.mean], [ca.mean], xerr=[[asr.mean - asr.low], [asr.high - asr.mean]],
                     yerr=[[ca.mean - ca.low], [ca.high - ca.mean]], fmt=marker, color=colours[stage], capsize=3,
                     label=label)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_xlabel("attack success rate (lower is better)")
-    ax.set_ylabel("zero-shot clean accuracy, top-1")
-    ax.set_xlim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{experiment.name}: mean and 95% interval over seeds")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_ca_asr(fig, ax, f"{experiment.name}: mean and 95% interval over seeds", path)
 
 
 def runs_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: Path) -> Path | None:
@@ -237,17 +242,7 @@ def runs_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: 
                            marker="osD^vP*X"[j % 8], alpha=0.8, label=label)
     if table.select and table.select["where"] == "asr":
         ax.axvline(table.select["at_most"], color="grey", linestyle="--", linewidth=1)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_xlabel("attack success rate (lower is better)")
-    ax.set_ylabel("zero-shot clean accuracy, top-1")
-    ax.set_xlim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{experiment.name}: every run ({len(points)})")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_ca_asr(fig, ax, f"{experiment.name}: every run ({len(points)})", path)
 
 
 def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = False) -> list[Path]:
