@@ -9,6 +9,7 @@ Pickle files are read with `torch.load(weights_only=True)`, which refuses arbitr
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -69,6 +70,14 @@ def _open_clip_name(name: str) -> str:
     return name
 
 
+def is_torchscript_archive(path: Path) -> bool:
+    """A zip whose archive holds TorchScript code (`code/` or `constants.pkl`), as torch.jit.save writes."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read model weights from safetensors, or a pickle restricted to tensors and plain containers."""
     path = Path(path)
@@ -82,6 +91,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                              "for an open_clip folder use model.name local-dir:PATH")
         data = read_deepspeed_state_dict(path)
         return _strip_prefix(data)
+    if is_torchscript_archive(path):
+        raise UnsafeCheckpointError(
+            f"{path} is a TorchScript archive (the format of OpenAI's CLIP .pt files): loading it runs the code it "
+            "carries, so it is refused. Convert it once, on a machine and in an environment you trust, to "
+            "safetensors: torch.jit.load(path, map_location='cpu').state_dict() saved with "
+            "safetensors.torch.save_file; then set model.pretrained to the .safetensors file."
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exn:  # torch raises UnpicklingError (or RuntimeError) for forbidden globals

@@ -80,3 +80,18 @@ def test_shrink_out_of_range_fails_naming_the_option():
 
     with pytest.raises(ValueError, match="model.shrink"):
         ModelConfig(shrink=1.5)
+
+
+def test_a_torchscript_archive_is_refused_before_anything_is_loaded(tmp_path, monkeypatch):
+    scripted = tmp_path / "ViT-B-32.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(scripted))
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), plain)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a TorchScript archive reached a loader")
+
+    monkeypatch.setattr(torch.jit, "load", never)
+    with pytest.raises(UnsafeCheckpointError, match="TorchScript archive"):
+        read_state_dict(scripted)
+    assert sorted(read_state_dict(plain)) == ["bias", "weight"]
