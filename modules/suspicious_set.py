@@ -11,7 +11,7 @@ neighbour (`kdist`, modules.detectors) is the smallest of all (`dense` = −kdis
 scores, m = the pairs whose posterior of the upper component is above one half (at most `m_max`),
 and a guard that refuses to unlearn when there is no such component (Ashman's D below
 `min_separation`), when it holds fewer than `min_pairs`, or when the chosen set's estimated purity
-(its mean posterior) is below `min_purity`. What the caller does instead is its business
+(its mean posterior) is below `min_purity` (0.8: more than a fifth clean by the mixture's own count). What the caller does instead is its business
 (TokenUnlearning: retain-only training, recorded in its summary).
 """
 
@@ -35,12 +35,13 @@ class SetRule:
     """The guard: fewer pairs in the suspicious component than this, and nothing is unlearned."""
     min_separation: float = 2.0
     """The guard: the mixture's components closer than this (Ashman's D), and nothing is unlearned."""
-    min_purity: float = 0.5
-    """The guard: the chosen set's estimated purity (mean posterior) below this, and nothing is unlearned."""
+    min_purity: float = 0.8
+    """The guard: the chosen set's estimated purity (mean posterior) below this, and nothing is unlearned.
+    (Every kept pair has a posterior above ½, so a bound of ½ could never fire.)"""
 
 
 def choose_suspicious(scores: torch.Tensor, m_max: int, min_pairs: int = 20, min_separation: float = 2.0,
-                      min_purity: float = 0.5) -> tuple[torch.Tensor, dict]:
+                      min_purity: float = 0.8) -> tuple[torch.Tensor, dict]:
     """The indices of the pairs to unlearn (best first; empty when the guard fires) and the decision:
     the mixture's separation, the upper component's size, the chosen m and its estimated purity, and
     the reason the guard fired (None when it did not). The upper component starts at the 99th

@@ -63,6 +63,13 @@ def test_the_guard_fires_without_a_separate_component_and_sizes_nothing():
     assert decision["upper_component_pairs"] == 10 and "holds 10 pairs" in decision["guard"] and len(chosen) == 0
     chosen, decision = choose_suspicious(with_planted, m_max=200, min_pairs=5)
     assert decision["guard"] is None and sorted(chosen.tolist()) == list(range(1000, 1010))
+    # a separate but overlapping component: kept whole, its estimated purity decides
+    gen = torch.Generator().manual_seed(0)
+    overlapping = torch.cat([torch.randn(1000, generator=gen), 2.3 + torch.randn(1000, generator=gen)])
+    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.8)
+    assert decision["guard"] is None and 0.8 <= decision["estimated_purity"] < 0.9 and len(chosen) == decision["m"]
+    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.9)
+    assert "estimated purity" in decision["guard"] and len(chosen) == 0
 
 
 def test_when_the_guard_refused_the_unlearning_fit_trains_on_the_retain_loss_alone(tmp_path):
