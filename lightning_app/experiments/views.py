@@ -24,7 +24,7 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "inversion_mask_l1": "inverted mask L1 (px)", "oracle_victim_label": "victim label found",
                 "oracle_victim_label_correct": "found the target", "oracle_confidence": "its share of candidates",
                 "oracle_mean_iou": "IoU with the trigger", "selected": "chosen run", "set_m": "pairs unlearned",
-                "set_true_purity": "their share poisoned", "set_guard": "guard",
+                "set_true_purity": "their share poisoned", "set_estimated_purity": "estimated purity", "set_guard": "guard",
                 "excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them"}
 WHOLE_NUMBERS = {"steps", "wall_time_s", "cost_s", "poison_count", "set_m", "excluded_count", "excluded_poisoned"}
 
