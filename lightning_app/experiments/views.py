@@ -25,7 +25,9 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "oracle_victim_label_correct": "found the target", "oracle_confidence": "its share of candidates",
                 "oracle_mean_iou": "IoU with the trigger", "selected": "chosen run", "set_m": "pairs unlearned",
                 "set_true_purity": "their share poisoned", "set_estimated_purity": "estimated purity", "set_guard": "guard",
-                "excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them"}
+                "excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them",
+                "cost_scoring_pass_s": "scoring pass (s)", "cost_kdist_slof_dao_dense_s": "kdist, SLOF, DAO, dense (s)",
+                "cost_gmm_s": "GMM (s)", "cost_cluster_s": "cluster (s)"}
 WHOLE_NUMBERS = {"steps", "wall_time_s", "cost_s", "poison_count", "set_m", "excluded_count", "excluded_poisoned"}
 
 
@@ -36,8 +38,6 @@ def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
         return f"seeds with {COLUMN_NAMES.get(table.select['where'], table.select['where'])} ≤ {table.select['at_most']:g}"
     if column in COLUMN_NAMES:
         return COLUMN_NAMES[column]
-    if column.startswith("cost_") and column.endswith("_s"):
-        return f"{column.removeprefix('cost_').removesuffix('_s').replace('_', ', ')} (s)"
     if column.startswith("asr_"):
         return f"ASR {column.removeprefix('asr_')}"
     score, _, metric = column.partition("_")
