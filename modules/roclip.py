@@ -6,10 +6,11 @@ poisoned pair would teach; other epochs use the plain loss.
     python main.py fit --config configs/embedded/roclip.yaml
 
 Facts from its code (BigML-CS-UCLA/RoCLIP): the swap happens on epochs where epoch % break_epoch == 0
-(default 2); the bank (default 21,845 entries) is updated with the batch's caption embeddings after
-it is queried, so an image never meets its own caption through the bank; bank entries carry no
-gradient. `cross_aug` (EDA captions, augmented images) is not implemented here. The bank is per rank
-and not checkpointed: a resumed run refills it (until it holds something, a swap epoch uses the plain loss).
+(default 2), with epochs counted from 1 (its loop is CleanCLIP's `range(start_epoch + 1, epochs + 1)`), so
+the first epoch is plain and the swap starts from a model that already pairs images with captions; the
+bank (default 21,845 entries) is updated with the batch's caption embeddings after it is queried, so an
+image never meets its own caption through the bank; bank entries carry no gradient. `cross_aug` (EDA
+captions, augmented images) is not implemented here. The bank is per rank and not checkpointed: a resumed run refills it (until it holds something, a swap epoch uses the plain loss).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class RoCLIP(CLIPModule):
         Args:
             model: The open_clip model and its starting weights.
             optimizer: AdamW and the warm-up + cosine schedule.
-            break_epoch: Swap captions for their nearest bank neighbour on epochs divisible by this (RoCLIP: 2).
+            break_epoch: Swap captions for their nearest bank neighbour on epochs divisible by this, counted from 1
+                (RoCLIP: 2, so epochs 2, 4, ...; the first epoch is always plain).
             bank_size: Caption embeddings the FIFO bank holds (RoCLIP: 21,845).
         """
         super().__init__(model, optimizer)
@@ -63,7 +65,9 @@ class RoCLIP(CLIPModule):
         self.bank = TextMemoryBank(bank_size)
 
     def swaps_this_epoch(self) -> bool:
-        return self.current_epoch % self.break_epoch == 0
+        # Lightning counts epochs from 0, RoCLIP from 1: swapping on epoch 0 would match a random model's
+        # images with random captions (embedded BadNet: CA 0.13 after 10 epochs, the loss of plain epochs at chance)
+        return (self.current_epoch + 1) % self.break_epoch == 0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         scale = self.logit_scale()
