@@ -98,5 +98,8 @@ def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
         result = subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise RuntimeError(f"stage {stage.label!r} failed (exit {result.returncode}); see {log_path}")
+    if not stage.summary_path.exists():  # Lightning ends a fit stopped by SIGTERM with exit status 0
+        raise RuntimeError(f"stage {stage.label!r} ended without {stage.summary_path} (stopped before the end of "
+                           f"its fit?); see {log_path}. Running it again resumes from its last checkpoint")
     log.info("[%s] done in %.0fs", stage.label, time.perf_counter() - start)
     return stage.summary()

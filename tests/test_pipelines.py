@@ -53,3 +53,13 @@ def test_a_run_recorded_with_the_config_text_hash_is_still_reused(tmp_path):
     (run_dir / "summary.json").write_text(json.dumps({"asr": 0.5}))
     assert run_stage(Stage("ft", str(config), str(run_dir))) == {"asr": 0.5}
     assert "config_values_sha256" in json.loads((run_dir / "stage.json").read_text())  # upgraded in place
+
+
+def test_a_fit_that_exits_cleanly_without_a_summary_is_a_failed_stage(tmp_path, monkeypatch):
+    import subprocess
+
+    # a fit stopped by SIGTERM: Lightning ends it with exit status 0 and our summary is never written
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="without .*summary.json"):
+        run_stage(Stage("ft", "configs/embedded/ft.yaml", str(run_dir)))
