@@ -1,5 +1,6 @@
 """The segmentation-oracle trigger finder: on hand-made images with a pasted patch, it returns the patch's
-region and the planted label; clean images are not candidates; the victim label is the most frequent."""
+region and the planted label; clean images are not candidates; the victim label is the one whose region,
+pasted onto other images, turns them into it (or, by the count rule, the most frequent)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from datamodules.transforms import denormalise, normalise_pixels
 from modules.model_loading import ModelConfig
 from modules.oracle import FastSAM, Felzenszwalb
-from modules.oracle_finder import OracleTriggerFinder, judge_image, victim_label
+from modules.oracle_finder import OracleTriggerFinder, judge_image, transplant_rate, victim_by_transplant, victim_label
 
 PATCH = (slice(20, 28), slice(4, 12))
 
@@ -66,3 +67,39 @@ def test_victim_label_by_count_with_its_share():
 def test_a_missing_fastsam_weight_file_names_the_option(tmp_path):
     with pytest.raises(ValueError, match="oracle.init_args.weights"):
         FastSAM(weights=str(tmp_path / "FastSAM-s.pt"))
+
+
+def test_the_transplant_test_picks_the_region_that_turns_other_images_not_the_most_frequent_label():
+    spec = OracleTriggerFinder(ModelConfig(name="configs/models/tiny-rn32.json")).input_spec()
+    toy = _toy(spec)
+
+    def classify(pixels):
+        return toy(normalise_pixels(pixels, spec.mean, spec.std)).argmax(1)
+
+    images = torch.stack([_scene((0.9, 0.1, 0.1), False), _scene((0.1, 0.1, 0.9), False),
+                          _scene((0.9, 0.1, 0.1), True)])  # red → 0, blue → 1, patched → 2
+    trigger = torch.zeros(32, 32, dtype=torch.bool)
+    trigger[PATCH] = True
+    yellow = _scene((0.9, 0.1, 0.1), True)
+    assert transplant_rate(trigger, yellow, images, 2, classify) == 1.0  # both unpatched images turn; the third is 2
+    blue_corner = torch.zeros(32, 32, dtype=torch.bool)
+    blue_corner[:4, :4] = True  # a small blue region: not enough to outweigh a red image
+    assert transplant_rate(blue_corner, _scene((0.1, 0.1, 0.9), False), images, 1, classify) == 0.0
+    everything_two = torch.stack([_scene((0.9, 0.1, 0.1), True)])
+    assert transplant_rate(trigger, yellow, everything_two, 2, classify) == 0.0  # nothing left to turn
+
+    # label 1 has the most candidates, but only label 2's region works on other images
+    candidates = {"a": 1, "b": 1, "c": 1, "d": 2}
+    scores = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.5}
+    rates = {"a": 0.1, "b": 0.3, "c": 0.0, "d": 0.95}
+    tried = []
+
+    def rate_of(key, label):
+        tried.append(key)
+        return rates[key]
+
+    victim, key, by_label = victim_by_transplant(candidates, scores, rate_of, top=2)
+    assert (victim, key, by_label) == (2, "d", {1: 0.3, 2: 0.95})
+    assert sorted(tried) == ["a", "b", "d"]  # "c" is below label 1's top 2 by score
+    assert victim_label(candidates)[0] == 1  # the count rule would name label 1
+    assert victim_by_transplant({}, {}, rate_of, top=2) == (-1, None, {})
