@@ -29,20 +29,28 @@ class TextMemoryBank:
             raise ValueError(f"model.bank_size must be ≥ 1, got {size}")
         self.size = size
         self.embeddings: torch.Tensor | None = None
+        self.flags: torch.Tensor | None = None  # per entry: was its pair poisoned (evaluation only)
 
     def __len__(self) -> int:
         return 0 if self.embeddings is None else len(self.embeddings)
 
-    def nearest(self, images: torch.Tensor) -> torch.Tensor:
-        """For each (normalised) image embedding, the bank's most similar caption embedding."""
+    def nearest_index(self, images: torch.Tensor) -> torch.Tensor:
+        """For each (normalised) image embedding, the index of the bank's most similar caption embedding."""
         assert self.embeddings is not None and len(self.embeddings), "query a bank that holds something"
         bank = self.embeddings.to(images.device, images.dtype)
-        return bank[(images.detach() @ bank.t()).argmax(dim=1)]
+        return (images.detach() @ bank.t()).argmax(dim=1)
 
-    def add(self, texts: torch.Tensor) -> None:
+    def nearest(self, images: torch.Tensor) -> torch.Tensor:
+        """For each (normalised) image embedding, the bank's most similar caption embedding."""
+        return self.embeddings.to(images.device, images.dtype)[self.nearest_index(images)]
+
+    def add(self, texts: torch.Tensor, flags: torch.Tensor | None = None) -> None:
         new = texts.detach()
         merged = new if self.embeddings is None else torch.cat([self.embeddings.to(new.device), new])
         self.embeddings = merged[-self.size:]
+        new_flags = torch.zeros(len(new), dtype=torch.bool) if flags is None else flags.detach().cpu().bool()
+        merged_flags = new_flags if self.flags is None else torch.cat([self.flags, new_flags])
+        self.flags = merged_flags[-self.size:]
 
 
 class RoCLIP(CLIPModule):
@@ -74,9 +82,25 @@ class RoCLIP(CLIPModule):
         image = self.encode_image(batch["image"])
         text = self.encode_text(batch["text"])
         swapped = self.swaps_this_epoch() and len(self.bank) > 0
-        loss = self.clip_loss(image, self.bank.nearest(image) if swapped else text, scale)
-        self.bank.add(text)  # after the query: an image never meets its own caption through the bank
+        if swapped:
+            index = self.bank.nearest_index(image)
+            loss = self.clip_loss(image, self.bank.embeddings.to(image.device, image.dtype)[index], scale)
+            self._log_swap_sources(self.bank.flags[index.cpu()], batch.get("poisoned"))
+        else:
+            loss = self.clip_loss(image, text, scale)
+        self.bank.add(text, batch.get("poisoned"))  # after the query: an image never meets its own caption through the bank
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/swapped", float(swapped))
         self.log("train/logit_scale", scale)
         return loss
+
+    def _log_swap_sources(self, swapped_from_poisoned: torch.Tensor, poisoned) -> None:
+        """Evaluation only (no step reads it): how often a poisoned image's nearest caption is itself a
+        poisoned pair's (then the swap keeps the trigger-target link it was meant to break), against clean images."""
+        if poisoned is None:
+            return
+        poisoned = torch.as_tensor(poisoned).cpu().bool()
+        if poisoned.any():
+            self.log("train/poisoned_swapped_to_poisoned", swapped_from_poisoned[poisoned].float().mean())
+        if (~poisoned).any():
+            self.log("train/clean_swapped_to_poisoned", swapped_from_poisoned[~poisoned].float().mean())

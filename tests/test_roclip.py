@@ -21,6 +21,17 @@ def test_the_bank_returns_each_images_nearest_caption_and_forgets_the_oldest():
     assert len(bank) == 3 and not any(torch.equal(row, captions[0]) for row in bank.embeddings)
 
 
+def test_the_bank_keeps_each_entrys_poisoned_flag_in_step_with_its_embedding():
+    bank = TextMemoryBank(size=3)
+    captions = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]), dim=-1)
+    bank.add(captions[:2], torch.tensor([True, False]))
+    bank.add(captions[2:])  # no flags: clean
+    assert bank.flags.tolist() == [False, False, False]  # [1, 0] (poisoned) left first
+    bank.add(captions[:1], torch.tensor([True]))
+    index = bank.nearest_index(F.normalize(torch.tensor([[0.9, 0.1], [-0.9, 0.1]]), dim=-1))
+    assert bank.flags[index].tolist() == [True, False]
+
+
 def test_an_image_never_meets_its_own_caption_through_the_bank():
     bank = TextMemoryBank(size=10)
     bank.add(F.normalize(torch.tensor([[0.0, 1.0]]), dim=-1))
