@@ -89,11 +89,11 @@ def victim_label(candidates: dict[str, int]) -> tuple[int, float]:
     return label, counts[label] / sum(counts.values())
 
 
-def transplant_rate(region: torch.Tensor, pixels: torch.Tensor, images: torch.Tensor, label: int,
-                    classify) -> float:
-    """The share of `images` (N, 3, H, W; pixels in [0, 1]) not labelled `label` that `classify` labels
-    `label` once the region's pixels are pasted onto them in place; 0 when every image already is."""
-    before = classify(images)
+def transplant_rate(region: torch.Tensor, pixels: torch.Tensor, images: torch.Tensor, before: torch.Tensor,
+                    label: int, classify) -> float:
+    """The share of `images` (N, 3, H, W; pixels in [0, 1]) not labelled `label` (`before`: their labels)
+    that `classify` labels `label` once the region's pixels are pasted onto them in place; 0 when every
+    image already is."""
     others = before != label
     if not others.any():
         return 0.0
@@ -164,32 +164,45 @@ class OracleTriggerFinder(CLIPModule):
         self.result: dict = {}
 
     @torch.no_grad()
-    def examine(self, images: torch.Tensor, classifier: torch.Tensor) -> list[dict]:
-        """Per normalised image: ŷ, and the candidate decision with its region (a mask) and pixels."""
+    def _probs(self, pixels: torch.Tensor, classifier: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Zero-shot class probabilities of images given as pixels in [0, 1], in chunks (one forward each)."""
         spec = self.input_spec()
-        pixels = denormalise(images, spec.mean, spec.std).clamp(0, 1)
+        out = [(100.0 * (self.encode_image(normalise_pixels(part, spec.mean, spec.std).to(self.device)) @ classifier))
+               .softmax(1).cpu() for part in pixels.split(chunk)]
+        return torch.cat(out) if out else torch.empty(0, classifier.shape[1])
+
+    @torch.no_grad()
+    def examine(self, images: torch.Tensor, classifier: torch.Tensor) -> list[dict]:
+        """Per normalised image: ŷ, and the candidate decision with its region (a mask) and pixels. Every
+        region of every image goes through the model in one batch, then every remainder check in another."""
+        spec = self.input_spec()
+        pixels = denormalise(images, spec.mean, spec.std).clamp(0, 1).cpu()
         whole = (self.encode_image(images) @ classifier).argmax(1).tolist()
-        out = []
-        for i, image in enumerate(pixels.cpu()):
-            regions = sorted(self.oracle.segments(image), key=lambda m: -int(m.sum()))[: self.max_regions]
-            if not regions:
+        regions = [sorted(self.oracle.segments(image), key=lambda m: -int(m.sum()))[: self.max_regions] for image in pixels]
+        canvases = [region_canvas(image, r) for image, rs in zip(pixels, regions) for r in rs]
+        probs = self._probs(torch.stack(canvases), classifier) if canvases else None
+        out, start = [], 0
+        for i, image in enumerate(pixels):
+            if not regions[i]:
                 out.append({"whole": whole[i], "candidate": False, "score": 0.0})
                 continue
-            canvases = torch.stack([region_canvas(image, r) for r in regions])
-            logits = self.encode_image(normalise_pixels(canvases, spec.mean, spec.std).to(self.device)) @ classifier
-            probs = (100.0 * logits).softmax(1).cpu()
-            labels = probs.argmax(1).tolist()
-            areas = [float(r.float().mean()) for r in regions]
-            candidate, score, index = judge_image(whole[i], labels, probs[:, whole[i]].tolist(), areas, self.small_fraction)
-            if candidate and self.remainder_check:
-                rest = region_canvas(image, ~regions[index])
-                rest_probs = (100.0 * self.encode_image(normalise_pixels(rest[None], spec.mean, spec.std).to(self.device))
-                              @ classifier).softmax(1)[0].cpu()
-                rest_label = int(rest_probs.argmax())
-                candidate = rest_label != whole[i]
-                score = score * float(rest_probs[rest_label]) if candidate else 0.0
+            mine = probs[start:start + len(regions[i])]
+            start += len(regions[i])
+            areas = [float(r.float().mean()) for r in regions[i]]
+            candidate, score, index = judge_image(whole[i], mine.argmax(1).tolist(), mine[:, whole[i]].tolist(), areas,
+                                                  self.small_fraction)
             out.append({"whole": whole[i], "candidate": candidate, "score": score,
-                        "region": regions[index] if candidate else None, "pixels": image if candidate else None})
+                        "region": regions[i][index] if candidate else None, "pixels": image if candidate else None})
+        if self.remainder_check:
+            checked = [i for i, found in enumerate(out) if found["candidate"]]
+            if checked:
+                rests = torch.stack([region_canvas(pixels[i], ~out[i]["region"]) for i in checked])
+                for i, rest_probs in zip(checked, self._probs(rests, classifier)):
+                    rest_label = int(rest_probs.argmax())
+                    if rest_label == whole[i]:
+                        out[i].update(candidate=False, score=0.0, region=None, pixels=None)
+                    else:
+                        out[i]["score"] *= float(rest_probs[rest_label])
         return out
 
     def on_train_start(self) -> None:
@@ -225,11 +238,12 @@ class OracleTriggerFinder(CLIPModule):
             images = torch.stack(pool)
 
             def classify(pixels: torch.Tensor) -> torch.Tensor:
-                normalised = normalise_pixels(pixels, spec.mean, spec.std).to(self.device)
-                return (self.encode_image(normalised) @ classifier).argmax(1).cpu()
+                return self._probs(pixels, classifier).argmax(1)
+
+            before = classify(images)
 
             def rate_of(key: str, label: int) -> float:
-                return transplant_rate(regions[key][0], regions[key][1], images, label, classify)
+                return transplant_rate(regions[key][0], regions[key][1], images, before, label, classify)
 
             victim, trigger_key, transplant = victim_by_transplant(
                 candidates, {k: scores[k][1] for k in candidates}, rate_of, self.verify_top)

@@ -81,12 +81,13 @@ def test_the_transplant_test_picks_the_region_that_turns_other_images_not_the_mo
     trigger = torch.zeros(32, 32, dtype=torch.bool)
     trigger[PATCH] = True
     yellow = _scene((0.9, 0.1, 0.1), True)
-    assert transplant_rate(trigger, yellow, images, 2, classify) == 1.0  # both unpatched images turn; the third is 2
+    before = classify(images)
+    assert transplant_rate(trigger, yellow, images, before, 2, classify) == 1.0  # both unpatched images turn; the third is 2
     blue_corner = torch.zeros(32, 32, dtype=torch.bool)
     blue_corner[:4, :4] = True  # a small blue region: not enough to outweigh a red image
-    assert transplant_rate(blue_corner, _scene((0.1, 0.1, 0.9), False), images, 1, classify) == 0.0
+    assert transplant_rate(blue_corner, _scene((0.1, 0.1, 0.9), False), images, before, 1, classify) == 0.0
     everything_two = torch.stack([_scene((0.9, 0.1, 0.1), True)])
-    assert transplant_rate(trigger, yellow, everything_two, 2, classify) == 0.0  # nothing left to turn
+    assert transplant_rate(trigger, yellow, everything_two, classify(everything_two), 2, classify) == 0.0  # nothing left to turn
 
     # label 1 has the most candidates, but only label 2's region works on other images
     candidates = {"a": 1, "b": 1, "c": 1, "d": 2}
