@@ -71,6 +71,7 @@ class RoCLIP(CLIPModule):
             raise ValueError(f"model.break_epoch must be ≥ 1, got {break_epoch}")
         self.break_epoch = break_epoch
         self.bank = TextMemoryBank(bank_size)
+        self.swap_counts: dict[str, list[int]] = {}  # per swap epoch: [poisoned images, ... swapped to a poisoned caption]
 
     def swaps_this_epoch(self) -> bool:
         # Lightning counts epochs from 0, RoCLIP from 1: swapping on epoch 0 would match a random model's
@@ -100,7 +101,18 @@ class RoCLIP(CLIPModule):
         if poisoned is None:
             return
         poisoned = torch.as_tensor(poisoned).cpu().bool()
+        counts = self.swap_counts.setdefault(str(self.current_epoch), [0, 0])
+        counts[0] += int(poisoned.sum())
+        counts[1] += int(swapped_from_poisoned[poisoned].sum())
         if poisoned.any():
             self.log("train/poisoned_swapped_to_poisoned", swapped_from_poisoned[poisoned].float().mean())
         if (~poisoned).any():
             self.log("train/clean_swapped_to_poisoned", swapped_from_poisoned[~poisoned].float().mean())
+
+    def summary_extras(self) -> dict:
+        """The last swap epoch's share of poisoned images whose nearest caption was a poisoned pair's (this
+        process's batches; evaluation only)."""
+        if not self.swap_counts:
+            return {}
+        total, kept = self.swap_counts[max(self.swap_counts, key=int)]
+        return {"roclip": {"poisoned_swapped_to_poisoned": kept / total if total else None}}

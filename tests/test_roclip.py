@@ -67,4 +67,6 @@ def test_roclip_swaps_captions_on_every_break_epoch_only(small_benchmark, tmp_pa
     # RoCLIP counts epochs from 1 and swaps on its 2nd, 4th, ...: Lightning's epochs 1, 3, ...; the bank
     # filled during the plain first epoch, so the swap epoch's first batch already finds something
     assert not any(by_epoch[0]) and all(by_epoch[1]) and not any(by_epoch[2])
-    assert json.loads((run_dir / "summary.json").read_text())["ca_top1"] is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ca_top1"] is not None
+    assert 0.0 <= summary["roclip"]["poisoned_swapped_to_poisoned"] <= 1.0  # epoch 1's, the only swap epoch

@@ -1,7 +1,7 @@
 """Results as data first: one long-form row per finished run, and the seeds' intervals over them.
 
 A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the incoming model's CA/ASR
-(`before_*`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), the oracle finder's finding (`oracle_*`), UBT's set rule (`set_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
+(`before_*`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), the oracle finder's finding (`oracle_*`), UBT's set rule (`set_*`), SafeCLIP's last split (`safeclip_*`), RoCLIP's swap sources (`roclip_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
 detection metrics where the run has them, and its run directory. `RUNS/results.jsonl` holds every
 finished run of the experiment.
 """
@@ -46,6 +46,10 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
         row[f"cost_{name}"] = value
     for name, value in (summary.get("suspicious_set") or {}).items():  # UBT's set rule: its m, purity, guard
         row[f"set_{name}"] = value
+    for name, value in (summary.get("safeclip") or {}).items():  # SafeCLIP's last split: safe pairs, poisoned among them
+        row[f"safeclip_{name}"] = value
+    for name, value in (summary.get("roclip") or {}).items():  # RoCLIP: poisoned images swapped to poisoned captions
+        row[f"roclip_{name}"] = value
     for name, value in (summary.get("oracle") or {}).items():  # the oracle finder's finding
         row[f"oracle_{name}"] = float(value) if isinstance(value, bool) else value
     for score, metrics in (summary.get("detection") or {}).items():
