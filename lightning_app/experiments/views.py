@@ -27,7 +27,7 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "oracle_transplant_runner_up": "best other label's region turns",
                 "oracle_pairs_examined": "images examined", "oracle_candidates": "candidate images",
                 "safeclip_safe_pairs": "pairs on the CLIP loss (last epoch)",
-                "safeclip_poisoned_in_safe": "poisoned among them",
+                "safeclip_poisoned_in_safe": "poisoned on the CLIP loss",
                 "roclip_poisoned_swapped_to_poisoned": "poisoned images swapped to a poisoned caption", "selected": "chosen run", "set_m": "pairs unlearned",
                 "set_true_purity": "their share poisoned", "set_estimated_purity": "estimated purity", "set_guard": "guard",
                 "excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them",
