@@ -113,7 +113,7 @@ def victim_by_transplant(candidates: dict[str, int], scores: dict[str, float], r
     for label, keys in by_label.items():
         tried = sorted(keys, key=lambda k: (-scores[k], k))[:top]
         rates = {key: rate_of(key, label) for key in tried}
-        key = max(tried, key=lambda k: (rates[k], -tried.index(k)))
+        key = max(tried, key=rates.__getitem__)  # the first best-scored among equal rates
         best[label] = (rates[key], key)
     if not best:
         return -1, None, {}

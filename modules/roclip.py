@@ -10,7 +10,8 @@ Facts from its code (BigML-CS-UCLA/RoCLIP): the swap happens on epochs where epo
 the first epoch is plain and the swap starts from a model that already pairs images with captions; the
 bank (default 21,845 entries) is updated with the batch's caption embeddings after it is queried, so an
 image never meets its own caption through the bank; bank entries carry no gradient. `cross_aug` (EDA
-captions, augmented images) is not implemented here. The bank is per rank and not checkpointed: a resumed run refills it (until it holds something, a swap epoch uses the plain loss).
+captions, augmented images) is not implemented here. The bank is per rank and not checkpointed: a
+resumed run refills it (until it holds something, a swap epoch uses the plain loss).
 """
 
 from __future__ import annotations

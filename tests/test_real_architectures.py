@@ -23,6 +23,7 @@ from datamodules.embedded.benchmark import EmbeddedBenchmark
 from datamodules.poison import load_trigger
 from lightning_app.cli import BackdoorCLI
 from lightning_app.export import export_run
+from modules.model_loading import ModelConfig, build_model
 
 BATCH = 2
 PATCH = 16  # BadNet's 16x16 patch of the CC3M recipes, in pixels of the 224-px input
@@ -109,7 +110,6 @@ def test_every_stage_runs_at_224_px(arch, bench224, tmp_path):
                          cwd=tmp_path, check=True)
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
     assert theirs["image_size"] in (224, (224, 224))
-    from modules.model_loading import ModelConfig, build_model
     ours, spec = build_model(ModelConfig(arch, pretrained=str(poisoned / "checkpoints" / "last.ckpt")))
     assert spec.image_size == 224
     ours.eval()
