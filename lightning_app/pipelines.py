@@ -46,17 +46,30 @@ class Stage:
         return load_summary(Path(self.run_dir))
 
     def fingerprint(self) -> dict:
-        """What made the run: the config's values (its comments and layout may change) and the overrides."""
-        values = yaml.safe_load((REPO_ROOT / self.config).read_text())
-        canonical = json.dumps(values, sort_keys=True, default=str)
-        return {"config": self.config, "config_values_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
-                "overrides": list(self.overrides)}
+        """What made the run: the config's values (its comments and layout may change), with the values
+        of the config fragments it names (`trigger: triggers/sig.yaml`) in place of their paths, and the
+        overrides, with the values of any fragment they name: editing a fragment changes the fingerprint."""
+        path = REPO_ROOT / self.config
+        values = _inline_fragments(yaml.safe_load(path.read_text()), path.parent)
+        fingerprint = {"config": self.config, "config_values_sha256": _values_sha256(values),
+                       "overrides": list(self.overrides)}
+        fragments = {value: _values_sha256(_inline_fragments(yaml.safe_load((REPO_ROOT / value).read_text()),
+                                                              (REPO_ROOT / value).parent))
+                     for value in self.overrides if _is_fragment(value, REPO_ROOT)}
+        if fragments:
+            fingerprint["fragments_sha256"] = fragments
+        return fingerprint
 
     def _legacy_match(self, recorded: dict) -> bool:
-        """stage.json of earlier versions hashed the config's text; an unchanged text still matches."""
+        """stage.json of earlier versions hashed the config's text, or left out the fragments named by the
+        overrides; an unchanged text, or the same config and overrides, still match."""
+        current = self.fingerprint()
+        if recorded.get("config") != self.config or recorded.get("overrides") != list(self.overrides):
+            return False
+        if "config_values_sha256" in recorded:
+            return "fragments_sha256" not in recorded and recorded["config_values_sha256"] == current["config_values_sha256"]
         text = (REPO_ROOT / self.config).read_text()
-        return (recorded.get("config_sha256") == hashlib.sha256(text.encode()).hexdigest()
-                and recorded.get("config") == self.config and recorded.get("overrides") == list(self.overrides))
+        return recorded.get("config_sha256") == hashlib.sha256(text.encode()).hexdigest()
 
     def check_or_record_fingerprint(self) -> None:
         path = Path(self.run_dir) / "stage.json"
@@ -77,6 +90,27 @@ class Stage:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(current, indent=1))
+
+
+def _is_fragment(value: object, base: Path) -> bool:
+    return isinstance(value, str) and value.endswith((".yaml", ".yml")) and (base / value).is_file()
+
+
+def _inline_fragments(values: object, base: Path) -> object:
+    """`values` with every string that names a YAML file beside `base` (how jsonargparse resolves a
+    fragment in a config) replaced by that file's values, recursively."""
+    if isinstance(values, dict):
+        return {key: _inline_fragments(value, base) for key, value in values.items()}
+    if isinstance(values, list):
+        return [_inline_fragments(value, base) for value in values]
+    if _is_fragment(values, base):
+        path = base / values
+        return _inline_fragments(yaml.safe_load(path.read_text()), path.parent)
+    return values
+
+
+def _values_sha256(values: object) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:

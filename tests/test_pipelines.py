@@ -63,3 +63,29 @@ def test_a_fit_that_exits_cleanly_without_a_summary_is_a_failed_stage(tmp_path, 
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="without .*summary.json"):
         run_stage(Stage("ft", "configs/embedded/ft.yaml", str(run_dir)))
+
+
+def test_editing_a_config_fragment_changes_the_fingerprint(tmp_path, monkeypatch):
+    import lightning_app.pipelines as pipelines
+
+    monkeypatch.setattr(pipelines, "REPO_ROOT", tmp_path)
+    (tmp_path / "triggers").mkdir()
+    fragment = tmp_path / "triggers" / "sig.yaml"
+    fragment.write_text("class_path: datamodules.SIG\ninit_args: {delta: 0.235}\n")
+    (tmp_path / "sig.yaml").write_text("data:\n  init_args:\n    trigger: triggers/sig.yaml\n")
+    inline = tmp_path / "inline.yaml"
+    inline.write_text("data:\n  init_args:\n    trigger:\n      class_path: datamodules.SIG\n      init_args: {delta: 0.235}\n")
+    named, written_out = Stage("a", "sig.yaml", str(tmp_path / "r")), Stage("a", "inline.yaml", str(tmp_path / "r"))
+    # a fragment named by the config counts by its values, as if written out in place
+    assert named.fingerprint()["config_values_sha256"] == written_out.fingerprint()["config_values_sha256"]
+    by_override = Stage("a", "inline.yaml", str(tmp_path / "r2"), ["--data.init_args.trigger", "triggers/sig.yaml"])
+    before_config, before_override = named.fingerprint(), by_override.fingerprint()
+
+    fragment.write_text("class_path: datamodules.SIG\ninit_args: {delta: 0.5}\n")
+    assert named.fingerprint() != before_config
+    assert by_override.fingerprint() != before_override
+    by_override.check_or_record_fingerprint()
+    (tmp_path / "r2" / "summary.json").write_text("{}")
+    fragment.write_text("class_path: datamodules.SIG\ninit_args: {delta: 0.235}\n")
+    with pytest.raises(ValueError, match="remove the directory"):
+        run_stage(by_override)
