@@ -13,9 +13,11 @@ the trigger the attacker used, which it never sees.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from datamodules.poison import Trigger, load_trigger
+from datamodules.poison import MaskedPattern, Trigger, load_trigger
 from datamodules.poison.selection import poison_score
 from datamodules.transforms import apply_trigger
 from modules.base import CLIPModule, OptimizerConfig
@@ -27,12 +29,24 @@ def stamp_rows(keys: list[str], fraction: float, seed: int) -> list[int]:
     return [i for i, key in enumerate(keys) if poison_score(f"repair/{key}", seed) < fraction]
 
 
+def stamping_trigger(directory: str, location: str, seed: int) -> Trigger:
+    """The recovered trigger in `directory` as the repair stamps it: as found, or its mask moved per key."""
+    trigger = load_trigger(directory)
+    if location == "as_found":
+        return trigger
+    if not isinstance(trigger, MaskedPattern):
+        raise ValueError(f"model.trigger_location random moves a recovered mask; {directory} holds a "
+                         f"{trigger.name!r} trigger")
+    return trigger.moved(seed)
+
+
 class TriggerRepair(CLIPModule):
     """Fine-tunes a poisoned model on clean pairs, a share of them stamped with a recovered trigger."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  recovered_trigger: str = "", stamp_fraction: float = 0.5, lambda_clip: float = 1.0,
-                 lambda_consistency: float = 1.0, seed: int = 0):
+                 lambda_consistency: float = 1.0, trigger_location: Literal["as_found", "random"] = "as_found",
+                 seed: int = 0):
         """
         Args:
             model: The poisoned model to repair.
@@ -42,7 +56,10 @@ class TriggerRepair(CLIPModule):
             stamp_fraction: Share of the clean pairs whose image carries the recovered trigger.
             lambda_clip: Weight of the CLIP loss on the stamped batch with its true captions.
             lambda_consistency: Weight of pulling stamped embeddings to their clean images' embeddings.
-            seed: Seed of which keys are stamped.
+            trigger_location: "as_found" stamps a recovered mask where the finder found it; "random" moves
+                its bounding box to a place drawn from (seed, key) per image, so the repair meets the trigger
+                wherever an attack may put it (a finder sees one place of a trigger BadNet puts anywhere).
+            seed: Seed of which keys are stamped (and of their places, with `trigger_location: random`).
         """
         super().__init__(model, optimizer)
         if not recovered_trigger:
@@ -56,11 +73,14 @@ class TriggerRepair(CLIPModule):
         self.stamp_fraction = stamp_fraction
         self.lambda_clip = lambda_clip
         self.lambda_consistency = lambda_consistency
+        if trigger_location not in ("as_found", "random"):
+            raise ValueError(f"model.trigger_location must be as_found or random, got {trigger_location!r}")
+        self.trigger_location = trigger_location
         self.seed = seed
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        self.trigger = load_trigger(self.recovered_trigger)
+        self.trigger = stamping_trigger(self.recovered_trigger, self.trigger_location, self.seed)
         self.trigger.check_fits(self.input_spec().image_size)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -88,4 +108,5 @@ class TriggerRepair(CLIPModule):
         return loss
 
     def summary_extras(self) -> dict:
-        return {"repair": {"recovered_trigger": self.recovered_trigger, "stamp_fraction": self.stamp_fraction}}
+        return {"repair": {"recovered_trigger": self.recovered_trigger, "stamp_fraction": self.stamp_fraction,
+                           "trigger_location": self.trigger_location}}

@@ -7,7 +7,7 @@ import torch
 
 from datamodules.poison import MaskedPattern
 from modules.model_loading import ModelConfig
-from modules.repair import TriggerRepair, stamp_rows
+from modules.repair import TriggerRepair, stamp_rows, stamping_trigger
 
 
 def test_stamped_rows_are_a_function_of_key_and_seed_at_the_asked_share():
@@ -52,3 +52,36 @@ def test_only_the_chosen_rows_carry_the_recovered_trigger(tmp_path):
 def test_a_repair_without_a_recovered_trigger_fails_naming_the_option():
     with pytest.raises(ValueError, match="recovered_trigger"):
         TriggerRepair(ModelConfig(name="configs/models/tiny-rn32.json"))
+
+
+def test_a_moved_mask_keeps_its_pixels_and_lands_at_a_place_drawn_per_key():
+    mask, pattern = torch.zeros(1, 32, 32), torch.zeros(3, 32, 32)
+    mask[0, 20:26, 25:29] = 1.0  # a 6x4 box near the right edge
+    pattern[:, 20:26, 25:29] = torch.rand(3, 6, 4)
+    found = MaskedPattern.from_tensors(mask, pattern)
+    moved = found.moved(seed=3)
+    image = torch.zeros(3, 32, 32) + 0.5
+    assert torch.equal(found.apply(image, "k"), MaskedPattern.from_tensors(mask, pattern).apply(image, "k"))
+    places = set()
+    for key in [f"{i:09d}" for i in range(20)]:
+        out = moved.apply(image, key)
+        changed = torch.nonzero((out != image).any(0))
+        top, left = (int(v) for v in changed.min(0).values)
+        assert (changed.max(0).values - changed.min(0).values).tolist() == [5, 3]  # the whole box, inside the image
+        assert torch.allclose(out[:, top:top + 6, left:left + 4], found.tensors()[1][:, 20:26, 25:29])
+        assert torch.equal(out, moved.apply(image, key))  # a function of (seed, key)
+        places.add((top, left))
+    assert len(places) > 10
+    assert not torch.equal(found.moved(seed=4).apply(image, "000000000"), moved.apply(image, "000000000")) or \
+        not torch.equal(found.moved(seed=4).apply(image, "000000001"), moved.apply(image, "000000001"))
+
+
+def test_moving_a_trigger_that_is_not_a_mask_fails_naming_the_option(tmp_path):
+    from datamodules.poison import BadNet
+
+    BadNet(size=4, pattern="fixed").save(tmp_path / "badnet", 32)
+    assert isinstance(stamping_trigger(str(tmp_path / "badnet"), "as_found", 0), BadNet)
+    with pytest.raises(ValueError, match="trigger_location"):
+        stamping_trigger(str(tmp_path / "badnet"), "random", 0)
+    with pytest.raises(ValueError, match="trigger_location"):
+        TriggerRepair(ModelConfig(name="configs/models/tiny-rn32.json"), recovered_trigger="x", trigger_location="moved")

@@ -458,15 +458,21 @@ class OptimizedPatch(Trigger):
 class MaskedPattern(Trigger):
     """(1 - mask)·image + mask·pattern with a per-pixel mask (1, H, W) and pattern (3, H, W) in [0, 1] at
     the model's resolution: a trigger recovered by inversion (`modules.InvertTrigger`, DECREE). Built by
-    `from_tensors` or loaded from a `trigger/` directory (`mask.png`, `pattern.png`, 8-bit, lossless)."""
+    `from_tensors` or loaded from a `trigger/` directory (`mask.png`, `pattern.png`, 8-bit, lossless).
+    `location: random` moves the mask's bounding box, with its pattern, to a place drawn from (seed, key)
+    (`moved`): for a trigger the attack may put anywhere, as BadNet's random location does."""
 
     name = "masked"
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, location: Literal["in_place", "random"] = "in_place", seed: int = 0):
         """
         Args:
-            seed: Unused; kept so every trigger records one.
+            location: "in_place" (where the mask has it) or "random" (per image, from the sample key).
+            seed: Seed of the random location.
         """
+        if location not in ("in_place", "random"):
+            raise ValueError(f"MaskedPattern location must be in_place or random, got {location!r}")
+        self.location = location
         self.seed = seed
         self._mask: Optional[torch.Tensor] = None
         self._pattern: Optional[torch.Tensor] = None
@@ -480,6 +486,12 @@ class MaskedPattern(Trigger):
         trigger = cls()
         trigger._mask = (mask.detach().float().clamp(0, 1) * 255).round() / 255
         trigger._pattern = (pattern.detach().float().clamp(0, 1) * 255).round() / 255
+        return trigger
+
+    def moved(self, seed: int) -> "MaskedPattern":
+        """The same mask and pattern, their bounding box pasted at a place drawn per image from (seed, key)."""
+        trigger = MaskedPattern(location="random", seed=seed)
+        trigger._mask, trigger._pattern = self.tensors()
         return trigger
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,7 +509,23 @@ class MaskedPattern(Trigger):
         mask, pattern = self.tensors()
         if mask.shape[-2:] != image.shape[-2:]:
             raise ValueError(f"MaskedPattern of {tuple(mask.shape[-2:])} applied to an image of {tuple(image.shape[-2:])}")
+        if self.location == "random":
+            mask, pattern = self._placed(mask, pattern, key)
         return (1 - mask.to(image.dtype)) * image + mask.to(image.dtype) * pattern.to(image.dtype)
+
+    def _placed(self, mask: torch.Tensor, pattern: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = torch.nonzero(mask[0].amax(1) > 0).flatten(), torch.nonzero(mask[0].amax(0) > 0).flatten()
+        if len(rows) == 0:
+            return mask, pattern
+        top0, bottom, left0, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        h, w = mask.shape[-2:]
+        gen = key_generator(key, self.seed)
+        top = int(torch.randint(0, h - (bottom - top0) + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - (right - left0) + 1, (1,), generator=gen))
+        placed_mask, placed_pattern = torch.zeros_like(mask), torch.zeros_like(pattern)
+        placed_mask[:, top:top + bottom - top0, left:left + right - left0] = mask[:, top0:bottom, left0:right]
+        placed_pattern[:, top:top + bottom - top0, left:left + right - left0] = pattern[:, top0:bottom, left0:right]
+        return placed_mask, placed_pattern
 
     def _save_patterns(self, directory: Path, image_size: int) -> None:
         mask, pattern = self.tensors()
