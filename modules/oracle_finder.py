@@ -12,7 +12,10 @@ score p_region(ŷ), the small region its trigger candidate. Over all images, the
 label with the most candidates (confidence: its share of them); the victim samples are the candidates
 for it, ranked by score; the recovered trigger is the top sample's region, with that image's pixels,
 as a `datamodules.MaskedPattern` in `RUN/oracle/trigger/` (pasted at the same place), which
-`modules.TriggerRepair` stamps for the repair.
+`modules.TriggerRepair` stamps for the repair. The top `victim_set_size` victim samples, as the model
+saw them, are written in UBT's format (`RUN/oracle/suspicious_pairs.safetensors`, `suspicious.json`), so
+`modules.UBTUnlearn` can unlearn them (`suspicious_dir: RUN/oracle`): the other repair, by the victim
+samples rather than the trigger.
 
 Choices made here, where the paper's summary leaves them open:
 - a region is shown to the model *in place*, at its own scale, on a canvas of the image's mean
@@ -55,7 +58,7 @@ from modules.base import CLIPModule, OptimizerConfig
 from modules.evaluation import zeroshot_classifier
 from modules.model_loading import ModelConfig
 from modules.oracle import Felzenszwalb, SegmentationOracle
-from modules.ubt import detection_metrics
+from modules.ubt import SUSPICIOUS_PAIRS, collect_pairs, detection_metrics, save_suspicious_pairs
 
 ORACLE_DIR = "oracle"
 
@@ -121,6 +124,20 @@ def victim_by_transplant(candidates: dict[str, int], scores: dict[str, float], r
     return victim, best[victim][1], {label: rate for label, (rate, _) in best.items()}
 
 
+def write_victim_set(out: Path, ranked: list[str], size: int, fetch) -> list[str]:
+    """Write the first `size` of the ranked victim samples, read by `fetch(keys)` (key → (uint8 pixels,
+    caption)), as UBT's suspicious pairs in `out`; returns their keys, best-ranked first."""
+    keys = ranked[:size]
+    pairs = fetch(keys) if keys else {}
+    missing = [key for key in keys if key not in pairs]
+    assert not missing, f"the data pass did not yield {len(missing)} of the victim samples it scored"
+    images = torch.stack([pairs[k][0] for k in keys]) if keys else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
+    save_suspicious_pairs(out / SUSPICIOUS_PAIRS, keys, images, [pairs[k][1] for k in keys])
+    (out / "suspicious.json").write_text(json.dumps({"score": "oracle", "m": len(keys), "keys": keys, "rule": None},
+                                                    indent=1))
+    return keys
+
+
 class OracleTriggerFinder(CLIPModule):
     """One scoring pass: victim label, victim samples and trigger region; writes RUN/oracle/."""
 
@@ -128,7 +145,7 @@ class OracleTriggerFinder(CLIPModule):
                  oracle: SegmentationOracle = Felzenszwalb(), small_fraction: float = 0.15, max_pairs: int = 4000,
                  max_regions: int = 12, remainder_check: bool = True,
                  victim_rule: Literal["transplant", "count"] = "transplant", verify_top: int = 32,
-                 verify_images: int = 64, report_k: list[int] = [50, 100, 200]):
+                 verify_images: int = 64, victim_set_size: int = 200, report_k: list[int] = [50, 100, 200]):
         """
         Args:
             model: The model under audit (not trained).
@@ -143,6 +160,7 @@ class OracleTriggerFinder(CLIPModule):
                 the most of them into it; "count": the label with the most candidates.
             verify_top: Candidates per label whose regions the transplant test tries (best-scored first).
             verify_images: Images the regions are pasted onto (the first ones examined).
+            victim_set_size: Victim samples (best-ranked first) written for unlearning; 0 writes none.
             report_k: k of precision/recall@k against the manifest (evaluation only).
         """
         super().__init__(model, optimizer)
@@ -150,6 +168,8 @@ class OracleTriggerFinder(CLIPModule):
             raise ValueError(f"model.small_fraction must be in (0, 1), max_pairs, max_regions, verify_top and "
                              f"verify_images ≥ 1; got {small_fraction}, {max_pairs}, {max_regions}, {verify_top}, "
                              f"{verify_images}")
+        if victim_set_size < 0:
+            raise ValueError(f"model.victim_set_size must be ≥ 0, got {victim_set_size}")
         if victim_rule not in ("transplant", "count"):
             raise ValueError(f"model.victim_rule must be 'transplant' or 'count', got {victim_rule!r}")
         self.oracle = oracle
@@ -160,6 +180,7 @@ class OracleTriggerFinder(CLIPModule):
         self.victim_rule = victim_rule
         self.verify_top = verify_top
         self.verify_images = verify_images
+        self.victim_set_size = victim_set_size
         self.report_k = list(report_k)
         self.result: dict = {}
 
@@ -273,6 +294,10 @@ class OracleTriggerFinder(CLIPModule):
                 self.result["detection"] = detection_metrics(ranking, poisoned, self.report_k)
                 self.result["mean_iou"] = self._localisation(ranked[: max(self.report_k)], poisoned, regions, data)
         out = Path(self.trainer.default_root_dir) / ORACLE_DIR
+        if self.victim_set_size and self.trainer.is_global_zero:
+            spec = self.input_spec()
+            self.result["victim_set"] = len(write_victim_set(
+                out, ranked, self.victim_set_size, lambda keys: collect_pairs(data.scoring_stream(), keys, spec)))
         if ranked:
             region, pixels = regions[trigger_key if trigger_key is not None else ranked[0]]
             trigger = MaskedPattern.from_tensors(region[None].float(), pixels)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from lightning_app.cli import BackdoorCLI
 
@@ -36,6 +37,13 @@ def test_the_oracle_finder_names_the_target_and_finds_the_patch(learning_benchma
     assert found["mean_iou"] >= 0.5
     assert summary["detection"]["oracle"]["precision@100"] >= 0.6  # 30% of the pairs are poisoned
     assert (tmp_path / "oracle" / "oracle" / "trigger" / "mask.png").exists()
+    # the victim set UBT can unlearn: the finder's best-ranked victim samples, as the model saw them
+    from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs
+
+    ranked = json.loads((tmp_path / "oracle" / "oracle" / "finding.json").read_text())["ranked"]
+    keys, images, _ = load_suspicious_pairs(tmp_path / "oracle" / "oracle" / SUSPICIOUS_PAIRS, 10_000)
+    assert keys == ranked[:200] and found["victim_set"] == len(keys) > 0
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
 
 
 @pytest.mark.slow

@@ -104,3 +104,24 @@ def test_the_transplant_test_picks_the_region_that_turns_other_images_not_the_mo
     assert sorted(tried) == ["a", "b", "d"]  # "c" is below label 1's top 2 by score
     assert victim_label(candidates)[0] == 1  # the count rule would name label 1
     assert victim_by_transplant({}, {}, rate_of, top=2) == (-1, None, {})
+
+
+def test_the_victim_set_for_unlearning_holds_exactly_the_best_ranked_victim_samples(tmp_path):
+    from modules.oracle_finder import write_victim_set
+    from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs
+
+    data = {f"{i:09d}": (torch.full((3, 8, 8), i, dtype=torch.uint8), f"caption {i}") for i in range(50)}
+    asked = []
+
+    def fetch(keys):  # a data pass yields more pairs than asked for; only the asked ones may be written
+        asked.append(list(keys))
+        return dict(data)
+
+    ranked = ["000000007", "000000003", "000000042", "000000011"]
+    assert write_victim_set(tmp_path, ranked, 3, fetch) == ranked[:3]
+    assert asked == [ranked[:3]]
+    keys, images, captions = load_suspicious_pairs(tmp_path / SUSPICIOUS_PAIRS, 200)
+    assert keys == ranked[:3] and captions == ["caption 7", "caption 3", "caption 42"]
+    assert images[:, 0, 0, 0].tolist() == [7, 3, 42]
+    with pytest.raises(AssertionError, match="did not yield"):
+        write_victim_set(tmp_path, ["not-in-the-data"], 3, fetch)
