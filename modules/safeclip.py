@@ -155,6 +155,11 @@ class SafeCLIP(CLIPModule):
         return terms["loss"]
 
     def summary_extras(self) -> dict:
-        splits = sorted((Path(self.trainer.default_root_dir) / "safeclip").glob("epoch_*.json"))
-        last = json.loads(splits[-1].read_text()) if splits else None
-        return {"safeclip": None if last is None else {k: v for k, v in last.items() if k != "safe_keys"}}
+        splits = [json.loads(path.read_text())
+                  for path in sorted((Path(self.trainer.default_root_dir) / "safeclip").glob("epoch_*.json"))]
+        if not splits:
+            return {"safeclip": None}
+        first, last = splits[0], splits[-1]
+        return {"safeclip": {**{k: v for k, v in last.items() if k != "safe_keys"},
+                             "first_safe_pairs": first["safe_pairs"], "first_poisoned_in_safe": first["poisoned_in_safe"],
+                             "scoring_s_total": round(sum(split["scoring_s"] for split in splits), 2)}}

@@ -85,3 +85,6 @@ def test_safeclip_fits_through_its_phases_and_its_splits_keep_poison_out(small_p
     assert first["poisoned_in_safe"] / first["safe_pairs"] < first["poisoned"] / first["pairs"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["safeclip"]["epoch"] == 2 and summary["asr"] is not None
+    assert summary["safeclip"]["first_safe_pairs"] == first["safe_pairs"]
+    assert summary["safeclip"]["first_poisoned_in_safe"] == first["poisoned_in_safe"]
+    assert summary["safeclip"]["scoring_s_total"] == pytest.approx(first["scoring_s"] + second["scoring_s"], abs=0.02)

@@ -28,13 +28,17 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "oracle_pairs_examined": "images examined", "oracle_candidates": "candidate images",
                 "safeclip_safe_pairs": "pairs on the CLIP loss (last epoch)",
                 "safeclip_poisoned_in_safe": "poisoned on the CLIP loss",
+                "safeclip_first_safe_pairs": "pairs on the CLIP loss (first split)",
+                "safeclip_first_poisoned_in_safe": "poisoned among them (first split)",
+                "safeclip_scoring_s_total": "SafeCLIP's scoring passes (s)",
                 "roclip_poisoned_swapped_to_poisoned": "poisoned images swapped to a poisoned caption", "selected": "chosen run", "set_m": "pairs unlearned",
                 "set_true_purity": "their share poisoned", "set_estimated_purity": "estimated purity", "set_guard": "guard",
                 "excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them",
                 "cost_scoring_pass_s": "scoring pass (s)", "cost_kdist_slof_dao_dense_s": "kdist, SLOF, DAO, dense (s)",
                 "cost_gmm_s": "GMM (s)", "cost_cluster_s": "cluster (s)"}
 WHOLE_NUMBERS = {"steps", "wall_time_s", "cost_s", "poison_count", "set_m", "excluded_count", "excluded_poisoned",
-                 "oracle_pairs_examined", "oracle_candidates", "safeclip_safe_pairs", "safeclip_poisoned_in_safe"}
+                 "oracle_pairs_examined", "oracle_candidates", "safeclip_safe_pairs", "safeclip_poisoned_in_safe",
+                 "safeclip_first_safe_pairs", "safeclip_first_poisoned_in_safe"}
 
 
 def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
