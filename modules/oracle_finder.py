@@ -296,8 +296,11 @@ class OracleTriggerFinder(CLIPModule):
         out = Path(self.trainer.default_root_dir) / ORACLE_DIR
         if self.victim_set_size and self.trainer.is_global_zero:
             spec = self.input_spec()
-            self.result["victim_set"] = len(write_victim_set(
-                out, ranked, self.victim_set_size, lambda keys: collect_pairs(data.scoring_stream(), keys, spec)))
+            victim_set = write_victim_set(out, ranked, self.victim_set_size,
+                                          lambda keys: collect_pairs(data.scoring_stream(), keys, spec))
+            self.result["victim_set"] = len(victim_set)
+            if "detection" in self.result and victim_set:  # evaluation only: how pure the handed-over set is
+                self.result["victim_set_share_poisoned"] = sum(k in poisoned for k in victim_set) / len(victim_set)
         if ranked:
             region, pixels = regions[trigger_key if trigger_key is not None else ranked[0]]
             trigger = MaskedPattern.from_tensors(region[None].float(), pixels)

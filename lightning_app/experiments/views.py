@@ -26,6 +26,7 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "oracle_mean_iou": "IoU with the trigger", "oracle_transplant_rate": "its region turns",
                 "oracle_transplant_runner_up": "best other label's region turns",
                 "oracle_pairs_examined": "images examined", "oracle_candidates": "candidate images",
+                "oracle_victim_set": "victim samples handed over", "oracle_victim_set_share_poisoned": "their share poisoned",
                 "safeclip_safe_pairs": "pairs on the CLIP loss (last epoch)",
                 "safeclip_poisoned_in_safe": "poisoned on the CLIP loss",
                 "safeclip_first_safe_pairs": "pairs on the CLIP loss (first split)",
@@ -37,7 +38,7 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "cost_scoring_pass_s": "scoring pass (s)", "cost_kdist_slof_dao_dense_s": "kdist, SLOF, DAO, dense (s)",
                 "cost_gmm_s": "GMM (s)", "cost_cluster_s": "cluster (s)"}
 WHOLE_NUMBERS = {"steps", "wall_time_s", "cost_s", "poison_count", "set_m", "excluded_count", "excluded_poisoned",
-                 "oracle_pairs_examined", "oracle_candidates", "safeclip_safe_pairs", "safeclip_poisoned_in_safe",
+                 "oracle_pairs_examined", "oracle_candidates", "oracle_victim_set", "safeclip_safe_pairs", "safeclip_poisoned_in_safe",
                  "safeclip_first_safe_pairs", "safeclip_first_poisoned_in_safe"}
 
 
