@@ -298,11 +298,12 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
 def test_where_keeps_only_the_named_values_of_an_axis():
     from lightning_app.experiments.spec import restrict_axes
 
-    experiment = load_experiment("experiments/structured_attacks.yaml")
+    experiment = load_experiment("experiments/defenses.yaml")
     restrict_axes(experiment, ["attack=badnet_stripes,multi_target"])
     ids = [run.id for run in expand(experiment)]
-    assert sorted(ids) == sorted(f"{stage}[attack={a}]@seed{s}" for s in experiment.seeds for stage in ("pretrain", "detect")
-                                 for a in ("badnet_stripes", "multi_target"))
+    per_seed = len(experiment.stages)
+    assert len(ids) == len(experiment.seeds) * 2 * per_seed
+    assert {run.split("[")[1].split("]")[0] for run in ids} == {"attack=badnet_stripes", "attack=multi_target"}
     with pytest.raises(ValueError, match="no value"):
         restrict_axes(experiment, ["attack=blended_text"])
     with pytest.raises(ValueError, match="no axis"):
@@ -312,10 +313,10 @@ def test_where_keeps_only_the_named_values_of_an_axis():
 def test_a_table_by_axis_alone_renders_without_comparisons(tmp_path):
     from lightning_app.experiments.views import comparisons, render_table
 
-    experiment = load_experiment("experiments/structured_attacks.yaml")
-    table = experiment.tables[0]
+    experiment = load_experiment("experiments/defenses.yaml")
+    table = next(t for t in experiment.tables if t.block == "structured-attacks")
     assert "stage" not in table.rows and not table.compare
-    rows = [{"stage": "pretrain", "attack": "multi_target", "seed": 0, "asr": 0.9, "ca_top1": 0.99,
+    rows = [{"stage": "attack", "attack": "multi_target", "seed": 0, "asr": 0.9, "ca_top1": 0.99,
              "asr_0_badnet": 0.8, "trigger": "multi (badnet, blended, sig) → triangle, star, heart"}]
     assert comparisons(experiment, table, rows) == []
     line = render_table(experiment, table, rows).splitlines()[2]
