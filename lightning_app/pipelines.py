@@ -71,12 +71,16 @@ class Stage:
         text = (REPO_ROOT / self.config).read_text()
         return recorded.get("config_sha256") == hashlib.sha256(text.encode()).hexdigest()
 
+    def made_by(self, recorded: dict) -> bool:
+        """Whether a run directory's recorded fingerprint is this stage's (in the current or an earlier form)."""
+        return recorded == self.fingerprint() or self._legacy_match(recorded)
+
     def check_or_record_fingerprint(self) -> None:
         path = Path(self.run_dir) / "stage.json"
         current = self.fingerprint()
         if path.exists():
             recorded = json.loads(path.read_text())
-            if recorded != current and not self._legacy_match(recorded):
+            if not self.made_by(recorded):
                 digest = recorded.get("config_values_sha256", recorded.get("config_sha256", ""))[:12]
                 raise ValueError(
                     f"{self.run_dir} was made by {recorded['config']} {recorded['overrides']} "

@@ -71,8 +71,7 @@ def status(run: StageRun) -> str:
         if not recorded.exists():
             return "refuse (a run without stage.json)"
         if all(dep.run_dir.is_finished() for dep in run.deps.values()):
-            current = pipeline_stage(run).fingerprint()
-            if json.loads(recorded.read_text()) != current:
+            if not pipeline_stage(run).made_by(json.loads(recorded.read_text())):
                 return "refuse (made by another config or overrides)"
         return "reuse" if run.run_dir.is_finished() else "resume"
     return "run"
