@@ -49,31 +49,25 @@ class Stage:
         """What made the run: the config's values (its comments and layout may change), with the values
         of the config fragments it names (`trigger: triggers/sig.yaml`) in place of their paths, and the
         overrides, with the values of any fragment they name: editing a fragment changes the fingerprint."""
-        path = REPO_ROOT / self.config
-        values = _inline_fragments(yaml.safe_load(path.read_text()), path.parent)
-        fingerprint = {"config": self.config, "config_values_sha256": _values_sha256(values),
+        fingerprint = {"config": self.config, "config_values_sha256": _values_sha256(REPO_ROOT / self.config),
                        "overrides": list(self.overrides)}
-        fragments = {value: _values_sha256(_inline_fragments(yaml.safe_load((REPO_ROOT / value).read_text()),
-                                                              (REPO_ROOT / value).parent))
-                     for value in self.overrides if _is_fragment(value, REPO_ROOT)}
+        fragments = {value: _values_sha256(REPO_ROOT / value) for value in self.overrides if _is_fragment(value, REPO_ROOT)}
         if fragments:
             fingerprint["fragments_sha256"] = fragments
         return fingerprint
 
-    def _legacy_match(self, recorded: dict) -> bool:
-        """stage.json of earlier versions hashed the config's text, or left out the fragments named by the
-        overrides; an unchanged text, or the same config and overrides, still match."""
+    def made_by(self, recorded: dict) -> bool:
+        """Whether a run directory's recorded fingerprint is this stage's, in the current form or an earlier
+        one: earlier versions hashed the config's text, or left out the fragments named by the overrides."""
         current = self.fingerprint()
+        if recorded == current:
+            return True
         if recorded.get("config") != self.config or recorded.get("overrides") != list(self.overrides):
             return False
         if "config_values_sha256" in recorded:
             return "fragments_sha256" not in recorded and recorded["config_values_sha256"] == current["config_values_sha256"]
         text = (REPO_ROOT / self.config).read_text()
         return recorded.get("config_sha256") == hashlib.sha256(text.encode()).hexdigest()
-
-    def made_by(self, recorded: dict) -> bool:
-        """Whether a run directory's recorded fingerprint is this stage's (in the current or an earlier form)."""
-        return recorded == self.fingerprint() or self._legacy_match(recorded)
 
     def check_or_record_fingerprint(self) -> None:
         path = Path(self.run_dir) / "stage.json"
@@ -113,7 +107,9 @@ def _inline_fragments(values: object, base: Path) -> object:
     return values
 
 
-def _values_sha256(values: object) -> str:
+def _values_sha256(path: Path) -> str:
+    """The sha256 of a YAML file's values, with the fragments it names inlined."""
+    values = _inline_fragments(yaml.safe_load(path.read_text()), path.parent)
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
