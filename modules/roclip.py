@@ -9,9 +9,15 @@ Facts from its code (BigML-CS-UCLA/RoCLIP): the swap happens on epochs where epo
 (default 2), with epochs counted from 1 (its loop is CleanCLIP's `range(start_epoch + 1, epochs + 1)`), so
 the first epoch is plain and the swap starts from a model that already pairs images with captions; the
 bank (default 21,845 entries) is updated with the batch's caption embeddings after it is queried, so an
-image never meets its own caption through the bank; bank entries carry no gradient. `cross_aug` (EDA
-captions, augmented images) is not implemented here. The bank is per rank and not checkpointed: a
-resumed run refills it (until it holds something, a swap epoch uses the plain loss).
+image never meets its own caption through the bank; bank entries carry no gradient. With `cross_aug`
+every epoch (swap or plain) trains on an augmented view of each pair instead of the pair itself: an
+augmented image and an EDA caption, so the bank holds augmented captions too. Two differences from
+its code, both the house's augmented views (`datamodules.transforms.TrainSample`, shared with CleanCLIP
+and SafeCLIP): the image augmentation is AutoAugment, not its SimCLR-style crop, flip, colour jitter,
+grayscale and blur; the EDA caption is drawn anew each epoch from (seed, key, epoch), where its code
+draws one per caption when the data is loaded. Either way the poisoning comes first and the view is
+taken of the poisoned pair. The bank is per rank and not checkpointed: a resumed run refills it (until
+it holds something, a swap epoch uses the plain loss).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ class RoCLIP(CLIPModule):
     """Pretraining with RoCLIP's nearest-caption swap on every `break_epoch`-th epoch."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
-                 break_epoch: int = 2, bank_size: int = 21845):
+                 break_epoch: int = 2, bank_size: int = 21845, cross_aug: bool = False):
         """
         Args:
             model: The open_clip model and its starting weights.
@@ -66,12 +72,16 @@ class RoCLIP(CLIPModule):
             break_epoch: Swap captions for their nearest bank neighbour on epochs divisible by this, counted from 1
                 (RoCLIP: 2, so epochs 2, 4, ...; the first epoch is always plain).
             bank_size: Caption embeddings the FIFO bank holds (RoCLIP: 21,845).
+            cross_aug: Train on an augmented image and an EDA caption of each pair instead of the pair
+                (RoCLIP's `--cross_aug`).
         """
         super().__init__(model, optimizer)
         if break_epoch < 1:
             raise ValueError(f"model.break_epoch must be ≥ 1, got {break_epoch}")
         self.break_epoch = break_epoch
         self.bank = TextMemoryBank(bank_size)
+        self.cross_aug = cross_aug
+        self.needs_augmented_views = cross_aug
         self.swap_counts: dict[str, list[int]] = {}  # per swap epoch: [poisoned images, ... swapped to a poisoned caption]
 
     def swaps_this_epoch(self) -> bool:
@@ -81,8 +91,9 @@ class RoCLIP(CLIPModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         scale = self.logit_scale()
-        image = self.encode_image(batch["image"])
-        text = self.encode_text(batch["text"])
+        image_key, text_key = ("image_aug", "text_aug") if self.cross_aug else ("image", "text")
+        image = self.encode_image(batch[image_key])
+        text = self.encode_text(batch[text_key])
         swapped = self.swaps_this_epoch() and len(self.bank) > 0
         if swapped:
             index = self.bank.nearest_index(image)

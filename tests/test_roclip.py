@@ -1,5 +1,6 @@
 """RoCLIP's memory bank on hand-made embeddings (nearest caption, FIFO, never the query's own caption
-before it is added), and (slow) the swap on every break_epoch-th epoch only, counted from 1 as RoCLIP does."""
+before it is added), `cross_aug` training on the augmented views, and (slow) the swap on every
+break_epoch-th epoch only, counted from 1 as RoCLIP does."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.roclip import TextMemoryBank
+from modules.model_loading import ModelConfig
+from modules.roclip import RoCLIP, TextMemoryBank
 
 
 def test_the_bank_returns_each_images_nearest_caption_and_forgets_the_oldest():
@@ -46,6 +48,21 @@ def test_the_bank_holds_no_gradient():
     text = torch.randn(2, 3, requires_grad=True)
     bank.add(text * 2)
     assert not bank.embeddings.requires_grad
+
+
+@pytest.mark.parametrize("cross_aug", [False, True])
+def test_cross_aug_trains_and_fills_the_bank_with_the_augmented_views_only(cross_aug):
+    module = RoCLIP(model=ModelConfig(name="configs/models/tiny-rn32.json"), bank_size=8, cross_aug=cross_aug)
+    assert module.needs_augmented_views == cross_aug  # the data module builds the views only when asked
+    seen = {}
+    module.encode_image = lambda x: seen.setdefault("image", x)
+    module.encode_text = lambda t: seen.setdefault("text", t)
+    module.logit_scale = lambda: torch.tensor(10.0)
+    views = {name: F.normalize(torch.randn(4, 6), dim=-1) for name in ("image", "image_aug", "text", "text_aug")}
+    module.training_step(views, 0)
+    used = ("image_aug", "text_aug") if cross_aug else ("image", "text")
+    assert seen["image"] is views[used[0]] and seen["text"] is views[used[1]]
+    assert torch.equal(module.bank.embeddings, views[used[1]])  # the bank holds the captions trained on
 
 
 @pytest.mark.slow
