@@ -31,6 +31,13 @@ Choices made here, where the paper's summary leaves them open:
   (the label with the most candidates, the recovered trigger its top-scored region) was the first
   version: on the embedded BadNet models it named the target on 2 of 3 seeds, with the target's share of
   the candidates 0.16-0.20 against 0.10 for a uniform spread (docs/results.md, defenses-oracle).
+- `victim_rule: collapse` (default) takes each label's best region from the same transplant test and
+  names the label whose region, pasted onto the defender's images, collapses their embeddings the most
+  (the mean pairwise cosine similarity, DECREE's criterion): a backdoor trigger sends every stamped image
+  to one point, while a region of a class (the embedded `checkerboard` texture) turns images by adding a
+  feature and leaves them as varied as they were. Added after the transplant rule named `checkerboard` on
+  one of three BadCLIP models, where its turn rates were near 1 for both labels (0.95 against the
+  target's 0.92; docs/results.md, badclip-oracle); `transplant` stays available and is reported beside it.
 - with `remainder_check` (default) a candidate must also lose ŷ when its small region is painted
   out (the rest of the image, its object, is labelled otherwise), and its score is
   p_region(ŷ)·p_rest(label of the rest): a clean image of the victim class whose object is small keeps
@@ -55,6 +62,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from datamodules.poison import MaskedPattern
 from datamodules.transforms import denormalise, normalise_pixels
 from modules.base import CLIPModule, OptimizerConfig
+from modules.decree import mean_pairwise_similarity
 from modules.evaluation import zeroshot_classifier
 from modules.model_loading import ModelConfig
 from modules.oracle import Felzenszwalb, SegmentationOracle
@@ -104,11 +112,20 @@ def transplant_rate(region: torch.Tensor, pixels: torch.Tensor, images: torch.Te
     return float((classify(stamped) == label).float().mean())
 
 
-def victim_by_transplant(candidates: dict[str, int], scores: dict[str, float], rate_of, top: int
-                         ) -> tuple[int, str | None, dict[int, float]]:
-    """(victim label, the key whose region is the trigger, best transplant rate per label): per label, its
-    `top` best-scored candidates are transplanted (`rate_of(key, label)`); the label whose best region
-    scores highest wins, ties broken by the number of candidates, then by the label."""
+def transplant_collapse(region: torch.Tensor, pixels: torch.Tensor, images: torch.Tensor, before: torch.Tensor,
+                        label: int, embed) -> float:
+    """The mean pairwise cosine similarity of the embeddings (`embed`: pixels → normalised embeddings) of
+    `images` not labelled `label`, once the region's pixels are pasted onto them in place; 0 when fewer
+    than two are left."""
+    others = before != label
+    if int(others.sum()) < 2:
+        return 0.0
+    return float(mean_pairwise_similarity(embed(torch.where(region, pixels, images[others]))))
+
+
+def best_regions(candidates: dict[str, int], scores: dict[str, float], rate_of, top: int) -> dict[int, tuple[float, str]]:
+    """Per label, (its best transplant rate, that region's key): its `top` best-scored candidates are
+    transplanted (`rate_of(key, label)`), the first best-scored among equal rates wins."""
     by_label: dict[int, list[str]] = {}
     for key, label in candidates.items():
         by_label.setdefault(label, []).append(key)
@@ -116,12 +133,30 @@ def victim_by_transplant(candidates: dict[str, int], scores: dict[str, float], r
     for label, keys in by_label.items():
         tried = sorted(keys, key=lambda k: (-scores[k], k))[:top]
         rates = {key: rate_of(key, label) for key in tried}
-        key = max(tried, key=rates.__getitem__)  # the first best-scored among equal rates
+        key = max(tried, key=rates.__getitem__)
         best[label] = (rates[key], key)
+    return best
+
+
+def victim_by_transplant(candidates: dict[str, int], best: dict[int, tuple[float, str]]) -> tuple[int, str | None]:
+    """(victim label, the key whose region is the trigger): the label whose best region (`best_regions`)
+    turns the most images, ties broken by the number of candidates, then by the label."""
     if not best:
+        return -1, None
+    counts = {label: sum(c == label for c in candidates.values()) for label in best}
+    victim = max(sorted(best), key=lambda c: (best[c][0], counts[c]))
+    return victim, best[victim][1]
+
+
+def victim_by_collapse(best: dict[int, tuple[float, str]], collapse_of) -> tuple[int, str | None, dict[int, float]]:
+    """(victim label, the key whose region is the trigger, collapse per label): the label whose best
+    transplant region (`best_regions`) collapses the stamped images most (`collapse_of(key, label)`), ties
+    broken by the label."""
+    collapse = {label: collapse_of(key, label) for label, (_, key) in best.items()}
+    if not collapse:
         return -1, None, {}
-    victim = max(sorted(best), key=lambda c: (best[c][0], len(by_label[c])))
-    return victim, best[victim][1], {label: rate for label, (rate, _) in best.items()}
+    victim = max(sorted(collapse), key=collapse.__getitem__)
+    return victim, best[victim][1], collapse
 
 
 def write_victim_set(out: Path, ranked: list[str], size: int, fetch) -> list[str]:
@@ -144,7 +179,7 @@ class OracleTriggerFinder(CLIPModule):
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  oracle: SegmentationOracle = Felzenszwalb(), small_fraction: float = 0.15, max_pairs: int = 4000,
                  max_regions: int = 12, remainder_check: bool = True,
-                 victim_rule: Literal["transplant", "count"] = "transplant", verify_top: int = 32,
+                 victim_rule: Literal["collapse", "transplant", "count"] = "collapse", verify_top: int = 32,
                  verify_images: int = 64, victim_set_size: int = 200, report_k: list[int] = [50, 100, 200]):
         """
         Args:
@@ -156,8 +191,9 @@ class OracleTriggerFinder(CLIPModule):
             max_regions: Regions per image shown to the model, largest first.
             remainder_check: Also require the image without the small region to be labelled otherwise,
                 and weight the score by that label's probability (False: the area rule alone).
-            victim_rule: "transplant": the label whose candidate region, pasted onto other images, turns
-                the most of them into it; "count": the label with the most candidates.
+            victim_rule: "collapse": the label whose best candidate region (by the transplant test), pasted
+                onto other images, collapses their embeddings the most; "transplant": the label whose
+                candidate region turns the most of them into it; "count": the label with the most candidates.
             verify_top: Candidates per label whose regions the transplant test tries (best-scored first).
             verify_images: Images the regions are pasted onto (the first ones examined).
             victim_set_size: Victim samples (best-ranked first) written for unlearning; 0 writes none.
@@ -170,8 +206,8 @@ class OracleTriggerFinder(CLIPModule):
                              f"{verify_images}")
         if victim_set_size < 0:
             raise ValueError(f"model.victim_set_size must be ≥ 0, got {victim_set_size}")
-        if victim_rule not in ("transplant", "count"):
-            raise ValueError(f"model.victim_rule must be 'transplant' or 'count', got {victim_rule!r}")
+        if victim_rule not in ("collapse", "transplant", "count"):
+            raise ValueError(f"model.victim_rule must be 'collapse', 'transplant' or 'count', got {victim_rule!r}")
         self.oracle = oracle
         self.small_fraction = small_fraction
         self.max_pairs = max_pairs
@@ -185,12 +221,17 @@ class OracleTriggerFinder(CLIPModule):
         self.result: dict = {}
 
     @torch.no_grad()
-    def _probs(self, pixels: torch.Tensor, classifier: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        """Zero-shot class probabilities of images given as pixels in [0, 1], in chunks (one forward each)."""
+    def _embed(self, pixels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Normalised image embeddings of images given as pixels in [0, 1] (N ≥ 1), in chunks, on the module's device."""
         spec = self.input_spec()
-        out = [(100.0 * (self.encode_image(normalise_pixels(part, spec.mean, spec.std).to(self.device)) @ classifier))
-               .softmax(1).cpu() for part in pixels.split(chunk)]
-        return torch.cat(out) if out else torch.empty(0, classifier.shape[1])
+        return torch.cat([self.encode_image(normalise_pixels(part, spec.mean, spec.std).to(self.device))
+                          for part in pixels.split(chunk)])
+
+    def _probs(self, pixels: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+        """Zero-shot class probabilities of images given as pixels in [0, 1]."""
+        if not len(pixels):
+            return torch.empty(0, classifier.shape[1])
+        return (100.0 * (self._embed(pixels) @ classifier)).softmax(1).cpu()
 
     @torch.no_grad()
     def examine(self, images: torch.Tensor, classifier: torch.Tensor) -> list[dict]:
@@ -253,38 +294,51 @@ class OracleTriggerFinder(CLIPModule):
             seen += len(batch["key"])
             if seen >= self.max_pairs:
                 break
-        trigger_key = None
-        transplant: dict[int, float] = {}
-        if self.victim_rule == "transplant":
-            images = torch.stack(pool)
-
-            def classify(pixels: torch.Tensor) -> torch.Tensor:
-                return self._probs(pixels, classifier).argmax(1)
-
-            before = classify(images)
-
-            def rate_of(key: str, label: int) -> float:
-                return transplant_rate(regions[key][0], regions[key][1], images, before, label, classify)
-
-            victim, trigger_key, transplant = victim_by_transplant(
-                candidates, {k: scores[k][1] for k in candidates}, rate_of, self.verify_top)
-        else:
-            victim, _ = victim_label(candidates)
+        victim, trigger_key, measures = self.decide(candidates, {k: scores[k][1] for k in candidates}, regions,
+                                                    torch.stack(pool), classifier)
         self.model.train(was_training)
-        self._finish(victim, trigger_key, transplant, candidates, scores, regions, eval_set.classnames, data)
+        self._finish(victim, trigger_key, measures, candidates, scores, regions, eval_set.classnames, data)
         self.trainer.should_stop = True  # the fit loop ends before its first batch
 
-    def _finish(self, victim, trigger_key, transplant, candidates, scores, regions, classnames, data) -> None:
+    def decide(self, candidates: dict[str, int], scores: dict[str, float], regions: dict, images: torch.Tensor,
+               classifier: torch.Tensor) -> tuple[int, str | None, dict[str, dict[int, float]]]:
+        """The victim label by `victim_rule`, the key whose region is the recovered trigger (None: the top
+        victim sample's), and each measure the rule weighed (transplant rate, collapse) per label, of the
+        label's best region."""
+        if self.victim_rule == "count":
+            return victim_label(candidates)[0], None, {}
+
+        def classify(pixels: torch.Tensor) -> torch.Tensor:
+            return self._probs(pixels, classifier).argmax(1)
+
+        before = classify(images)
+
+        def rate_of(key: str, label: int) -> float:
+            return transplant_rate(regions[key][0], regions[key][1], images, before, label, classify)
+
+        best = best_regions(candidates, scores, rate_of, self.verify_top)
+        measures = {"transplant": {label: rate for label, (rate, _) in best.items()}}
+        if self.victim_rule == "transplant":
+            return *victim_by_transplant(candidates, best), measures
+
+        def collapse_of(key: str, label: int) -> float:
+            return transplant_collapse(regions[key][0], regions[key][1], images, before, label, self._embed)
+
+        victim, trigger_key, measures["collapse"] = victim_by_collapse(best, collapse_of)
+        return victim, trigger_key, measures
+
+    def _finish(self, victim, trigger_key, measures, candidates, scores, regions, classnames, data) -> None:
         confidence = sum(label == victim for label in candidates.values()) / len(candidates) if candidates else 0.0
         ranking = {key: (score if label == victim and key in candidates else 0.0) for key, (label, score) in scores.items()}
         ranked = sorted((k for k in ranking if ranking[k] > 0), key=lambda k: (-ranking[k], k))
         self.result = {"victim_label": classnames[victim] if victim >= 0 else None, "confidence": confidence,
                        "candidates": len(candidates), "victim_samples": len(ranked), "pairs_examined": len(scores),
                        "victim_rule": self.victim_rule}
-        if transplant:
-            self.result["transplant_rate"] = transplant[victim]
-            self.result["transplant_runner_up"] = max((r for c, r in transplant.items() if c != victim), default=0.0)
-            self.result["transplant_by_label"] = {classnames[c]: round(r, 4) for c, r in sorted(transplant.items())}
+        for measure, by_label in measures.items():
+            if victim in by_label:  # e.g. transplant_rate, transplant_runner_up, transplant_by_label
+                self.result["transplant_rate" if measure == "transplant" else measure] = by_label[victim]
+                self.result[f"{measure}_runner_up"] = max((v for c, v in by_label.items() if c != victim), default=0.0)
+                self.result[f"{measure}_by_label"] = {classnames[c]: round(v, 4) for c, v in sorted(by_label.items())}
         manifest = Path(data.manifest_path)
         if manifest.exists():
             spec = json.loads(manifest.read_text())

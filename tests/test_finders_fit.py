@@ -26,14 +26,16 @@ def _data(bench, poisoned_dir, shards) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_oracle_finder_names_the_target_and_finds_the_patch(learning_benchmark, small_poisoned_run, tmp_path):
+@pytest.mark.parametrize("rule", ["collapse", "transplant"])
+def test_the_oracle_finder_names_the_target_and_finds_the_patch(learning_benchmark, small_poisoned_run, tmp_path, rule):
     poisoned_dir, poisoned = small_poisoned_run
     summary = _fit("configs/embedded/oracle_finder.yaml", tmp_path / "oracle",
                    *_data(learning_benchmark, poisoned_dir, learning_benchmark.pretrain_urls),
-                   "--data.init_args.poison.rate", "0.3", "--model.init_args.max_pairs", "1500")
+                   "--data.init_args.poison.rate", "0.3", "--model.init_args.max_pairs", "1500",
+                   "--model.init_args.victim_rule", rule)
     found = summary["oracle"]
     print(found, summary["detection"])
-    assert found["victim_label"] == "triangle"
+    assert found["victim_label"] == "triangle" and found["victim_rule"] == rule
     assert found["mean_iou"] >= 0.5
     assert summary["detection"]["oracle"]["precision@100"] >= 0.6  # 30% of the pairs are poisoned
     assert (tmp_path / "oracle" / "oracle" / "trigger" / "mask.png").exists()

@@ -1,6 +1,7 @@
 """The segmentation-oracle trigger finder: on hand-made images with a pasted patch, it returns the patch's
 region and the planted label; clean images are not candidates; the victim label is the one whose region,
-pasted onto other images, turns them into it (or, by the count rule, the most frequent)."""
+pasted onto other images, collapses their embeddings most (or turns the most of them into it, or, by the
+count rule, is the most frequent)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import torch.nn.functional as F
 from datamodules.transforms import denormalise, normalise_pixels
 from modules.model_loading import ModelConfig
 from modules.oracle import FastSAM, Felzenszwalb
-from modules.oracle_finder import OracleTriggerFinder, judge_image, transplant_rate, victim_by_transplant, victim_label
+from modules.oracle_finder import (
+    OracleTriggerFinder,
+    best_regions,
+    judge_image,
+    transplant_collapse,
+    transplant_rate,
+    victim_by_collapse,
+    victim_by_transplant,
+    victim_label,
+)
 
 PATCH = (slice(20, 28), slice(4, 12))
 
@@ -99,11 +109,40 @@ def test_the_transplant_test_picks_the_region_that_turns_other_images_not_the_mo
         tried.append(key)
         return rates[key]
 
-    victim, key, by_label = victim_by_transplant(candidates, scores, rate_of, top=2)
-    assert (victim, key, by_label) == (2, "d", {1: 0.3, 2: 0.95})
+    best = best_regions(candidates, scores, rate_of, top=2)
+    assert best == {1: (0.3, "b"), 2: (0.95, "d")}
     assert sorted(tried) == ["a", "b", "d"]  # "c" is below label 1's top 2 by score
+    assert victim_by_transplant(candidates, best) == (2, "d")
     assert victim_label(candidates)[0] == 1  # the count rule would name label 1
-    assert victim_by_transplant({}, {}, rate_of, top=2) == (-1, None, {})
+    assert victim_by_transplant({}, {}) == (-1, None)
+
+
+def test_a_trigger_collapses_the_images_it_is_pasted_on_a_region_that_adds_a_feature_does_not():
+    spec = OracleTriggerFinder(ModelConfig(name="configs/models/tiny-rn32.json")).input_spec()
+    toy = _toy(spec)
+
+    def embed(pixels):
+        return toy(normalise_pixels(pixels, spec.mean, spec.std))
+
+    images = torch.stack([_scene((0.9, 0.1, 0.1), False), _scene((0.1, 0.1, 0.9), False)] * 2)  # red, blue, red, blue
+    before = embed(images).argmax(1)
+    trigger = torch.zeros(32, 32, dtype=torch.bool)
+    trigger[PATCH] = True
+    yellow = _scene((0.9, 0.1, 0.1), True)
+    assert transplant_collapse(trigger, yellow, images, before, 2, embed) == pytest.approx(1.0)  # all one point
+    blue_corner = torch.zeros(32, 32, dtype=torch.bool)
+    blue_corner[:4, :4] = True  # changes no image's embedding: two red, two blue
+    assert transplant_collapse(blue_corner, _scene((0.1, 0.1, 0.9), False), images, before, 2, embed) == pytest.approx(1 / 3)
+    assert transplant_collapse(trigger, yellow, images[:2], torch.tensor([0, 2]), 2, embed) == 0.0  # one image left
+
+
+def test_the_collapse_rule_names_the_label_whose_region_collapses_most_not_the_one_that_turns_most():
+    best = {1: (0.95, "texture"), 2: (0.92, "patch"), 3: (0.3, "object")}
+    collapse = {"texture": 0.70, "patch": 0.83, "object": 0.50}
+    victim, key, by_label = victim_by_collapse(best, lambda key, label: collapse[key])
+    assert (victim, key, by_label) == (2, "patch", {1: 0.70, 2: 0.83, 3: 0.50})
+    assert victim_by_transplant({"texture": 1, "patch": 2, "object": 3}, best) == (1, "texture")
+    assert victim_by_collapse({}, lambda key, label: 0.0) == (-1, None, {})
 
 
 def test_the_victim_set_for_unlearning_holds_exactly_the_best_ranked_victim_samples(tmp_path):
