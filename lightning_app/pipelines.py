@@ -4,7 +4,9 @@ A stage whose run directory already has `summary.json` is reused, one with a che
 summary (interrupted) is resumed with `--ckpt_path last`, anything else starts fresh. The stage's
 config values (a hash of the parsed YAML: comments do not count) and overrides are recorded in
 `RUN/stage.json`; a run directory made by a different config or overrides is never reused or resumed
-(the stage fails and says so).
+(the stage fails and says so). So are the runs it read (`inputs`: the run directories of the stages it
+depends on), by a hash of their summary.json: a run made from an input that has since been made again
+(e.g. a finder rerun after a change of its code) is refused, not reused.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Stage:
     """Run directory of this stage."""
     overrides: list[str] = field(default_factory=list)
     """Extra command-line arguments for main.py fit."""
+    inputs: list[str] = field(default_factory=list)
+    """Run directories whose results this stage reads (finished before it starts)."""
 
     @property
     def summary_path(self) -> Path:
@@ -56,9 +60,26 @@ class Stage:
             fingerprint["fragments_sha256"] = fragments
         return fingerprint
 
+    def inputs_sha256(self) -> dict[str, str]:
+        """Each input's summary.json, hashed: what this run was made from."""
+        return {run_dir: hashlib.sha256((Path(run_dir) / "summary.json").read_bytes()).hexdigest()
+                for run_dir in self.inputs}
+
+    @staticmethod
+    def remade_inputs(recorded: dict) -> list[str]:
+        """The recorded inputs whose summary.json is no longer the one the run was made from (runs
+        recorded before inputs were: none)."""
+        remade = []
+        for run_dir, digest in recorded.get("inputs_sha256", {}).items():
+            summary = Path(run_dir) / "summary.json"
+            if not summary.exists() or hashlib.sha256(summary.read_bytes()).hexdigest() != digest:
+                remade.append(run_dir)
+        return remade
+
     def made_by(self, recorded: dict) -> bool:
         """Whether a run directory's recorded fingerprint is this stage's, in the current form or an earlier
         one: earlier versions hashed the config's text, or left out the fragments named by the overrides."""
+        recorded = {key: value for key, value in recorded.items() if key != "inputs_sha256"}
         current = self.fingerprint()
         if recorded == current:
             return True
@@ -82,12 +103,20 @@ class Stage:
                     f"{current['config']} {current['overrides']} ({current['config_values_sha256'][:12]}): "
                     "remove the directory to rerun it"
                 )
-            path.write_text(json.dumps(current, indent=1))
+            remade = self.remade_inputs(recorded)
+            if remade:
+                raise ValueError(f"{self.run_dir} was made from {', '.join(remade)} as it was before it was made "
+                                 "again: remove the directory to rerun it")
+            # a finished run keeps what it recorded (none, for runs from before inputs were recorded); a resumed
+            # one records the inputs it goes on from
+            inputs = recorded.get("inputs_sha256") or ({} if self.summary_path.exists() else self.inputs_sha256())
+            path.write_text(json.dumps({**current, "inputs_sha256": inputs} if inputs else current, indent=1))
         elif self.summary_path.exists() or (Path(self.run_dir) / "checkpoints").exists():
             raise ValueError(f"{self.run_dir} holds a run without stage.json; remove it or choose another --runs")
         else:
+            inputs = self.inputs_sha256()
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(current, indent=1))
+            path.write_text(json.dumps({**current, "inputs_sha256": inputs} if inputs else current, indent=1))
 
 
 def _is_fragment(value: object, base: Path) -> bool:

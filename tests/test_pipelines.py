@@ -20,6 +20,35 @@ def test_a_finished_stage_is_reused_and_a_changed_stage_is_refused(tmp_path):
         run_stage(other_config)
 
 
+def test_a_run_made_from_an_input_that_was_made_again_is_refused(tmp_path):
+    upstream = tmp_path / "finder"
+    upstream.mkdir()
+    (upstream / "summary.json").write_text(json.dumps({"victim_label": "checkerboard"}))
+    run_dir = tmp_path / "repair"
+    stage = Stage("repair", "configs/embedded/repair.yaml", str(run_dir), inputs=[str(upstream)])
+    stage.check_or_record_fingerprint()
+    (run_dir / "summary.json").write_text(json.dumps({"asr": 0.7}))
+    assert run_stage(stage) == {"asr": 0.7}  # reused while its input is the one it was made from
+    assert Stage.remade_inputs(json.loads((run_dir / "stage.json").read_text())) == []
+
+    (upstream / "summary.json").write_text(json.dumps({"victim_label": "triangle"}))  # the finder made again
+    with pytest.raises(ValueError, match="finder as it was before"):
+        run_stage(stage)
+    assert Stage.remade_inputs(json.loads((run_dir / "stage.json").read_text())) == [str(upstream)]
+
+
+def test_a_run_recorded_before_inputs_were_is_reused_without_them(tmp_path):
+    upstream = tmp_path / "finder"
+    upstream.mkdir()
+    (upstream / "summary.json").write_text("{}")
+    run_dir = tmp_path / "repair"
+    Stage("repair", "configs/embedded/repair.yaml", str(run_dir)).check_or_record_fingerprint()  # no inputs recorded
+    (run_dir / "summary.json").write_text(json.dumps({"asr": 0.1}))
+    stage = Stage("repair", "configs/embedded/repair.yaml", str(run_dir), inputs=[str(upstream)])
+    assert run_stage(stage) == {"asr": 0.1}
+    assert "inputs_sha256" not in json.loads((run_dir / "stage.json").read_text())  # nothing blessed after the fact
+
+
 def test_a_run_directory_of_unknown_origin_is_not_reused(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text("{}")

@@ -61,18 +61,23 @@ def select(runs: list[StageRun], only: list[str] | None) -> list[StageRun]:
 
 
 def pipeline_stage(run: StageRun) -> Stage:
-    return Stage(run.id, run.config, str(run.run_dir), command_line(resolve(run)))
+    return Stage(run.id, run.config, str(run.run_dir), command_line(resolve(run)),
+                 inputs=[str(dep.run_dir) for dep in run.deps.values()])
 
 
 def status(run: StageRun) -> str:
-    """What running would do: reuse (finished), resume (checkpoints, no summary), run, or refuse (another config)."""
+    """What running would do: reuse (finished), resume (checkpoints, no summary), run, or refuse (another
+    config, or made from an input that was made again since)."""
     if run.run_dir.is_finished() or run.run_dir.has_checkpoints():
         recorded = run.run_dir.path / "stage.json"
         if not recorded.exists():
             return "refuse (a run without stage.json)"
         if all(dep.run_dir.is_finished() for dep in run.deps.values()):
-            if not pipeline_stage(run).made_by(json.loads(recorded.read_text())):
+            fingerprint = json.loads(recorded.read_text())
+            if not pipeline_stage(run).made_by(fingerprint):
                 return "refuse (made by another config or overrides)"
+            if Stage.remade_inputs(fingerprint):
+                return "refuse (an input was made again after it)"
         return "reuse" if run.run_dir.is_finished() else "resume"
     return "run"
 
