@@ -8,12 +8,14 @@ discovery reads it; `max_pairs` of them). For each image the model under audit p
 the whole image; the oracle (`modules.oracle`) splits the image into regions; the model labels each
 region on its own. A label the whole image gets that no large region grounds, only a small one
 (`small_fraction` of the image at most), points at a trigger: the image is a candidate for ŷ with
-score p_region(ŷ), the small region its trigger candidate. Over all images, the victim label is the
-label with the most candidates (confidence: its share of them); the victim samples are the candidates
-for it, ranked by score; the recovered trigger is the top sample's region, with that image's pixels,
-as a `datamodules.MaskedPattern` in `RUN/oracle/trigger/` (pasted at the same place), which
-`modules.TriggerRepair` stamps for the repair. The top `victim_set_size` victim samples, as the model
-saw them, are written in UBT's format (`RUN/oracle/suspicious_pairs.safetensors`, `suspicious.json`), so
+score p_region(ŷ), the small region its trigger candidate. Over all images, the victim label is named
+by `victim_rule` (below); the victim samples are the candidates for it, ranked by how many of the
+defender's images their own region turns into the victim label when pasted on them (then by score);
+the recovered trigger is the victim label's best region, with its image's pixels, as a
+`datamodules.MaskedPattern` in `RUN/oracle/trigger/` (pasted at the same place), which
+`modules.TriggerRepair` stamps for the repair. The victim samples whose region turns at least
+`victim_min_rate` of those images (at most `victim_set_size`, best first), as the model saw them, are
+written in UBT's format (`RUN/oracle/suspicious_pairs.safetensors`, `suspicious.json`), so
 `modules.UBTUnlearn` can unlearn them (`suspicious_dir: RUN/oracle`): the other repair, by the victim
 samples rather than the trigger.
 
@@ -38,6 +40,12 @@ Choices made here, where the paper's summary leaves them open:
   feature and leaves them as varied as they were. Added after the transplant rule named `checkerboard` on
   one of three BadCLIP models, where its turn rates were near 1 for both labels (0.95 against the
   target's 0.92; docs/results.md, badclip-oracle); `transplant` stays available and is reported beside it.
+- the victim samples are ranked by their own region's transplant rate, not by score, and only those
+  that turn at least half the images are handed to unlearning: a clean image of the victim class whose
+  object is small is a candidate too, but its object does not turn other images. The score ranking
+  (kept for `victim_rule: count`, which measures no transplants) handed BadCLIP's unlearning sets that
+  were 15-28% poisoned, and the unlearning cost up to 7 points of CA; this ranking was added after
+  seeing that (docs/results.md, badclip-oracle).
 - with `remainder_check` (default) a candidate must also lose ŷ when its small region is painted
   out (the rest of the image, its object, is labelled otherwise), and its score is
   p_region(ŷ)·p_rest(label of the rest): a clean image of the victim class whose object is small keeps
@@ -159,6 +167,18 @@ def victim_by_collapse(best: dict[int, tuple[float, str]], collapse_of) -> tuple
     return victim, best[victim][1], collapse
 
 
+def rank_victim_samples(scores: dict[str, float], rates: dict[str, float]) -> list[str]:
+    """The victim samples (key → score), best first: by their region's transplant rate (`rates`; none
+    measured: every rate 0), then by score, then by key."""
+    return sorted(scores, key=lambda k: (-rates.get(k, 0.0), -scores[k], k))
+
+
+def victim_set(ranked: list[str], rates: dict[str, float], min_rate: float, size: int) -> list[str]:
+    """The first `size` of the ranked victim samples whose region turns at least `min_rate` of the images
+    (every one when no rate was measured)."""
+    return [key for key in ranked if not rates or rates[key] >= min_rate][:size]
+
+
 def write_victim_set(out: Path, ranked: list[str], size: int, fetch) -> list[str]:
     """Write the first `size` of the ranked victim samples, read by `fetch(keys)` (key → (uint8 pixels,
     caption)), as UBT's suspicious pairs in `out`; returns their keys, best-ranked first."""
@@ -180,7 +200,8 @@ class OracleTriggerFinder(CLIPModule):
                  oracle: SegmentationOracle = Felzenszwalb(), small_fraction: float = 0.15, max_pairs: int = 4000,
                  max_regions: int = 12, remainder_check: bool = True,
                  victim_rule: Literal["collapse", "transplant", "count"] = "collapse", verify_top: int = 32,
-                 verify_images: int = 64, victim_set_size: int = 200, report_k: list[int] = [50, 100, 200]):
+                 verify_images: int = 64, victim_set_size: int = 200, victim_min_rate: float = 0.5,
+                 report_k: list[int] = [50, 100, 200]):
         """
         Args:
             model: The model under audit (not trained).
@@ -197,6 +218,8 @@ class OracleTriggerFinder(CLIPModule):
             verify_top: Candidates per label whose regions the transplant test tries (best-scored first).
             verify_images: Images the regions are pasted onto (the first ones examined).
             victim_set_size: Victim samples (best-ranked first) written for unlearning; 0 writes none.
+            victim_min_rate: Only victim samples whose region turns at least this share of the verify
+                images are written for unlearning (rules that measure transplants).
             report_k: k of precision/recall@k against the manifest (evaluation only).
         """
         super().__init__(model, optimizer)
@@ -204,8 +227,9 @@ class OracleTriggerFinder(CLIPModule):
             raise ValueError(f"model.small_fraction must be in (0, 1), max_pairs, max_regions, verify_top and "
                              f"verify_images ≥ 1; got {small_fraction}, {max_pairs}, {max_regions}, {verify_top}, "
                              f"{verify_images}")
-        if victim_set_size < 0:
-            raise ValueError(f"model.victim_set_size must be ≥ 0, got {victim_set_size}")
+        if victim_set_size < 0 or not 0.0 <= victim_min_rate <= 1.0:
+            raise ValueError(f"model.victim_set_size must be ≥ 0 and model.victim_min_rate in [0, 1], got "
+                             f"{victim_set_size} and {victim_min_rate}")
         if victim_rule not in ("collapse", "transplant", "count"):
             raise ValueError(f"model.victim_rule must be 'collapse', 'transplant' or 'count', got {victim_rule!r}")
         self.oracle = oracle
@@ -217,6 +241,7 @@ class OracleTriggerFinder(CLIPModule):
         self.verify_top = verify_top
         self.verify_images = verify_images
         self.victim_set_size = victim_set_size
+        self.victim_min_rate = victim_min_rate
         self.report_k = list(report_k)
         self.result: dict = {}
 
@@ -294,19 +319,19 @@ class OracleTriggerFinder(CLIPModule):
             seen += len(batch["key"])
             if seen >= self.max_pairs:
                 break
-        victim, trigger_key, measures = self.decide(candidates, {k: scores[k][1] for k in candidates}, regions,
-                                                    torch.stack(pool), classifier)
+        victim, trigger_key, measures, rates = self.decide(candidates, {k: scores[k][1] for k in candidates}, regions,
+                                                           torch.stack(pool), classifier)
         self.model.train(was_training)
-        self._finish(victim, trigger_key, measures, candidates, scores, regions, eval_set.classnames, data)
+        self._finish(victim, trigger_key, measures, rates, candidates, scores, regions, eval_set.classnames, data)
         self.trainer.should_stop = True  # the fit loop ends before its first batch
 
     def decide(self, candidates: dict[str, int], scores: dict[str, float], regions: dict, images: torch.Tensor,
-               classifier: torch.Tensor) -> tuple[int, str | None, dict[str, dict[int, float]]]:
+               classifier: torch.Tensor) -> tuple[int, str | None, dict[str, dict[int, float]], dict[str, float]]:
         """The victim label by `victim_rule`, the key whose region is the recovered trigger (None: the top
-        victim sample's), and each measure the rule weighed (transplant rate, collapse) per label, of the
-        label's best region."""
+        victim sample's), each measure the rule weighed (transplant rate, collapse) per label, of the
+        label's best region, and each victim sample's own transplant rate (none for the count rule)."""
         if self.victim_rule == "count":
-            return victim_label(candidates)[0], None, {}
+            return victim_label(candidates)[0], None, {}, {}
 
         def classify(pixels: torch.Tensor) -> torch.Tensor:
             return self._probs(pixels, classifier).argmax(1)
@@ -319,21 +344,24 @@ class OracleTriggerFinder(CLIPModule):
         best = best_regions(candidates, scores, rate_of, self.verify_top)
         measures = {"transplant": {label: rate for label, (rate, _) in best.items()}}
         if self.victim_rule == "transplant":
-            return *victim_by_transplant(candidates, best), measures
+            victim, trigger_key = victim_by_transplant(candidates, best)
+        else:
+            def collapse_of(key: str, label: int) -> float:
+                return transplant_collapse(regions[key][0], regions[key][1], images, before, label, self._embed)
 
-        def collapse_of(key: str, label: int) -> float:
-            return transplant_collapse(regions[key][0], regions[key][1], images, before, label, self._embed)
+            victim, trigger_key, measures["collapse"] = victim_by_collapse(best, collapse_of)
+        rates = {key: rate_of(key, victim) for key, label in candidates.items() if label == victim}
+        return victim, trigger_key, measures, rates
 
-        victim, trigger_key, measures["collapse"] = victim_by_collapse(best, collapse_of)
-        return victim, trigger_key, measures
-
-    def _finish(self, victim, trigger_key, measures, candidates, scores, regions, classnames, data) -> None:
+    def _finish(self, victim, trigger_key, measures, rates, candidates, scores, regions, classnames, data) -> None:
         confidence = sum(label == victim for label in candidates.values()) / len(candidates) if candidates else 0.0
-        ranking = {key: (score if label == victim and key in candidates else 0.0) for key, (label, score) in scores.items()}
-        ranked = sorted((k for k in ranking if ranking[k] > 0), key=lambda k: (-ranking[k], k))
+        ranked = rank_victim_samples({k: scores[k][1] for k, label in candidates.items() if label == victim}, rates)
+        ranking = dict.fromkeys(scores, 0.0) | {key: float(len(ranked) - i) for i, key in enumerate(ranked)}
         self.result = {"victim_label": classnames[victim] if victim >= 0 else None, "confidence": confidence,
                        "candidates": len(candidates), "victim_samples": len(ranked), "pairs_examined": len(scores),
                        "victim_rule": self.victim_rule}
+        if rates:
+            self.result["victim_samples_turning"] = sum(rate >= self.victim_min_rate for rate in rates.values())
         for measure, by_label in measures.items():
             if victim in by_label:  # e.g. transplant_rate, transplant_runner_up, transplant_by_label
                 self.result["transplant_rate" if measure == "transplant" else measure] = by_label[victim]
@@ -350,17 +378,17 @@ class OracleTriggerFinder(CLIPModule):
         out = Path(self.trainer.default_root_dir) / ORACLE_DIR
         if self.victim_set_size and self.trainer.is_global_zero:
             spec = self.input_spec()
-            victim_set = write_victim_set(out, ranked, self.victim_set_size,
-                                          lambda keys: collect_pairs(data.scoring_stream(), keys, spec))
-            self.result["victim_set"] = len(victim_set)
-            if "detection" in self.result and victim_set:  # evaluation only: how pure the handed-over set is
-                self.result["victim_set_share_poisoned"] = sum(k in poisoned for k in victim_set) / len(victim_set)
+            handed = write_victim_set(out, victim_set(ranked, rates, self.victim_min_rate, self.victim_set_size),
+                                      self.victim_set_size, lambda keys: collect_pairs(data.scoring_stream(), keys, spec))
+            self.result["victim_set"] = len(handed)
+            if "detection" in self.result and handed:  # evaluation only: how pure the handed-over set is
+                self.result["victim_set_share_poisoned"] = sum(k in poisoned for k in handed) / len(handed)
         if ranked:
             region, pixels = regions[trigger_key if trigger_key is not None else ranked[0]]
             trigger = MaskedPattern.from_tensors(region[None].float(), pixels)
-            self._write(out, trigger, ranked)
+            self._write(out, trigger, ranked, rates)
         else:
-            self._write(out, None, ranked)
+            self._write(out, None, ranked, rates)
 
     @staticmethod
     def _localisation(keys: list[str], poisoned: set[str], regions: dict, data) -> float | None:
@@ -380,11 +408,12 @@ class OracleTriggerFinder(CLIPModule):
         return sum(ious) / len(ious) if ious else None
 
     @rank_zero_only
-    def _write(self, out: Path, trigger: MaskedPattern | None, ranked: list[str]) -> None:
+    def _write(self, out: Path, trigger: MaskedPattern | None, ranked: list[str], rates: dict[str, float]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         if trigger is not None:
             trigger.save(out / "trigger", self.input_spec().image_size)
-        (out / "finding.json").write_text(json.dumps({**self.result, "ranked": ranked}, indent=1))
+        finding = {**self.result, "ranked": ranked, "transplant_rate_of": {key: rates[key] for key in ranked if key in rates}}
+        (out / "finding.json").write_text(json.dumps(finding, indent=1))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         raise AssertionError("the oracle finder stops before its first batch")

@@ -42,9 +42,10 @@ def test_the_oracle_finder_names_the_target_and_finds_the_patch(learning_benchma
     # the victim set UBT can unlearn: the finder's best-ranked victim samples, as the model saw them
     from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs
 
-    ranked = json.loads((tmp_path / "oracle" / "oracle" / "finding.json").read_text())["ranked"]
+    finding = json.loads((tmp_path / "oracle" / "oracle" / "finding.json").read_text())
     keys, images, _ = load_suspicious_pairs(tmp_path / "oracle" / "oracle" / SUSPICIOUS_PAIRS, 10_000)
-    assert keys == ranked[:200] and found["victim_set"] == len(keys) > 0
+    rates = finding["transplant_rate_of"]
+    assert keys == [k for k in finding["ranked"] if rates[k] >= 0.5][:200] and found["victim_set"] == len(keys) > 0
     manifest = set(json.loads((tmp_path / "oracle" / "poison" / "manifest.json").read_text())["keys"])
     assert found["victim_set_share_poisoned"] == pytest.approx(sum(k in manifest for k in keys) / len(keys))
     assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)

@@ -16,11 +16,13 @@ from modules.oracle_finder import (
     OracleTriggerFinder,
     best_regions,
     judge_image,
+    rank_victim_samples,
     transplant_collapse,
     transplant_rate,
     victim_by_collapse,
     victim_by_transplant,
     victim_label,
+    victim_set,
 )
 
 PATCH = (slice(20, 28), slice(4, 12))
@@ -143,6 +145,19 @@ def test_the_collapse_rule_names_the_label_whose_region_collapses_most_not_the_o
     assert (victim, key, by_label) == (2, "patch", {1: 0.70, 2: 0.83, 3: 0.50})
     assert victim_by_transplant({"texture": 1, "patch": 2, "object": 3}, best) == (1, "texture")
     assert victim_by_collapse({}, lambda key, label: 0.0) == (-1, None, {})
+
+
+def test_victim_samples_rank_by_their_own_regions_transplant_rate_and_only_those_that_turn_are_handed_over():
+    # "small": a clean image of the victim class with a small object (a high score, its object turns
+    # nothing); "p1", "p2": triggered images (lower scores, their regions turn most images)
+    scores = {"small": 0.9, "p1": 0.4, "p2": 0.5, "half": 0.3}
+    rates = {"small": 0.1, "p1": 1.0, "p2": 1.0, "half": 0.5}
+    ranked = rank_victim_samples(scores, rates)
+    assert ranked == ["p2", "p1", "half", "small"]  # equal rates: the better score first
+    assert victim_set(ranked, rates, 0.5, 200) == ["p2", "p1", "half"]
+    assert victim_set(ranked, rates, 0.5, 2) == ["p2", "p1"]
+    assert rank_victim_samples(scores, {}) == ["small", "p2", "p1", "half"]  # no rates measured: by score
+    assert victim_set(["small", "p2"], {}, 0.5, 200) == ["small", "p2"]
 
 
 def test_the_victim_set_for_unlearning_holds_exactly_the_best_ranked_victim_samples(tmp_path):
