@@ -25,6 +25,7 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "oracle_victim_label_correct": "found the target", "oracle_confidence": "its share of candidates",
                 "oracle_mean_iou": "IoU with the trigger", "oracle_transplant_rate": "its region turns",
                 "oracle_transplant_runner_up": "best other label's region turns",
+                "oracle_collapse": "its region's collapse", "oracle_collapse_runner_up": "best other label's collapse",
                 "oracle_pairs_examined": "images examined", "oracle_candidates": "candidate images",
                 "oracle_victim_set": "victim samples handed over", "oracle_victim_set_share_poisoned": "their share poisoned",
                 "safeclip_safe_pairs": "pairs on the CLIP loss (last epoch)",
