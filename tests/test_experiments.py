@@ -300,6 +300,29 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
         toy(tmp_path, TOY.replace("    reference: cleanclip\n", "    reference: cleanclip\n    compare: [[abd, nope]]\n"))
 
 
+def test_a_detector_table_reports_the_auroc_of_its_score_between_poisoned_and_clean_models(tmp_path):
+    from lightning_app.experiments.views import detector_auroc, model_detection
+
+    assert detector_auroc([0.01, 0.02], [0.10, 0.09], "lower") == 1.0
+    assert detector_auroc([0.01, 0.20], [0.10], "lower") == 0.5
+    assert detector_auroc([0.10], [0.10], "lower") == 0.5  # a tie counts a half
+    assert detector_auroc([0.01, 0.02], [0.10, 0.09], "higher") == 0.0
+
+    text = TOY.replace("    reference: cleanclip\n",
+                       "    reference: cleanclip\n    detector: {{score: mask, clean: attack, poisoned_when: lower}}\n")
+    experiment = toy(tmp_path, text)
+    rows = [{"stage": "attack", "attack": "badnet", "seed": s, "mask": m} for s, m in enumerate([0.10, 0.08])]
+    rows += [{"stage": "abd", "attack": "badnet", "seed": s, "mask": m} for s, m in enumerate([0.01, 0.09])]
+    rows += [{"stage": "cleanclip", "attack": "badnet", "lr": "0.001", "seed": s, "mask": m} for s, m in enumerate([0.2, 0.3])]
+    lines = model_detection(experiment, experiment.tables[0], rows)
+    assert lines[0].startswith("AUROC of mask as a detector of the poisoned model (lower means poisoned")
+    assert lines[2] == "- badnet · cleanclip against attack: 0.000 (2 and 2 models)"
+    assert lines[3] == "- badnet · abd against attack: 0.750 (2 and 2 models)"  # 0.09 is above 0.08 only
+    assert lines[4] == "- every poisoned model above against attack: 0.375 (4 and 2 models)"
+    with pytest.raises(ValueError, match="detector"):
+        toy(tmp_path, text.replace("poisoned_when: lower", "poisoned_when: sideways"))
+
+
 def test_where_keeps_only_the_named_values_of_an_axis():
     from lightning_app.experiments.spec import restrict_axes
 
@@ -307,9 +330,11 @@ def test_where_keeps_only_the_named_values_of_an_axis():
     restrict_axes(experiment, ["attack=badnet_stripes,multi_target"])
     ids = [run.id for run in expand(experiment)]
     by_attack = [run for run in ids if "[" in run]
-    assert len(by_attack) == len(experiment.seeds) * 2 * (len(experiment.stages) - 1)  # every stage but the clean control
+    # every stage but the clean control and its inversion
+    assert len(by_attack) == len(experiment.seeds) * 2 * (len(experiment.stages) - 2)
     assert {run.split("[")[1].split("]")[0] for run in by_attack} == {"attack=badnet_stripes", "attack=multi_target"}
-    assert sorted(set(ids) - set(by_attack)) == [f"clean@seed{s}" for s in experiment.seeds]
+    assert sorted(set(ids) - set(by_attack)) == sorted(f"{stage}@seed{s}" for s in experiment.seeds
+                                                       for stage in ("clean", "invert_clean"))
     with pytest.raises(ValueError, match="no value"):
         restrict_axes(experiment, ["attack=blended_text"])
     with pytest.raises(ValueError, match="no axis"):

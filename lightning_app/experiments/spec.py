@@ -53,8 +53,9 @@ INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
 TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "compare",
-              "compare_axis", "compare_on", "select", "where"}
+              "compare_axis", "compare_on", "select", "where", "detector"}
 SELECT_KEYS = {"maximise", "where", "at_most"}
+DETECTOR_KEYS = {"score", "clean", "poisoned_when"}
 RESERVED = {"experiment", "stage", "label", "seed", "run_dir", "trigger", "cost_s", "before_ca_top1", "before_asr",
             "ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module"}
 REFERENCE = re.compile(r"\{([A-Za-z_][\w-]*)\.(run_dir|checkpoint|trigger_dir)\}")
@@ -140,6 +141,10 @@ class TableSpec:
     """A selection rule (Verma et al.'s): per row and seed, only the run with the highest `maximise`
     among those with `where` ≤ `at_most`, e.g. {maximise: ca_top1, where: asr, at_most: 0.05}. Columns
     `found` (seeds where some run qualifies) and `selected` (which run it was) describe the choice."""
+    detector: dict[str, str] | None = None
+    """A result field read as a model-level detector: {score: FIELD, clean: STAGE, poisoned_when: lower|higher};
+    the table adds, for each row of another stage and for all of them together, the AUROC of `score`
+    separating those models from the clean stage's (one model a seed)."""
 
 
 @dataclass
@@ -285,6 +290,12 @@ def _check(experiment: Experiment) -> None:
             _unknown(f"table {table.block!r}: select", table.select, SELECT_KEYS, str(path))
             if set(table.select) != SELECT_KEYS:
                 raise ValueError(f"{path}: table {table.block!r}: select needs {sorted(SELECT_KEYS)}")
+        if table.detector is not None:
+            _unknown(f"table {table.block!r}: detector", table.detector, DETECTOR_KEYS, str(path))
+            if (set(table.detector) != DETECTOR_KEYS or table.detector["clean"] not in experiment.stages
+                    or table.detector["poisoned_when"] not in ("lower", "higher")):
+                raise ValueError(f"{path}: table {table.block!r}: detector needs score, clean (a stage) and "
+                                 f"poisoned_when (lower or higher); got {table.detector!r}")
         if table.plot not in (True, False, "runs"):
             raise ValueError(f"{path}: table {table.block!r}: plot is {table.plot!r}; expected true, false or runs")
         if table.colour_by is not None and table.colour_by not in table.rows:

@@ -183,6 +183,36 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
     return lines
 
 
+def detector_auroc(poisoned: list[float], clean: list[float], poisoned_when: str) -> float:
+    """The share of (poisoned, clean) model pairs the score orders the right way (ties count a half)."""
+    sign = -1.0 if poisoned_when == "lower" else 1.0
+    wins = sum(1.0 if sign * p > sign * c else 0.5 if p == c else 0.0 for p in poisoned for c in clean)
+    return wins / (len(poisoned) * len(clean))
+
+
+def model_detection(experiment: Experiment, table: TableSpec, rows: list[dict]) -> list[str]:
+    """For each row of a stage other than the detector's clean one, and for all of them together, the
+    AUROC of the detector's score between those models and the clean stage's."""
+    if not table.detector:
+        return []
+    score, clean_stage = table.detector["score"], table.detector["clean"]
+    groups = group_rows(experiment, table, rows)
+    at = table.rows.index("stage")
+    values = {key: [r[score] for r in group if r.get(score) is not None] for key, group in groups.items()}
+    clean = [v for key, vs in values.items() if key[at] == clean_stage for v in vs]
+    poisoned = {key: vs for key, vs in values.items() if key[at] != clean_stage and vs}
+    if not clean or not poisoned:
+        return []
+    name, when = column_name(score, experiment, table), table.detector["poisoned_when"]
+    lines = [f"- {' · '.join(str(v) for i, v in enumerate(key) if i != at) + ' · ' if len(key) > 1 else ''}"
+             f"{experiment.stages[key[at]].label} against {experiment.stages[clean_stage].label}: "
+             f"{detector_auroc(vs, clean, when):.3f} ({len(vs)} and {len(clean)} models)" for key, vs in poisoned.items()]
+    everything = [v for vs in poisoned.values() for v in vs]
+    lines.append(f"- every poisoned model above against {experiment.stages[clean_stage].label}: "
+                 f"{detector_auroc(everything, clean, when):.3f} ({len(everything)} and {len(clean)} models)")
+    return [f"AUROC of {name} as a detector of the poisoned model ({when} means poisoned; 0.5 is chance):", ""] + lines
+
+
 def table_note(experiment: Experiment, table: TableSpec) -> str:
     note = (f"Written by `python -m lightning_app.experiments run {experiment.path}` from the runs' summary.json "
             "(`results.jsonl` beside them): each cell is the mean over n seeds ± the 95% t-interval's half-width "
@@ -265,6 +295,9 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
         compared = comparisons(experiment, table, rows)
         if compared:
             text += "\n\nOrderings (the first against the second, 95% intervals over seeds):\n\n" + "\n".join(compared)
+        detection = model_detection(experiment, table, rows)
+        if detection:
+            text += "\n\n" + "\n".join(detection)
         path = Path(experiment.runs) / f"{table.block}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
