@@ -60,6 +60,7 @@ samples that are truly poisoned.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Literal
@@ -338,6 +339,7 @@ class OracleTriggerFinder(CLIPModule):
 
         before = classify(images)
 
+        @functools.cache  # the victim label's best-scored candidates are tried twice: for its region, then ranked
         def rate_of(key: str, label: int) -> float:
             return transplant_rate(regions[key][0], regions[key][1], images, before, label, classify)
 
