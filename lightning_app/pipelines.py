@@ -62,19 +62,16 @@ class Stage:
 
     def inputs_sha256(self) -> dict[str, str]:
         """Each input's summary.json, hashed: what this run was made from."""
-        return {run_dir: hashlib.sha256((Path(run_dir) / "summary.json").read_bytes()).hexdigest()
-                for run_dir in self.inputs}
+        digests = {run_dir: _summary_sha256(run_dir) for run_dir in self.inputs}
+        assert None not in digests.values(), f"an input of {self.run_dir} has not finished: {digests}"
+        return digests
 
     @staticmethod
     def remade_inputs(recorded: dict) -> list[str]:
         """The recorded inputs whose summary.json is no longer the one the run was made from (runs
         recorded before inputs were: none)."""
-        remade = []
-        for run_dir, digest in recorded.get("inputs_sha256", {}).items():
-            summary = Path(run_dir) / "summary.json"
-            if not summary.exists() or hashlib.sha256(summary.read_bytes()).hexdigest() != digest:
-                remade.append(run_dir)
-        return remade
+        return [run_dir for run_dir, digest in recorded.get("inputs_sha256", {}).items()
+                if _summary_sha256(run_dir) != digest]
 
     def made_by(self, recorded: dict) -> bool:
         """Whether a run directory's recorded fingerprint is this stage's, in the current form or an earlier
@@ -110,13 +107,18 @@ class Stage:
             # a finished run keeps what it recorded (none, for runs from before inputs were recorded); a resumed
             # one records the inputs it goes on from
             inputs = recorded.get("inputs_sha256") or ({} if self.summary_path.exists() else self.inputs_sha256())
-            path.write_text(json.dumps({**current, "inputs_sha256": inputs} if inputs else current, indent=1))
         elif self.summary_path.exists() or (Path(self.run_dir) / "checkpoints").exists():
             raise ValueError(f"{self.run_dir} holds a run without stage.json; remove it or choose another --runs")
         else:
             inputs = self.inputs_sha256()
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**current, "inputs_sha256": inputs} if inputs else current, indent=1))
+        path.write_text(json.dumps({**current, "inputs_sha256": inputs} if inputs else current, indent=1))
+
+
+def _summary_sha256(run_dir: str) -> str | None:
+    """The sha256 of a run's summary.json (None before it has one)."""
+    summary = Path(run_dir) / "summary.json"
+    return hashlib.sha256(summary.read_bytes()).hexdigest() if summary.exists() else None
 
 
 def _is_fragment(value: object, base: Path) -> bool:
