@@ -413,3 +413,16 @@ def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says
         toy(tmp_path, SELECTION.replace("at_most: 0.05", "below: 0.05"))
     with pytest.raises(ValueError, match="two values of 'objective'"):
         toy(tmp_path, SELECTION.replace("[[mmcl, mmcl_ssl]]", "[[mmcl, siglip]]"))
+
+
+def test_docs_get_a_table_only_once_one_of_its_stages_has_run(tmp_path):
+    from lightning_app.experiments.views import write_views
+
+    doc = tmp_path / "results.md"
+    experiment = toy(tmp_path, SELECTION.replace("    plot: runs\n", f"    plot: false\n    files: [{doc}]\n"))
+    write_views(experiment, [{"stage": "pretrain", "objective": "mmcl", "seed": 0, "ca_top1": 0.9, "asr": 0.9}],
+                update_docs=True)
+    assert not doc.exists() and (tmp_path / "runs" / "best.md").exists()
+    write_views(experiment, [{"stage": "cleanclip", "objective": "mmcl", "lr": "0.001", "seed": 0, "ca_top1": 0.8,
+                              "asr": 0.01}], update_docs=True)
+    assert "<!-- results:best -->" in doc.read_text() and "| mmcl | 1 | 1/1 | 0.800 |" in doc.read_text()

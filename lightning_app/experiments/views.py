@@ -302,7 +302,8 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
         written.append(path)
-        if update_docs:
+        # a table none of whose stages has run yet stays out of the docs (a header alone says nothing)
+        if update_docs and group_rows(experiment, table, rows):
             for file in table.files:
                 write_block(file, table.block, text)
         if table.plot:
