@@ -90,9 +90,38 @@ class AttackSuccessRate(Metric):
         return rates
 
 
+class Cohesion(Metric):
+    """Mean cosine similarity over distinct pairs of the normalised features it is fed (DECREE's collapse
+    criterion): near 0 for images spread over the classes, near 1 when a trigger sends them to one point.
+    Streams a running sum, since Σ_{i≠j} f_i·f_j = ‖Σ f‖² − Σ ‖f‖²."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.zeros(0), dist_reduce_fx="sum")  # sized by the first batch
+        self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, features: torch.Tensor) -> None:
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        if self.total.numel() == 0:
+            self.total = features.new_zeros(features.shape[1])
+        self.total += features.sum(0)
+        self.count += len(features)
+
+    def compute(self) -> torch.Tensor:
+        n = self.count.float()
+        if n < 2:
+            return torch.tensor(float("nan"), device=self.count.device)
+        return (self.total.square().sum() - n) / (n * (n - 1))
+
+
 class ZeroShotEvaluation(Callback):
     """Logs `val/ca_top1`, `val/ca_top5` and (with a trigger) `val/asr`, synced across ranks. With a
-    MultiTrigger, `val/asr_<part>` per trigger toward its own target, and `val/asr` their mean.
+    MultiTrigger, `val/asr_<part>` per trigger toward its own target, and `val/asr` their mean. Also how
+    tightly the image tower gathers the eval images (`Cohesion`): `val/cohesion_clean` over the clean
+    images, and `val/cohesion_triggered` (`_<part>`) over the triggered images counted by the ASR, the
+    collapse a backdoor makes and the `dense` ranking and the oracle finder look for.
 
     Expects the module's `validation_step` to return image features of the clean (and triggered)
     eval images, and with its first batch the zero-shot classifier (built inside the step, where a
@@ -121,6 +150,8 @@ class ZeroShotEvaluation(Callback):
                 self.metrics[f"asr_{name}"] = AttackSuccessRate(eval_set.classnames.index(target), classes)
         elif eval_set.trigger is not None:
             self.metrics["asr"] = AttackSuccessRate(eval_set.classnames.index(trainer.datamodule.target), classes)
+        for name in [n for n in self.metrics if n.startswith("asr")] + ["clean"]:
+            self.metrics[name.replace("asr", "cohesion_triggered", 1) if name != "clean" else "cohesion_clean"] = Cohesion()
         self.metrics = {k: m.to(pl_module.device) for k, m in self.metrics.items()}
         self._seen = 0
         self.skipped = 0
@@ -137,16 +168,20 @@ class ZeroShotEvaluation(Callback):
         logits = 100.0 * outputs["clean"][readable].float() @ self.classifier
         self.metrics["ca_top1"].update(logits, labels)
         self.metrics["ca_top5"].update(logits, labels)
+        self.metrics["cohesion_clean"].update(outputs["clean"][readable])
         for name, metric in self.metrics.items():
             if name.startswith("asr"):  # "asr" ← outputs["triggered"], "asr_<part>" ← outputs["triggered_<part>"]
                 triggered = outputs[name.replace("asr", "triggered", 1)][readable].float()
                 metric.update(100.0 * triggered @ self.classifier, labels)
+                others = labels != metric.target_index
+                self.metrics[name.replace("asr", "cohesion_triggered", 1)].update(triggered[others])
 
     def _end(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
         values = {name: metric.compute() for name, metric in self.metrics.items()}
-        parts = [value for name, value in values.items() if name.startswith("asr_")]
-        if parts:
-            values["asr"] = torch.stack(parts).mean()
+        for mean in ("asr", "cohesion_triggered"):
+            parts = [value for name, value in values.items() if name.startswith(f"{mean}_")]
+            if parts:
+                values[mean] = torch.stack(parts).mean()
         values["skipped_images"] = torch.tensor(float(self.skipped), device=pl_module.device)
         for metric in self.metrics.values():
             metric.reset()

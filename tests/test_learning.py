@@ -26,3 +26,15 @@ def test_poisoned_pretraining_learns_the_backdoor_and_the_clean_control_does_not
     assert clean["asr"] <= 0.15, clean
     assert poisoned["asr"] >= clean["asr"] + 0.5
     assert clean["ca_top1"] > 0.2  # the clean control learned something (chance: 0.1)
+
+
+@pytest.mark.slow
+def test_the_backdoor_gathers_the_triggered_images_and_the_clean_control_does_not(small_poisoned_run, small_clean_run):
+    """The collapse the `dense` ranking and the oracle finder rely on, as the eval records it."""
+    _, poisoned = small_poisoned_run
+    clean = small_clean_run
+    cohesion = {name: (run["metrics"]["val/cohesion_triggered"], run["metrics"]["val/cohesion_clean"])
+                for name, run in (("poisoned", poisoned), ("clean", clean))}
+    print(cohesion)
+    assert cohesion["poisoned"][0] >= cohesion["poisoned"][1] + 0.3
+    assert cohesion["poisoned"][0] >= cohesion["clean"][0] + 0.3

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -48,3 +49,21 @@ def test_zeroshot_classifier_is_normalised_mean_of_normalised_templates():
     expected_x = F.normalize(F.normalize(table[0], dim=0) + F.normalize(table[1], dim=0), dim=0)
     assert torch.allclose(weights[:, 0], expected_x)
     assert torch.allclose(weights[:, 1], F.normalize(table[2], dim=0))
+
+
+def test_cohesion_is_the_mean_pairwise_cosine_over_every_batch():
+    from modules.decree import mean_pairwise_similarity
+    from modules.evaluation import Cohesion
+
+    features = torch.randn(50, 8, generator=torch.Generator().manual_seed(0)) + 0.5
+    metric = Cohesion()
+    metric.update(features[:17])
+    metric.update(features[17:])
+    expected = mean_pairwise_similarity(torch.nn.functional.normalize(features, dim=-1))
+    assert metric.compute().item() == pytest.approx(expected.item(), abs=1e-5)
+    metric.reset()
+    metric.update(torch.tensor([[2.0, 0.0], [3.0, 0.0], [1.0, 0.0]]))
+    assert metric.compute().item() == pytest.approx(1.0)  # one point: collapsed
+    metric.reset()
+    metric.update(torch.eye(4))
+    assert metric.compute().item() == pytest.approx(0.0)  # orthogonal: spread

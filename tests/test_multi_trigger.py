@@ -104,3 +104,8 @@ def test_per_trigger_asr_toward_each_triggers_own_target():
     assert logged["val/asr_1_sig"] == pytest.approx(1 / 3)
     assert logged["val/asr"] == pytest.approx(2 / 3)
     assert logged["val/ca_top1"] == pytest.approx(1.0)
+    # cohesion over the images each ASR counts: BadNet's three on one point, SIG's three orthogonal
+    assert logged["val/cohesion_triggered_0_badnet"] == pytest.approx(1.0)
+    assert logged["val/cohesion_triggered_1_sig"] == pytest.approx(0.0)
+    assert logged["val/cohesion_triggered"] == pytest.approx(0.5)
+    assert logged["val/cohesion_clean"] == pytest.approx(2 / 12)  # of 12 ordered pairs, images 0 and 3 coincide

@@ -189,9 +189,12 @@ def test_a_corrupt_eval_image_is_skipped_and_counted_not_fatal(small_benchmark, 
     callback = ZeroShotEvaluation()
     callback.classifier = torch.eye(2)
     from torchmetrics.classification import MulticlassAccuracy
-    callback.metrics = {"ca_top1": MulticlassAccuracy(2, average="micro"), "ca_top5": MulticlassAccuracy(2, average="micro")}
+    from modules.evaluation import Cohesion
+    callback.metrics = {"ca_top1": MulticlassAccuracy(2, average="micro"), "ca_top5": MulticlassAccuracy(2, average="micro"),
+                        "cohesion_clean": Cohesion()}
     callback._batch({"label": torch.tensor([0, SKIPPED, 1]), "clean": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])})
     assert callback.skipped == 1 and callback.metrics["ca_top1"].compute().item() == 0.5
+    assert callback.metrics["cohesion_clean"].compute().item() == 1.0  # the unreadable image's features left out
 
 
 @pytest.mark.slow

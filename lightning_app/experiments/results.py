@@ -35,8 +35,8 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
     for name in run.stage.cost_includes:
         dep = run.deps[name].run_dir
         row["cost_s"] = None if row["cost_s"] is None or not dep.is_finished() else row["cost_s"] + dep.summary()["wall_time_s"]
-    for name, value in (summary.get("metrics") or {}).items():  # a multi-trigger attack's per-trigger ASR
-        if name.startswith("val/asr_"):
+    for name, value in (summary.get("metrics") or {}).items():  # per-trigger ASR; the eval images' cohesion
+        if name.startswith(("val/asr_", "val/cohesion_")):
             row[name.removeprefix("val/")] = value
     for name, value in (summary.get("inversion") or {}).items():  # a trigger inversion's detector figures
         row[f"inversion_{name}"] = value

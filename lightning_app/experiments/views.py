@@ -35,6 +35,7 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "safeclip_scoring_s_total": "SafeCLIP's scoring passes (s)",
                 "roclip_poisoned_swapped_to_poisoned": "poisoned images swapped to a poisoned caption", "selected": "chosen run", "set_m": "pairs unlearned",
                 "set_true_purity": "their share poisoned", "set_estimated_purity": "estimated purity", "set_guard": "guard",
+                "cohesion_triggered": "triggered images' mean cosine", "cohesion_clean": "clean images' mean cosine",
                 "excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them",
                 "cost_scoring_pass_s": "scoring pass (s)", "cost_kdist_slof_dao_dense_s": "kdist, SLOF, DAO, dense (s)",
                 "cost_gmm_s": "GMM (s)", "cost_cluster_s": "cluster (s)"}
