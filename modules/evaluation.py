@@ -150,8 +150,9 @@ class ZeroShotEvaluation(Callback):
                 self.metrics[f"asr_{name}"] = AttackSuccessRate(eval_set.classnames.index(target), classes)
         elif eval_set.trigger is not None:
             self.metrics["asr"] = AttackSuccessRate(eval_set.classnames.index(trainer.datamodule.target), classes)
-        for name in [n for n in self.metrics if n.startswith("asr")] + ["clean"]:
-            self.metrics[name.replace("asr", "cohesion_triggered", 1) if name != "clean" else "cohesion_clean"] = Cohesion()
+        for name in [n for n in self.metrics if n.startswith("asr")]:
+            self.metrics[name.replace("asr", "cohesion_triggered", 1)] = Cohesion()
+        self.metrics["cohesion_clean"] = Cohesion()
         self.metrics = {k: m.to(pl_module.device) for k, m in self.metrics.items()}
         self._seen = 0
         self.skipped = 0
