@@ -178,7 +178,7 @@ def test_a_corrupt_eval_image_is_skipped_and_counted_not_fatal(small_benchmark, 
 
     from datamodules.transforms import InputSpec
     from datamodules.zeroshot import SKIPPED, ZeroShotEvalConfig, ZeroShotSet
-    from modules.evaluation import ZeroShotEvaluation
+    from modules.evaluation import Cohesion, ZeroShotEvaluation
 
     eval_dir, key = _corrupt_one_eval_image(Path(small_benchmark.eval_dir), tmp_path)
     spec = InputSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, tokenizer=None)
@@ -189,7 +189,6 @@ def test_a_corrupt_eval_image_is_skipped_and_counted_not_fatal(small_benchmark, 
     callback = ZeroShotEvaluation()
     callback.classifier = torch.eye(2)
     from torchmetrics.classification import MulticlassAccuracy
-    from modules.evaluation import Cohesion
     callback.metrics = {"ca_top1": MulticlassAccuracy(2, average="micro"), "ca_top5": MulticlassAccuracy(2, average="micro"),
                         "cohesion_clean": Cohesion()}
     callback._batch({"label": torch.tensor([0, SKIPPED, 1]), "clean": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])})
