@@ -4,7 +4,7 @@
     config.yaml            the resolved config (rewritten on resume)
     checkpoints/last.ckpt  and per-epoch (and with --checkpoint_every_n_steps, per-step) checkpoints;
                            `--ckpt_path last` resumes, mid-epoch with the exact batches to come
-    metrics.csv, tensorboard/   logs
+    metrics.csv, tensorboard/   logs (a resumed fit keeps the rows up to its checkpoint)
     poison/manifest.json   the poisoned keys;  trigger/  the trigger's parameters and patterns
     summary.json           final CA/ASR, attack, poison count, steps, wall time
 """
@@ -19,12 +19,13 @@ import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
 
 from datamodules.run_dir import RunDir
 from lightning_app.callbacks import RunSummary
 from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
+from lightning_app.metrics_log import KeepMetricsOnResume, ResumableCSVLogger
 from lightning_app.run_guard import RunLock, refuse_changed_attack
 from modules.base import CLIPModule
 
@@ -88,7 +89,7 @@ class BackdoorCLI(LightningCLI):
         run_dir = Path(trainer_config.get("default_root_dir") or "runs/default")
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = [
-                CSVLogger(str(run_dir), name="", version=""),
+                ResumableCSVLogger(run_dir),
                 TensorBoardLogger(str(run_dir), name="", version="tensorboard"),
             ]
         callbacks = list(trainer_config.get("callbacks") or [])
@@ -102,6 +103,8 @@ class BackdoorCLI(LightningCLI):
         if trainer_config.get("logger") is not False:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         callbacks.append(RunSummary())
+        if any(isinstance(logger, ResumableCSVLogger) for logger in kwargs.get("logger") or []):
+            callbacks.append(KeepMetricsOnResume())
         kwargs["callbacks"] = callbacks
         kwargs["default_root_dir"] = str(run_dir)
         strategy = self._deepspeed_strategy(trainer_config.get("strategy"))

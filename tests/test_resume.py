@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -53,6 +54,11 @@ def _assert_same_weights(a: dict, b: dict) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def _logged_steps(run_dir: Path, key: str) -> list[int]:
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        return [int(row["step"]) for row in csv.DictReader(file) if row.get(key)]
+
+
 class _Preempted(RuntimeError):
     pass
 
@@ -93,6 +99,10 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchm
     health = json.loads((straight_run / "summary.json").read_text())["data_health"]
     assert json.loads((run_dir / "summary.json").read_text())["data_health"] == health
     assert health["good"] >= EPOCHS * 24 * 32  # and the few read into partial batches that were dropped
+    # metrics.csv holds the whole run once: the rows before the checkpoint kept, none logged twice
+    for key in ("train/loss", "val/asr", "lr-AdamW/pg1"):
+        straight = _logged_steps(straight_run, key)
+        assert straight and _logged_steps(run_dir, key) == straight, key
 
 
 @pytest.mark.slow
