@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall
 
+from datamodules.poison import MultiTrigger
 from datamodules.transforms import denormalise
 from modules.base import CLIPModule, OptimizerConfig
 from modules.detectors import DETECTORS, gmm_risk, local_density_scores, reference_rows
@@ -210,13 +211,15 @@ def collect_pairs(stream, keys: list[str], spec) -> dict[str, tuple[torch.Tensor
 def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[str, tuple[torch.Tensor, str]],
                     score: str, top_m: int, report_k: list[int], manifest: Optional[Path],
                     candidates: Optional[list[str]] = None, rule: Optional[SetRule] = None,
-                    fetch: Optional[Callable[[list[str]], dict]] = None) -> tuple[list[str], dict, Optional[dict]]:
+                    fetch: Optional[Callable[[list[str]], dict]] = None,
+                    part_names: Optional[list[str]] = None) -> tuple[list[str], dict, Optional[dict]]:
     """Write out/{ranking,suspicious,detection}.json and the chosen pairs (rank zero); returns their keys,
     the detection quality of every score against `manifest` (evaluation only: no decision reads it),
     and the set rule's decision. The set is the top m of `score` (with `candidates`, the best-ranked of
     them: the `cluster` score picks from its seed), or, under a `mixture` rule, what
     modules.suspicious_set.choose_suspicious keeps of them (possibly nothing). Pairs the scoring pass
-    did not keep are read by `fetch(keys)`."""
+    did not keep are read by `fetch(keys)`. Under a multi-trigger attack suspicious.json also counts the
+    set's pairs by the trigger that poisoned them (`part_names`, the trigger's labels of per-trigger ASR)."""
     ranked = rank_keys(scores[score])
     allowed = set(candidates) if candidates is not None else None
     ranked_allowed = [key for key in ranked if allowed is None or key in allowed]
@@ -233,7 +236,9 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
         kept = {**kept, **fetch(missing)}
     assert all(key in kept for key in top), "every chosen pair was kept or fetched"
     detection = {}
-    poisoned = set(json.loads(manifest.read_text())["keys"]) if manifest is not None and manifest.exists() else set()
+    replayed = json.loads(manifest.read_text()) if manifest is not None and manifest.exists() else {}
+    poisoned = set(replayed.get("keys") or [])
+    by_trigger = composition_by_trigger(top, poisoned, replayed.get("assignments") or {}, part_names)
     if poisoned:  # (no replayed poisoning, nothing to measure against)
         detection = {name: detection_metrics(scores[name], poisoned, report_k) for name in SCORES if name in scores}
         if decision is not None:  # how pure the chosen set really was: evaluation only
@@ -245,13 +250,33 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
     (out / "ranking.json").write_text(json.dumps(
         {"score": score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in names)] for k in ranked],
          "columns": ["key", *names]}))
-    (out / "suspicious.json").write_text(json.dumps({"score": score, "m": len(top), "keys": top, "rule": decision},
-                                                    indent=1))
+    (out / "suspicious.json").write_text(json.dumps({"score": score, "m": len(top), "keys": top, "rule": decision,
+                                                     "by_trigger": by_trigger}, indent=1))
     if detection:
         (out / "detection.json").write_text(json.dumps(detection, indent=1))
     images = torch.stack([kept[k][0] for k in top]) if top else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
     save_suspicious_pairs(out / SUSPICIOUS_PAIRS, top, images, [kept[k][1] for k in top])
     return top, detection, decision
+
+
+def part_names_of(trigger) -> Optional[list[str]]:
+    return trigger.part_names() if isinstance(trigger, MultiTrigger) else None
+
+
+def composition_by_trigger(keys: list[str], poisoned: set[str], assignments: dict[str, dict],
+                           part_names: Optional[list[str]]) -> Optional[dict[str, int]]:
+    """How many of `keys` each trigger of a multi-trigger attack poisoned, and how many are clean
+    (evaluation only: read from the replayed manifest, which no decision reads); None for one trigger."""
+    if not assignments:
+        return None
+    names = part_names or [str(i) for i in range(1 + max(a["trigger"] for a in assignments.values()))]
+    counts = {name: 0 for name in names} | {"clean": 0}
+    for key in keys:
+        if key in assignments:
+            counts[names[assignments[key]["trigger"]]] += 1
+        elif key not in poisoned:
+            counts["clean"] += 1
+    return counts
 
 
 class SuspiciousPairDiscovery(CLIPModule):
@@ -350,7 +375,7 @@ class SuspiciousPairDiscovery(CLIPModule):
         """Write the rankings and detection quality, and the top-m pairs for stage 2."""
         _, self.detection, _ = write_discovery(Path(self.trainer.default_root_dir) / "ubt", scores, kept, self.score,
                                                self.top_m, self.report_k, Path(self.trainer.datamodule.manifest_path),
-                                               candidates)
+                                               candidates, part_names=part_names_of(self.trainer.datamodule.trigger))
 
     def summary_extras(self) -> dict:
         return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit,

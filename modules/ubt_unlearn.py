@@ -69,6 +69,7 @@ from modules.ubt import (
     collect_pairs,
     load_suspicious_pairs,
     one_pass_rankings,
+    part_names_of,
     score_stream,
     write_discovery,
 )
@@ -199,6 +200,7 @@ class TokenUnlearning(CLIPModule):
                                             if lambda_retain_tokens > 0 else None)
         self.forget_keys: list[str] = []
         self.set_decision: Optional[dict] = None
+        self.set_by_trigger: Optional[dict] = None
         self.forget_images = torch.empty(0)
         self.forget_tokens = torch.empty(0)
 
@@ -232,14 +234,17 @@ class TokenUnlearning(CLIPModule):
         scores, candidates = one_pass_rankings(similarity, embeddings, self.discover.score, self.discover.cluster_seed)
         _, detection, _ = write_discovery(
             out, scores, kept, self.discover.score, self.m, self.discover.report_k, discovery.manifest_path, candidates,
-            self.discover.set_rule, fetch=lambda keys: collect_pairs(discovery.scoring_stream(), keys, self.input_spec()))
+            self.discover.set_rule, fetch=lambda keys: collect_pairs(discovery.scoring_stream(), keys, self.input_spec()),
+            part_names=part_names_of(data.trigger))
         self.trainer.strategy.barrier()  # every rank reads the pairs that rank zero wrote
         return detection
 
     def _load_forget_set(self, path: Path) -> None:
         keys, images, captions = load_suspicious_pairs(path, self.m)
         chosen = path.parent / "suspicious.json"
-        self.set_decision = json.loads(chosen.read_text()).get("rule") if chosen.exists() else None
+        record = json.loads(chosen.read_text()) if chosen.exists() else {}
+        self.set_decision = record.get("rule")
+        self.set_by_trigger = record.get("by_trigger")  # evaluation only: read from the replayed manifest
         if not keys and not (self.set_decision or {}).get("guard"):
             raise ValueError(f"{path} holds no pairs")
         if not keys:  # the set rule's guard refused to unlearn: the fit trains on the retain loss alone
@@ -313,5 +318,7 @@ class TokenUnlearning(CLIPModule):
         found_here = {"detection": self.detection} if self.discover is not None else {}
         if self.set_decision is not None:
             found_here["suspicious_set"] = self.set_decision
+        if self.set_by_trigger is not None:
+            found_here["unlearned_by_trigger"] = self.set_by_trigger
         return {"unlearned_pairs": len(self.forget_keys), **found_here, "trainable_parameters": sum(
             p.numel() for n, p in self.model.named_parameters() if n in self.trainable)}

@@ -353,6 +353,13 @@ def test_a_table_by_axis_alone_renders_without_comparisons(tmp_path):
     line = render_table(experiment, table, rows).splitlines()[2]
     assert line.startswith("| multi_target | 1 | multi (badnet, blended, sig)") and "0.800" in line
 
+    table = next(t for t in experiment.tables if t.block == "multi-trigger-defenses")
+    rows = [{"stage": "ubt_dense", "attack": "multi_target", "seed": 0, "asr": 0.5, "ca_top1": 0.99, "asr_2_sig": 0.0,
+             "unlearned_2_sig": 125, "unlearned_1_blended": 75, "unlearned_0_badnet": 0, "unlearned_clean": 0}]
+    header, _, line = render_table(experiment, table, rows).splitlines()[:3]
+    assert "| unlearned: 2_sig | unlearned: clean |" in header
+    assert line.endswith("| 0.000 | 0 | 75 | 125 | 0 |")
+
 
 SELECTION = """
 name: selection

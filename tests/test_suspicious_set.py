@@ -94,3 +94,27 @@ def test_a_step_without_a_forget_set_is_the_retain_loss():
     scale = module.logit_scale()
     retain = module.clip_loss(module.encode_image(batch["image"]), module.encode_text(batch["text"]), scale)
     assert module.training_step(batch, 0).item() == pytest.approx(retain.item(), rel=1e-5)
+
+
+def test_the_set_is_counted_by_the_trigger_that_poisoned_each_pair(tmp_path):
+    """A multi-trigger attack: suspicious.json and the unlearning fit's summary say whose pairs the set holds."""
+    keys, similarity, embeddings = _pairs(poisoned=60)
+    scores, _ = one_pass_rankings(similarity, embeddings, "dense", cluster_seed=300)
+    poisoned = keys[:60]
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"keys": poisoned, "assignments": {
+        k: {"trigger": i % 3, "target": ["triangle", "star", "heart"][i % 3]} for i, k in enumerate(poisoned)}}))
+    pixels = {k: (torch.zeros(3, 32, 32, dtype=torch.uint8), "a caption") for k in keys}
+    top, _, _ = write_discovery(tmp_path / "ubt", scores, pixels, "dense", 80, [100], manifest,
+                                part_names=["0_badnet", "1_blended", "2_sig"])
+    counts = json.loads((tmp_path / "ubt" / "suspicious.json").read_text())["by_trigger"]
+    assert counts == {"0_badnet": 20, "1_blended": 20, "2_sig": 20, "clean": 20} and len(top) == 80
+
+    module = TokenUnlearning(model=ModelConfig(name="configs/models/tiny-rn32.json"), suspicious_dir=str(tmp_path / "ubt"))
+    module.trainer = SimpleNamespace(world_size=1, strategy=None, global_rank=0, global_step=0)
+    module.setup("fit")
+    assert module.summary_extras()["unlearned_by_trigger"] == counts
+    # one trigger: no count by trigger
+    manifest.write_text(json.dumps({"keys": poisoned}))
+    write_discovery(tmp_path / "one", scores, pixels, "dense", 80, [100], manifest)
+    assert json.loads((tmp_path / "one" / "suspicious.json").read_text())["by_trigger"] is None

@@ -46,6 +46,8 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
         row[f"cost_{name}"] = value
     for name, value in (summary.get("suspicious_set") or {}).items():  # UBT's set rule: its m, purity, guard
         row[f"set_{name}"] = value
+    for name, value in (summary.get("unlearned_by_trigger") or {}).items():  # a multi-trigger attack: whose pairs UBT unlearned
+        row[f"unlearned_{name}"] = value
     for name, value in (summary.get("safeclip") or {}).items():  # SafeCLIP's last split: safe pairs, poisoned among them
         row[f"safeclip_{name}"] = value
     for name, value in (summary.get("roclip") or {}).items():  # RoCLIP: poisoned images swapped to poisoned captions

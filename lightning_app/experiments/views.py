@@ -53,6 +53,8 @@ def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
         return COLUMN_NAMES[column]
     if column.startswith("asr_"):
         return f"ASR {column.removeprefix('asr_')}"
+    if column.startswith("unlearned_"):
+        return f"unlearned: {column.removeprefix('unlearned_')}"
     score, _, metric = column.partition("_")
     return f"{score} {metric.replace('auroc', 'AUROC')}" if metric else column
 
@@ -137,7 +139,7 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
         cells = []
         for column in table.columns:
             value = cell(experiment, table, column, group, rows, pool)
-            digits = 0 if column in WHOLE_NUMBERS else (2 if column == "cost" else 3)
+            digits = 0 if column in WHOLE_NUMBERS or column.startswith("unlearned_") else (2 if column == "cost" else 3)
             cells.append("–" if value is None else value if isinstance(value, str) else value.format(digits))
         lines.append("| " + " | ".join(names + [str(len({r['seed'] for r in group}))] + cells) + " |")
     return "\n".join(lines)
