@@ -238,7 +238,7 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
     detection = {}
     replayed = json.loads(manifest.read_text()) if manifest is not None and manifest.exists() else {}
     poisoned = set(replayed.get("keys") or [])
-    by_trigger = composition_by_trigger(top, poisoned, replayed.get("assignments") or {}, part_names)
+    poisoned_by, by_trigger = poisoned_by_trigger(top, replayed.get("assignments") or {}, part_names)
     if poisoned:  # (no replayed poisoning, nothing to measure against)
         detection = {name: detection_metrics(scores[name], poisoned, report_k) for name in SCORES if name in scores}
         if decision is not None:  # how pure the chosen set really was: evaluation only
@@ -251,7 +251,7 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
         {"score": score, "ranked": [[k, *(round(scores[s].get(k, float("nan")), 6) for s in names)] for k in ranked],
          "columns": ["key", *names]}))
     (out / "suspicious.json").write_text(json.dumps({"score": score, "m": len(top), "keys": top, "rule": decision,
-                                                     "by_trigger": by_trigger}, indent=1))
+                                                     "by_trigger": by_trigger, "poisoned_by": poisoned_by}, indent=1))
     if detection:
         (out / "detection.json").write_text(json.dumps(detection, indent=1))
     images = torch.stack([kept[k][0] for k in top]) if top else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
@@ -263,19 +263,21 @@ def part_names_of(trigger) -> Optional[list[str]]:
     return trigger.part_names() if isinstance(trigger, MultiTrigger) else None
 
 
-def composition_by_trigger(keys: list[str], poisoned: set[str], assignments: dict[str, dict],
-                           part_names: Optional[list[str]]) -> Optional[dict[str, int]]:
-    """How many of `keys` each trigger of a multi-trigger attack poisoned, and how many are clean
-    (evaluation only: read from the replayed manifest, which no decision reads); None for one trigger."""
+def poisoned_by_trigger(keys: list[str], assignments: dict[str, dict],
+                        part_names: Optional[list[str]]) -> tuple[Optional[dict[str, str]], Optional[dict[str, int]]]:
+    """Under a multi-trigger attack, which trigger poisoned each of `keys` ("clean": none) and how many
+    each (evaluation only: read from the replayed manifest, which no decision reads); None for one trigger."""
     if not assignments:
-        return None
+        return None, None
     names = part_names or [str(i) for i in range(1 + max(a["trigger"] for a in assignments.values()))]
-    counts = {name: 0 for name in names} | {"clean": 0}
+    labels = {key: names[assignments[key]["trigger"]] if key in assignments else "clean" for key in keys}
+    return labels, count_labels(labels, keys, [*names, "clean"])
+
+
+def count_labels(labels: dict[str, str], keys: list[str], names: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(names, 0)
     for key in keys:
-        if key in assignments:
-            counts[names[assignments[key]["trigger"]]] += 1
-        elif key not in poisoned:
-            counts["clean"] += 1
+        counts[labels[key]] += 1
     return counts
 
 

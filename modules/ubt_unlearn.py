@@ -67,6 +67,7 @@ from modules.token_attribution import (
 from modules.ubt import (
     SUSPICIOUS_PAIRS,
     collect_pairs,
+    count_labels,
     load_suspicious_pairs,
     one_pass_rankings,
     part_names_of,
@@ -244,7 +245,8 @@ class TokenUnlearning(CLIPModule):
         chosen = path.parent / "suspicious.json"
         record = json.loads(chosen.read_text()) if chosen.exists() else {}
         self.set_decision = record.get("rule")
-        self.set_by_trigger = record.get("by_trigger")  # evaluation only: read from the replayed manifest
+        if record.get("by_trigger") is not None:  # evaluation only: read from the replayed manifest
+            self.set_by_trigger = count_labels(record["poisoned_by"], keys, list(record["by_trigger"]))
         if not keys and not (self.set_decision or {}).get("guard"):
             raise ValueError(f"{path} holds no pairs")
         if not keys:  # the set rule's guard refused to unlearn: the fit trains on the retain loss alone

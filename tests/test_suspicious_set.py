@@ -114,6 +114,11 @@ def test_the_set_is_counted_by_the_trigger_that_poisoned_each_pair(tmp_path):
     module.trainer = SimpleNamespace(world_size=1, strategy=None, global_rank=0, global_step=0)
     module.setup("fit")
     assert module.summary_extras()["unlearned_by_trigger"] == counts
+    # an unlearning fit that takes fewer pairs than the set holds counts the ones it takes
+    fewer = TokenUnlearning(model=ModelConfig(name="configs/models/tiny-rn32.json"), suspicious_dir=str(tmp_path / "ubt"), m=60)
+    fewer.trainer = module.trainer
+    fewer.setup("fit")
+    assert fewer.summary_extras()["unlearned_by_trigger"] == {"0_badnet": 20, "1_blended": 20, "2_sig": 20, "clean": 0}
     # one trigger: no count by trigger
     manifest.write_text(json.dumps({"keys": poisoned}))
     write_discovery(tmp_path / "one", scores, pixels, "dense", 80, [100], manifest)
