@@ -218,8 +218,9 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
     and the set rule's decision. The set is the top m of `score` (with `candidates`, the best-ranked of
     them: the `cluster` score picks from its seed), or, under a `mixture` rule, what
     modules.suspicious_set.choose_suspicious keeps of them (possibly nothing). Pairs the scoring pass
-    did not keep are read by `fetch(keys)`. Under a multi-trigger attack suspicious.json also counts the
-    set's pairs by the trigger that poisoned them (`part_names`, the trigger's labels of per-trigger ASR)."""
+    did not keep are read by `fetch(keys)`. Under a multi-trigger attack suspicious.json also names the
+    trigger that poisoned each pair of the set and counts them (`part_names`: the trigger's labels of
+    per-trigger ASR)."""
     ranked = rank_keys(scores[score])
     allowed = set(candidates) if candidates is not None else None
     ranked_allowed = [key for key in ranked if allowed is None or key in allowed]

@@ -54,6 +54,11 @@ def test_fit_writes_the_run_directory_and_resumes(small_benchmark, tmp_path):
     with pytest.raises(ValueError, match="ckpt_path last"):
         BackdoorCLI(args=_args(small_benchmark, run_dir))
 
+    # resuming a finished run with nothing left to train keeps its metrics
+    logged = (run_dir / "metrics.csv").read_text()
+    BackdoorCLI(args=_args(small_benchmark, run_dir, extra=("--ckpt_path", "last")))
+    assert (run_dir / "metrics.csv").read_text() == logged
+
     # resuming into the existing run directory continues to the new epoch budget
     BackdoorCLI(args=_args(small_benchmark, run_dir, epochs=2, extra=("--ckpt_path", "last")))
     resumed = json.loads((run_dir / "summary.json").read_text())

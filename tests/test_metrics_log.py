@@ -45,3 +45,14 @@ def test_a_directory_without_metrics_starts_empty(tmp_path):
     assert logger.restore_rows(10) == 0
     logger.log_metrics({"train/loss": 0.5}, step=0)
     assert [row["train/loss"] for row in _rows(tmp_path / "metrics.csv")] == ["0.5"]  # flushed at once
+
+
+def test_rows_set_aside_by_a_fit_that_failed_before_restoring_them_reach_the_next_fit(tmp_path):
+    _write_rows(tmp_path / "metrics.csv", range(40))
+    ResumableCSVLogger(tmp_path).experiment  # the writer opened the directory, then the fit failed
+    assert not (tmp_path / "metrics.csv").exists() and (tmp_path / "metrics.previous.csv").exists()
+
+    logger = ResumableCSVLogger(tmp_path)
+    assert logger.restore_rows(30) == 31 and logger.restore_rows(30) == 0  # once per fit
+    assert [float(row["step"]) for row in _rows(tmp_path / "metrics.csv")] == list(range(31))
+    assert not (tmp_path / "metrics.previous.csv").exists()
