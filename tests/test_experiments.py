@@ -422,6 +422,28 @@ def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says
         toy(tmp_path, SELECTION.replace("[[mmcl, mmcl_ssl]]", "[[mmcl, siglip]]"))
 
 
+def test_the_docs_get_the_runs_plot_as_a_figure_linked_from_each_block(tmp_path):
+    from lightning_app.experiments.views import plot_panels, write_views
+
+    doc, figure = tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures" / "best.png"
+    experiment = toy(tmp_path, SELECTION.replace("    plot: runs\n", f"    plot: runs\n    files: [{doc}]\n"
+                                                                         f"    figure: {figure}\n"))
+    rows = [{"stage": stage, "objective": objective, "lr": lr, "seed": 0, "ca_top1": 0.8, "asr": 0.01}
+            for stage in ("ft", "cleanclip") for objective in ("mmcl", "mmcl_ssl") for lr in ("0.001", "0.002")]
+    write_views(experiment, rows)
+    assert not figure.exists()  # only --update-docs writes into the docs
+    written = write_views(experiment, rows, update_docs=True)
+    assert figure in written and figure.read_bytes() == (tmp_path / "runs" / "best.png").read_bytes()
+    assert "![best: CA against ASR](figures/best.png)\n<!-- /results:best -->" in doc.read_text()
+    # one panel per value of the first row key that is not the colour: two tiers' runs never share axes
+    table = experiment.tables[0]
+    table.rows = ["lr", "objective"]
+    assert plot_panels(table, rows) == ("lr", ["0.001", "0.002"])
+    assert plot_panels(table, [r for r in rows if r["lr"] == "0.001"]) == (None, [""])
+    with pytest.raises(ValueError, match="figure .* needs a plot"):
+        toy(tmp_path, SELECTION.replace("    plot: runs\n", "    plot: false\n    figure: docs/best.png\n"))
+
+
 def test_docs_get_a_table_only_once_one_of_its_stages_has_run(tmp_path):
     from lightning_app.experiments.views import write_views
 

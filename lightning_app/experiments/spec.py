@@ -52,7 +52,7 @@ STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys",
 INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
-TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "compare",
+TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "figure", "compare",
               "compare_axis", "compare_on", "select", "where", "detector"}
 SELECT_KEYS = {"maximise", "where", "at_most"}
 DETECTOR_KEYS = {"score", "clean", "poisoned_when"}
@@ -127,6 +127,9 @@ class TableSpec:
     """Also draw CA against ASR: one point per row with error bars (true), or one point per run ("runs")."""
     colour_by: str | None = None
     """For `plot: runs`, the row key whose values get one colour each (default: the stage)."""
+    figure: str | None = None
+    """Where `--update-docs` also saves the plot (e.g. docs/figures/NAME.png), linked from the table's
+    blocks: the committed copy of RUNS/<block>.png that a reader of the docs sees."""
     compare: list[list[str]] = field(default_factory=list)
     """Pairs [A, B] of values of `compare_axis` whose rows (same other row keys) are compared on
     `compare_on`: the table says for each whether the seeds' intervals separate them, and which way."""
@@ -298,6 +301,8 @@ def _check(experiment: Experiment) -> None:
                                  f"poisoned_when (lower or higher); got {table.detector!r}")
         if table.plot not in (True, False, "runs"):
             raise ValueError(f"{path}: table {table.block!r}: plot is {table.plot!r}; expected true, false or runs")
+        if table.figure is not None and (not table.plot or not str(table.figure).endswith(".png")):
+            raise ValueError(f"{path}: table {table.block!r}: figure {table.figure!r} needs a plot and a .png path")
         if table.colour_by is not None and table.colour_by not in table.rows:
             raise ValueError(f"{path}: table {table.block!r}: colour_by {table.colour_by!r} is not one of its rows")
         for key in table.rows:

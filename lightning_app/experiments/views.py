@@ -5,6 +5,8 @@ bars, or per run). Tables go to RUNS/<block>.md and into the declared files' blo
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -226,14 +228,19 @@ def table_note(experiment: Experiment, table: TableSpec) -> str:
     return note + (f" {table.note.strip()}" if table.note else "")
 
 
-def _save_ca_asr(fig, ax, title: str, path: Path) -> Path:
-    """The CA-vs-ASR axes, legend and title of both plots, saved to `path`."""
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_xlabel("attack success rate (lower is better)")
-    ax.set_ylabel("zero-shot clean accuracy, top-1")
-    ax.set_xlim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
+def _save_ca_asr(fig, axes: list, title: str, path: Path) -> Path:
+    """The CA-vs-ASR axes of both plots (the legend beside the last panel) and the title, saved to `path`."""
+    for ax in axes:
+        ax.set_xlabel("attack success rate (lower is better)")
+        ax.set_xlim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("zero-shot clean accuracy, top-1")
+    handles: dict[str, Any] = {}  # label → the first panel's handle, so a legend entry shows once
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -264,12 +271,23 @@ def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], p
         ax.errorbar([asr.mean], [ca.mean], xerr=[[asr.mean - asr.low], [asr.high - asr.mean]],
                     yerr=[[ca.mean - ca.low], [ca.high - ca.mean]], fmt=marker, color=colours[stage], capsize=3,
                     label=label)
-    return _save_ca_asr(fig, ax, f"{experiment.name}: mean and 95% interval over seeds", path)
+    return _save_ca_asr(fig, [ax], f"{experiment.name}: mean and 95% interval over seeds", path)
+
+
+def plot_panels(table: TableSpec, points: list[dict]) -> tuple[str | None, list[str]]:
+    """The row key a runs plot draws one panel per value of (the first that is neither the stage nor
+    `colour_by` and takes more than one value, e.g. the tier: two tiers' runs on one axes mislead), and its values."""
+    for key in table.rows:
+        values = list(dict.fromkeys(str(r.get(key)) for r in points))
+        if key not in ("stage", table.colour_by) and len(values) > 1:
+            return key, values
+    return None, [""]
 
 
 def runs_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: Path) -> Path | None:
     """One point per run of the table's stages at its ASR and CA (Verma et al.'s figure): one colour per
-    value of `colour_by` (default the stage), one marker per stage, and the selection rule's bound drawn."""
+    value of `colour_by` (default the stage), one marker per stage, one panel per value of the key
+    `plot_panels` picks, and the selection rule's bound drawn."""
     stages = table.stages or [name for name, stage in experiment.stages.items() if stage.report]
     points = [r for r in rows if r["stage"] in stages and wanted(table, r) and r.get("ca_top1") is not None
               and r.get("asr") is not None]
@@ -277,21 +295,30 @@ def runs_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: 
         return None
     by = table.colour_by or "stage"
     values = list(dict.fromkeys(sorted((str(r.get(by)) for r in points), key=lambda v: _order(experiment, by, v))))
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, value in enumerate(values):
-        for j, stage in enumerate(stages):
-            mine = [r for r in points if str(r.get(by)) == value and r["stage"] == stage]
-            if mine:
-                label = " · ".join(dict.fromkeys([experiment.stages[stage].label if by != "stage" else "", value])).strip(" ·")
-                ax.scatter([r["asr"] for r in mine], [r["ca_top1"] for r in mine], color=f"C{i % 10}",
-                           marker="osD^vP*X"[j % 8], alpha=0.8, label=label)
-    if table.select and table.select["where"] == "asr":
-        ax.axvline(table.select["at_most"], color="grey", linestyle="--", linewidth=1)
-    return _save_ca_asr(fig, ax, f"{experiment.name}: every run ({len(points)})", path)
+    panel_key, panels = plot_panels(table, points)
+    if panel_key is not None:
+        panels.sort(key=lambda v: _order(experiment, panel_key, v))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 2.5, 4.5), sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        here = [r for r in points if panel_key is None or str(r.get(panel_key)) == panel]
+        for i, value in enumerate(values):
+            for j, stage in enumerate(stages):
+                mine = [r for r in here if str(r.get(by)) == value and r["stage"] == stage]
+                if mine:
+                    label = " · ".join(dict.fromkeys([experiment.stages[stage].label if by != "stage" else "",
+                                                      value])).strip(" ·")
+                    ax.scatter([r["asr"] for r in mine], [r["ca_top1"] for r in mine], color=f"C{i % 10}",
+                               marker="osD^vP*X"[j % 8], alpha=0.8, label=label)
+        if table.select and table.select["where"] == "asr":
+            ax.axvline(table.select["at_most"], color="grey", linestyle="--", linewidth=1)
+        if panel_key is not None:
+            ax.set_title(f"{panel_key} {panel} ({len(here)} runs)", fontsize=9)
+    return _save_ca_asr(fig, list(axes[0]), f"{experiment.name}: every run ({len(points)})", path)
 
 
 def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = False) -> list[Path]:
-    """Every declared table into RUNS/<block>.md (and, with `update_docs`, its files' blocks), and its plot."""
+    """Every declared table into RUNS/<block>.md (and, with `update_docs`, its files' blocks, and its
+    plot to `figure`), and its plot."""
     written = []
     for table in experiment.tables:
         text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
@@ -305,13 +332,21 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
         written.append(path)
-        # a table none of whose stages has run yet stays out of the docs (a header alone says nothing)
-        if update_docs and group_rows(experiment, table, rows):
-            for file in table.files:
-                write_block(file, table.block, text)
+        plot = None
         if table.plot:
             draw = runs_plot if table.plot == "runs" else ca_vs_asr_plot
             plot = draw(experiment, table, rows, Path(experiment.runs) / f"{table.block}.png")
             if plot is not None:
                 written.append(plot)
+        # a table none of whose stages has run yet stays out of the docs (a header alone says nothing)
+        if update_docs and group_rows(experiment, table, rows):
+            figure = Path(table.figure) if table.figure and plot is not None else None
+            if figure is not None:
+                figure.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(plot, figure)
+                written.append(figure)
+            for file in table.files:
+                link = (f"\n\n![{table.block}: CA against ASR]({os.path.relpath(figure, Path(file).parent)})"
+                        if figure is not None else "")
+                write_block(file, table.block, text + link)
     return written
