@@ -221,6 +221,7 @@ def test_a_chain_runs_once_and_a_second_invocation_reuses_it(tmp_path, small_ben
     assert ft.run_dir.summary()["before"]["asr"] == pytest.approx(attack.run_dir.summary()["asr"], abs=0.02)
     results = [json.loads(line) for line in (Path(experiment.runs) / "results.jsonl").read_text().splitlines()]
     assert [r["run_dir"] for r in results] == [str(attack.run_dir), str(ft.run_dir)]
+    assert results[1]["ca_change"] == pytest.approx(results[1]["ca_top1"] - results[1]["before_ca_top1"])
     assert (Path(experiment.runs) / "chain.md").exists() and (Path(experiment.runs) / "chain.png").exists()
 
     stamp = ft.run_dir.summary_path.stat().st_mtime_ns

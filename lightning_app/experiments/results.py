@@ -1,7 +1,7 @@
 """Results as data first: one long-form row per finished run, and the seeds' intervals over them.
 
 A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the incoming model's CA/ASR
-(`before_*`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), the oracle finder's finding (`oracle_*`), UBT's set rule (`set_*`), SafeCLIP's last split (`safeclip_*`), RoCLIP's swap sources (`roclip_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
+(`before_*`) and the CA change from it (`ca_change`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), the oracle finder's finding (`oracle_*`), UBT's set rule (`set_*`), SafeCLIP's last split (`safeclip_*`), RoCLIP's swap sources (`roclip_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
 detection metrics where the run has them, and its run directory. `RUNS/results.jsonl` holds every
 finished run of the experiment.
 """
@@ -30,6 +30,9 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
     row.update({key: summary.get(key) for key in SUMMARY_FIELDS})
     before = summary.get("before") or {}
     row["before_ca_top1"], row["before_asr"] = before.get("ca_top1"), before.get("asr")
+    if row["ca_top1"] is not None and row["before_ca_top1"] is not None:
+        # what a defense cost in CA, fair between poisoned models that start at different CA
+        row["ca_change"] = row["ca_top1"] - row["before_ca_top1"]
     row["trigger"] = attack_name(summary)
     row["cost_s"] = summary.get("wall_time_s")
     for name in run.stage.cost_includes:
