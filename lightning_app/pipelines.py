@@ -62,7 +62,7 @@ class Stage:
 
     def inputs_sha256(self) -> dict[str, str]:
         """Each input's summary.json, hashed: what this run was made from."""
-        digests = {run_dir: _summary_sha256(run_dir) for run_dir in self.inputs}
+        digests = {run_dir: summary_sha256(run_dir) for run_dir in self.inputs}
         assert None not in digests.values(), f"an input of {self.run_dir} has not finished: {digests}"
         return digests
 
@@ -71,7 +71,7 @@ class Stage:
         """The recorded inputs whose summary.json is no longer the one the run was made from (runs
         recorded before inputs were: none)."""
         return [run_dir for run_dir, digest in recorded.get("inputs_sha256", {}).items()
-                if _summary_sha256(run_dir) != digest]
+                if summary_sha256(run_dir) != digest]
 
     def made_by(self, recorded: dict) -> bool:
         """Whether a run directory's recorded fingerprint is this stage's, in the current form or an earlier
@@ -115,7 +115,7 @@ class Stage:
         path.write_text(json.dumps({**current, "inputs_sha256": inputs} if inputs else current, indent=1))
 
 
-def _summary_sha256(run_dir: str) -> str | None:
+def summary_sha256(run_dir: str) -> str | None:
     """The sha256 of a run's summary.json (None before it has one)."""
     summary = Path(run_dir) / "summary.json"
     return hashlib.sha256(summary.read_bytes()).hexdigest() if summary.exists() else None

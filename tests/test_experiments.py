@@ -59,7 +59,9 @@ tables:
 def toy(tmp_path: Path, text: str = TOY):
     path = tmp_path / "toy.yaml"
     path.write_text(textwrap.dedent(text.format(runs=tmp_path / "runs")))
-    return load_experiment(path)
+    experiment = load_experiment(path)
+    experiment.archive = str(tmp_path / "results" / "toy.jsonl")
+    return experiment
 
 
 def test_axes_and_seeds_expand_to_the_exact_runs_with_their_dependencies(tmp_path):
@@ -456,3 +458,64 @@ def test_docs_get_a_table_only_once_one_of_its_stages_has_run(tmp_path):
     write_views(experiment, [{"stage": "cleanclip", "objective": "mmcl", "lr": "0.001", "seed": 0, "ca_top1": 0.8,
                               "asr": 0.01}], update_docs=True)
     assert "<!-- results:best -->" in doc.read_text() and "| mmcl | 1 | 1/1 | 0.800 |" in doc.read_text()
+
+
+UBT_STAGE = TOY.replace("    cost_includes: [craft]", textwrap.indent(textwrap.dedent("""\
+    cost_includes: [craft]
+  ubt:
+    config: configs/embedded/ubt_one_fit.yaml
+    from: attack
+    set: {{model.init_args.discover.poison: "{{attack.config:data.init_args.poison}}"}}"""), "  "))
+
+
+def _finish(run, summary: dict) -> None:
+    """A run directory as the runner leaves it: its fingerprint with its inputs' digests, config, summary."""
+    stage = runner.pipeline_stage(run)
+    run.run_dir.path.mkdir(parents=True, exist_ok=True)
+    (run.run_dir.path / "stage.json").write_text(json.dumps({**stage.fingerprint(), "inputs_sha256": stage.inputs_sha256()}))
+    run.run_dir.config_path.write_text(
+        "model: {init_args: {model: {name: tiny}}}\ndata: {init_args: {poison: {rate: 0.05, seed: 0}}}\n")
+    (run.run_dir.path / "summary.json").write_text(json.dumps(summary))
+
+
+def test_the_archive_reports_runs_whose_directories_are_gone_while_it_still_matches(tmp_path):
+    import shutil
+
+    from lightning_app.experiments.archive import load_archive
+    from lightning_app.experiments.results import collect
+
+    experiment = toy(tmp_path, UBT_STAGE)
+    runs = {run.id: run for run in expand(experiment)}
+    attack, craft = runs["attack[attack=badnet]@seed0"], runs["craft[attack=badnet]@seed0"]
+    abd, ubt = runs["abd[attack=badnet]@seed0"], runs["ubt[attack=badnet]@seed0"]
+    for run, asr in [(attack, 0.98), (craft, None), (abd, 0.2), (ubt, 0.01)]:
+        _finish(run, {"ca_top1": 0.9, "asr": asr, "wall_time_s": 10.0})
+    here = collect(experiment, list(runs.values()), archive=True)
+    assert {row["source"] for row in here} == {"run_dir"} and len(here) == 4
+    assert set(load_archive(experiment.archive)) == {str(r.run_dir) for r in (attack, craft, abd, ubt)}
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the code and the archive, no run directories
+    elsewhere = collect(experiment, list(runs.values()))
+    assert {row["source"] for row in elsewhere} == {"archive"}
+    strip = ("source",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in elsewhere] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in here]
+    assert next(r for r in elsewhere if r["stage"] == "abd")["cost_s"] == 20.0  # its crafting, from the archive too
+    assert "reported from" in runner.plan(experiment, only=["ubt"])  # it runs again if asked, reported until then
+
+    # the experiment now asks for another recipe: that stage's record no longer describes it
+    changed = toy(tmp_path, UBT_STAGE.replace("{{craft.run_dir}}/adversarial", "{{craft.run_dir}}/other"))
+    assert {row["stage"] for row in collect(changed, expand(changed))} == {"attack", "craft", "ubt"}
+
+    # the attack was made again (another summary): what was made from the old one is not reported
+    _finish(attack, {"ca_top1": 0.9, "asr": 0.97, "wall_time_s": 11.0})
+    assert {row["stage"] for row in collect(experiment, list(runs.values()))} == {"attack"}  # craft too
+
+
+def test_a_damaged_archive_is_refused_naming_the_file_and_line(tmp_path):
+    from lightning_app.experiments.archive import load_archive
+
+    path = tmp_path / "toy.jsonl"
+    path.write_text('{"run_dir": "runs/a", "summary": {}}\n{"summary": {}}\n')
+    with pytest.raises(ValueError, match=r"toy.jsonl:2: not an archived run"):
+        load_archive(path)

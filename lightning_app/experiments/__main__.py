@@ -8,7 +8,9 @@
 resumes interrupted ones, then writes RUNS/results.jsonl, the tables (RUNS/<block>.md) and the CA-vs-ASR
 plots (RUNS/<block>.png). `--dry-run` prints every run, its
 directory, and whether it would be reused, resumed or run. `--update-docs` also writes the tables into
-README.md / docs/ (maintainers; what a user runs stays in the runs directory).
+README.md / docs/ and archives every run finished here in results/NAME.jsonl (maintainers; what a user
+runs stays in the runs directory). Runs not on this machine are reported from that archive while it still
+matches the experiment (lightning_app.experiments.archive).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of the experiment's seeds")
     parser.add_argument("--update-docs", action="store_true",
-                        help="also write the tables into the blocks of README.md / docs/ the file names (maintainers)")
+                        help="also write the tables into the blocks of README.md / docs/ the file names, and archive "
+                             "the runs finished here in results/NAME.jsonl (maintainers)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             print(plan(experiment, args.only))
             return 0
         if args.command == "report":
-            paths = write_views(experiment, collect(experiment, expand(experiment)), args.update_docs)
+            paths = write_views(experiment, collect(experiment, expand(experiment), archive=args.update_docs),
+                                args.update_docs)
         else:
             run_experiment(experiment, args.only, args.update_docs)
             paths = []

@@ -2,7 +2,8 @@
 
 A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the incoming model's CA/ASR
 (`before_*`) and the CA change from it (`ca_change`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), the oracle finder's finding (`oracle_*`), UBT's set rule (`set_*`), SafeCLIP's last split (`safeclip_*`), RoCLIP's swap sources (`roclip_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
-detection metrics where the run has them, and its run directory. `RUNS/results.jsonl` holds every
+detection metrics where the run has them, its run directory, and where its summary came from (`source`:
+the run directory, or the results archive when the directory is not on this machine). `RUNS/results.jsonl` holds every
 finished run of the experiment.
 """
 
@@ -17,16 +18,18 @@ from typing import Any
 
 from scipy import stats
 
+from lightning_app.experiments.archive import Summaries, archive_runs
 from lightning_app.experiments.spec import Experiment, StageRun
 from lightning_app.report import attack_name
 
 SUMMARY_FIELDS = ("ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module")
 
 
-def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
-    summary = run.run_dir.summary()
+def result_row(experiment: Experiment, run: StageRun, summaries: Summaries) -> dict[str, Any]:
+    summary = summaries.get(run)
+    assert summary is not None, f"{run.id} has no summary"
     row: dict[str, Any] = {"experiment": experiment.name, "stage": run.stage.name, "label": run.stage.label,
-                           "seed": run.seed}
+                           "seed": run.seed, "source": summaries.source(run)}
     row.update({key: summary.get(key) for key in SUMMARY_FIELDS})
     before = summary.get("before") or {}
     row["before_ca_top1"], row["before_asr"] = before.get("ca_top1"), before.get("asr")
@@ -36,8 +39,8 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
     row["trigger"] = attack_name(summary)
     row["cost_s"] = summary.get("wall_time_s")
     for name in run.stage.cost_includes:
-        dep = run.deps[name].run_dir
-        row["cost_s"] = None if row["cost_s"] is None or not dep.is_finished() else row["cost_s"] + dep.summary()["wall_time_s"]
+        dep = summaries.get(run.deps[name])
+        row["cost_s"] = None if row["cost_s"] is None or dep is None else row["cost_s"] + dep["wall_time_s"]
     for name, value in (summary.get("metrics") or {}).items():  # per-trigger ASR; the eval images' cohesion
         if name.startswith(("val/asr_", "val/cohesion_")):
             row[name.removeprefix("val/")] = value
@@ -65,9 +68,13 @@ def result_row(experiment: Experiment, run: StageRun) -> dict[str, Any]:
     return {**row, **run.axes}
 
 
-def collect(experiment: Experiment, runs: list[StageRun]) -> list[dict[str, Any]]:
-    """Rows of every finished run (whichever invocation ran it), written to RUNS/results.jsonl."""
-    rows = [result_row(experiment, run) for run in runs if run.run_dir.is_finished()]
+def collect(experiment: Experiment, runs: list[StageRun], archive: bool = False) -> list[dict[str, Any]]:
+    """Rows of every finished run (whichever invocation ran it, here or, by its archived record, on another
+    machine), written to RUNS/results.jsonl; with `archive`, the runs finished here are archived first."""
+    if archive:
+        archive_runs(experiment, runs)
+    summaries = Summaries(experiment)
+    rows = [result_row(experiment, run, summaries) for run in runs if summaries.get(run) is not None]
     path = Path(experiment.runs) / "results.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))

@@ -15,8 +15,9 @@ import logging
 import os
 from pathlib import Path
 
+from lightning_app.experiments.archive import Summaries
 from lightning_app.experiments.results import collect
-from lightning_app.experiments.spec import Experiment, StageRun, command_line, expand, resolve
+from lightning_app.experiments.spec import Experiment, StageRun, expand, pipeline_stage
 from lightning_app.experiments.views import write_views
 from lightning_app.export import export_run
 from lightning_app.pipelines import REPO_ROOT, Stage, run_stage
@@ -60,11 +61,6 @@ def select(runs: list[StageRun], only: list[str] | None) -> list[StageRun]:
     return [run for run in runs if run.id in wanted]
 
 
-def pipeline_stage(run: StageRun) -> Stage:
-    return Stage(run.id, run.config, str(run.run_dir), command_line(resolve(run)),
-                 inputs=[str(dep.run_dir) for dep in run.deps.values()])
-
-
 def status(run: StageRun) -> str:
     """What running would do: reuse (finished), resume (checkpoints, no summary), run, or refuse (another
     config, or made from an input that was made again since)."""
@@ -84,11 +80,14 @@ def status(run: StageRun) -> str:
 
 def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     lines = []
+    summaries = Summaries(experiment)
     for run in select(expand(experiment), only):
         waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
         line = f"{status(run):<10} {run.id:<45} {run.run_dir}  ({run.config})"
         if waits:
             line += f"  after {', '.join(sorted(waits))}"
+        if summaries.source(run) == "archive":
+            line += f"  (reported from {experiment.archive} until then)"
         lines.append(line)
     return "\n".join(lines)
 
@@ -111,7 +110,7 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
             except (RuntimeError, ValueError) as exn:
                 failed[run.id] = str(exn)
                 log.error("[%s] %s", run.id, exn)
-    rows = collect(experiment, runs)
+    rows = collect(experiment, runs, archive=update_docs)
     for path in write_views(experiment, rows, update_docs):
         log.info("wrote %s", path)
     for run in runs:

@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from datamodules.run_dir import RunDir
-from lightning_app.pipelines import REPO_ROOT
+from lightning_app.pipelines import REPO_ROOT, Stage
 
 STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys", "cost_includes", "report"}
 INHERITABLE = ("checkpoint", "trigger", "architecture")
@@ -57,7 +57,7 @@ TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note"
 SELECT_KEYS = {"maximise", "where", "at_most"}
 DETECTOR_KEYS = {"score", "clean", "poisoned_when"}
 RESERVED = {"experiment", "stage", "label", "seed", "run_dir", "trigger", "cost_s", "before_ca_top1", "before_asr", "ca_change",
-            "ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module"}
+            "ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module", "source"}
 REFERENCE = re.compile(r"\{([A-Za-z_][\w-]*)\.(run_dir|checkpoint|trigger_dir)\}")
 CONFIG_REFERENCE = re.compile(r"^\{([A-Za-z_][\w-]*)\.config:([\w.]+)\}$")
 
@@ -162,6 +162,8 @@ class Experiment:
     exports: list[str] = field(default_factory=list)
     """Stages whose runs are exported as open_clip local-dir folders under RUNS/exports/."""
     description: str = ""
+    archive: str = ""
+    """The results archive of the experiment's runs (`results/NAME.jsonl`, lightning_app.experiments.archive)."""
 
 
 @dataclass
@@ -233,7 +235,8 @@ def load_experiment(path: str | Path) -> Experiment:
     experiment = Experiment(
         name=raw["name"], path=str(path), runs=raw.get("runs", f"runs/experiments/{raw['name']}"),
         seeds=[int(s) for s in _list(raw.get("seeds", [0]))], stages=stages, axes=axes, tables=tables,
-        exports=_list(raw.get("exports")), description=raw.get("description", ""))
+        exports=_list(raw.get("exports")), description=raw.get("description", ""),
+        archive=f"results/{raw['name']}.jsonl")
     _check(experiment)
     return experiment
 
@@ -400,6 +403,12 @@ def resolve(run: StageRun) -> dict[str, Any]:
                 value = REFERENCE.sub(lambda m: _path(_dependency(run, m.group(1), key).run_dir, m.group(2)), value)
         resolved.update(flatten(key, value))
     return resolved
+
+
+def pipeline_stage(run: StageRun) -> Stage:
+    """The run as the pipeline runs it: its config, its settings as `main.py fit` arguments, its inputs."""
+    return Stage(run.id, run.config, str(run.run_dir), command_line(resolve(run)),
+                 inputs=[str(dep.run_dir) for dep in run.deps.values()])
 
 
 def _path(run_dir: RunDir, what: str) -> str:

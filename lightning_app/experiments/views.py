@@ -220,7 +220,8 @@ def model_detection(experiment: Experiment, table: TableSpec, rows: list[dict]) 
 
 def table_note(experiment: Experiment, table: TableSpec) -> str:
     note = (f"Written by `python -m lightning_app.experiments run {experiment.path}` from the runs' summary.json "
-            "(`results.jsonl` beside them): each cell is the mean over n seeds ± the 95% t-interval's half-width "
+            f"(`results.jsonl` beside them; runs made on another machine from their records in `{experiment.archive}`): "
+            "each cell is the mean over n seeds ± the 95% t-interval's half-width "
             "(n ≥ 3), or [min–max] for n = 2. Two rows are ordered only where their intervals do not overlap.")
     if table.reference and "cost" in table.columns:
         note += (f" Cost: wall time (with the stages each one needs, e.g. ABD's crafting) over "

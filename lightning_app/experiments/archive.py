@@ -1,0 +1,117 @@
+"""The results archive: what each finished run of an experiment recorded (its summary.json and the
+fingerprint of the config that made it), kept in the repository as `results/NAME.jsonl`, one line a run.
+
+Run directories hold checkpoints and stay on the machine that made them; an archived run is a few
+kilobytes and travels with the code, so the tables README.md and docs/ quote can be made again on any
+checkout (`python -m lightning_app.experiments report experiments/NAME.yaml`), and every quoted number
+stays traceable to the run that measured it. `--update-docs` archives every finished run it reports.
+
+A report takes a run's summary from its own directory when the run finished there, and from its
+archived record otherwise, but only while the record still describes the run the experiment asks for:
+the same config values, fragments and overrides (else it measured another recipe), and inputs whose
+summaries are the ones it was made from (else an upstream run was made again since).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning_app.experiments.spec import CONFIG_REFERENCE, Experiment, StageRun, pipeline_stage
+from lightning_app.pipelines import summary_sha256
+
+
+def load_archive(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Archived records by run directory ({} when there is no archive yet)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    records = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[record["run_dir"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError) as exn:
+            raise ValueError(f"{path}:{number}: not an archived run ({exn})") from exn
+    return records
+
+
+def archive_runs(experiment: Experiment, runs: list[StageRun]) -> Path:
+    """Add (or replace) the record of every run that finished here; the records of other runs stay."""
+    path = Path(experiment.archive)
+    records = load_archive(path)
+    for run in runs:
+        fingerprint = run.run_dir.path / "stage.json"
+        if run.run_dir.is_finished() and fingerprint.exists():
+            records[str(run.run_dir)] = {"run_dir": str(run.run_dir), "id": run.id,
+                                         "stage": json.loads(fingerprint.read_text()),
+                                         "summary": run.run_dir.summary(),
+                                         "summary_sha256": summary_sha256(str(run.run_dir))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records)))
+    return path
+
+
+class Summaries:
+    """Each run's summary and where it came from: its run directory, else a matching archived record."""
+
+    def __init__(self, experiment: Experiment):
+        self.records = load_archive(experiment.archive)
+        self._known: dict[str, tuple[dict, str] | None] = {}
+
+    def get(self, run: StageRun) -> dict | None:
+        found = self._find(run)
+        return found[0] if found else None
+
+    def source(self, run: StageRun) -> str | None:
+        """"run_dir", "archive", or None when the run has no summary anywhere."""
+        found = self._find(run)
+        return found[1] if found else None
+
+    def _find(self, run: StageRun) -> tuple[dict, str] | None:
+        key = str(run.run_dir)
+        if key not in self._known:
+            if run.run_dir.is_finished():
+                self._known[key] = (run.run_dir.summary(), "run_dir")
+            else:
+                record = self.records.get(key)
+                self._known[key] = (record["summary"], "archive") if record and self._matches(run, record) else None
+        return self._known[key]
+
+    def _digest(self, run: StageRun) -> str | None:
+        """The sha256 of the run's summary.json, wherever it is."""
+        if self._find(run) is None:
+            return None
+        if self.source(run) == "run_dir":
+            return summary_sha256(str(run.run_dir))
+        return self.records[str(run.run_dir)]["summary_sha256"]
+
+    def _matches(self, run: StageRun, record: dict) -> bool:
+        recorded = record["stage"]
+        deps = {str(dep.run_dir): dep for dep in run.deps.values()}
+        inputs = recorded.get("inputs_sha256", {})
+        if set(inputs) != set(deps) or any(self._digest(deps[d]) != digest for d, digest in inputs.items()):
+            return False
+        stage = pipeline_stage(run) if all(dep.run_dir.config_path.exists() for dep in run.deps.values()) else None
+        if stage is not None:
+            return stage.made_by(recorded)
+        # An input's directory is gone, so the values its config lends this run cannot be read; they are
+        # pinned anyway, by the input's own record matching (checked above through its summary's digest).
+        return _made_by_except_config_references(run, recorded)
+
+
+def _made_by_except_config_references(run: StageRun, recorded: dict) -> bool:
+    references = [key for key, value in run.settings.items() if isinstance(value, str) and CONFIG_REFERENCE.match(value)]
+    kept = {key: value for key, value in run.settings.items() if key not in references}
+    pretend = StageRun(run.stage, run.seed, run.axes, run.config, kept, run.deps, run.run_dir)
+    expected = pipeline_stage(pretend)
+    overrides = recorded.get("overrides", [])
+    pairs = list(zip(overrides[::2], overrides[1::2]))
+    lent = [f"--{key}" for key in references]  # a mapping's reference became one flag per leaf
+    own = [item for flag, value in pairs if not any(flag == k or flag.startswith(k + ".") for k in lent)
+           for item in (flag, value)]
+    return expected.made_by({**recorded, "overrides": own})
+
