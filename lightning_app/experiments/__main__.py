@@ -7,10 +7,10 @@
 `run` trains what is not finished (one run at a time, each in its own process), reuses finished runs,
 resumes interrupted ones, then writes RUNS/results.jsonl, the tables (RUNS/<block>.md) and the CA-vs-ASR
 plots (RUNS/<block>.png). `--dry-run` prints every run, its
-directory, and whether it would be reused, resumed or run. `--update-docs` also writes the tables into
-README.md / docs/ and archives every run finished here in results/NAME.jsonl (maintainers; what a user
-runs stays in the runs directory). Runs not on this machine are reported from that archive while it still
-matches the experiment (lightning_app.experiments.archive).
+directory, and whether it would be reused, resumed or run. `--archive` records every run finished here in
+results/NAME.jsonl; `--update-docs` does that and writes the tables into README.md / docs/ (maintainers;
+what a user runs stays in the runs directory). Runs not on this machine are reported from that archive
+while it still matches the experiment (lightning_app.experiments.archive).
 """
 
 from __future__ import annotations
@@ -36,11 +36,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="only these values of an axis (comma-separated), e.g. --where attack=badnet,blended")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of the experiment's seeds")
+    parser.add_argument("--archive", action="store_true",
+                        help="record the runs finished here in results/NAME.jsonl, which reports read on checkouts "
+                             "without their run directories (maintainers)")
     parser.add_argument("--update-docs", action="store_true",
-                        help="also write the tables into the blocks of README.md / docs/ the file names, and archive "
-                             "the runs finished here in results/NAME.jsonl (maintainers)")
+                        help="also write the tables into the blocks of README.md / docs/ the file names; implies "
+                             "--archive (maintainers)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    archive = args.archive or args.update_docs  # what the docs quote must be made again elsewhere
     try:
         experiment = load_experiment(args.experiment)
         if args.seeds:
@@ -53,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             print(plan(experiment, args.only))
             return 0
         if args.command == "report":
-            paths = write_views(experiment, collect(experiment, expand(experiment), archive=args.update_docs),
+            paths = write_views(experiment, collect(experiment, expand(experiment), archive=archive),
                                 args.update_docs)
         else:
-            run_experiment(experiment, args.only, args.update_docs)
+            run_experiment(experiment, args.only, args.update_docs, archive)
             paths = []
     except (ValueError, RuntimeError) as exn:
         print(f"error: {exn}", file=sys.stderr)

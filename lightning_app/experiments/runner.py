@@ -92,8 +92,10 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False) -> list[dict]:
-    """Run what is not finished, then write results.jsonl and the views from every finished run.
+def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,
+                   archive: bool = False) -> list[dict]:
+    """Run what is not finished, then write results.jsonl and the views from every finished run (and with
+    `archive`, record the runs finished here in the experiment's results archive).
 
     A failed run is reported and its dependants skipped; the others go on. Raises at the end if any failed."""
     runs = expand(experiment)
@@ -110,7 +112,7 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
             except (RuntimeError, ValueError) as exn:
                 failed[run.id] = str(exn)
                 log.error("[%s] %s", run.id, exn)
-    rows = collect(experiment, runs, archive=update_docs)
+    rows = collect(experiment, runs, archive=archive or update_docs)
     for path in write_views(experiment, rows, update_docs):
         log.info("wrote %s", path)
     for run in runs:
