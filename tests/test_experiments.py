@@ -519,3 +519,16 @@ def test_a_damaged_archive_is_refused_naming_the_file_and_line(tmp_path):
     path.write_text('{"run_dir": "runs/a", "summary": {}}\n{"summary": {}}\n')
     with pytest.raises(ValueError, match=r"toy.jsonl:2: not an archived run"):
         load_archive(path)
+
+
+def test_report_archives_only_when_asked(tmp_path, monkeypatch):
+    from lightning_app.experiments.__main__ import main
+    from lightning_app.experiments.archive import load_archive
+
+    experiment = toy(tmp_path)
+    attack = next(run for run in expand(experiment) if run.id == "attack[attack=badnet]@seed0")
+    _finish(attack, {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": 10.0})
+    monkeypatch.chdir(tmp_path)  # the archive's path, results/toy.jsonl, is relative like the runs'
+    assert main(["report", experiment.path]) == 0 and not (tmp_path / "results").exists()
+    assert main(["report", experiment.path, "--archive"]) == 0
+    assert list(load_archive(tmp_path / "results" / "toy.jsonl")) == [str(attack.run_dir)]
