@@ -14,6 +14,7 @@ summaries are the ones it was made from (else an upstream run was made again sin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,8 @@ class Summaries:
 
 def _made_by_except_config_references(run: StageRun, recorded: dict) -> bool:
     references = [key for key, value in run.settings.items() if isinstance(value, str) and CONFIG_REFERENCE.match(value)]
-    kept = {key: value for key, value in run.settings.items() if key not in references}
-    pretend = StageRun(run.stage, run.seed, run.axes, run.config, kept, run.deps, run.run_dir)
-    expected = pipeline_stage(pretend)
+    expected = pipeline_stage(dataclasses.replace(
+        run, settings={key: value for key, value in run.settings.items() if key not in references}))
     overrides = recorded.get("overrides", [])
     pairs = list(zip(overrides[::2], overrides[1::2]))
     lent = [f"--{key}" for key in references]  # a mapping's reference became one flag per leaf
