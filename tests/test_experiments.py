@@ -494,6 +494,8 @@ def test_the_archive_reports_runs_whose_directories_are_gone_while_it_still_matc
     assert {row["source"] for row in here} == {"run_dir"} and len(here) == 4
     assert set(load_archive(experiment.archive)) == {str(r.run_dir) for r in (attack, craft, abd, ubt)}
 
+    shutil.rmtree(ubt.run_dir.path)  # one run pruned, its inputs still here
+    assert [row["source"] for row in collect(experiment, [attack, ubt])] == ["run_dir", "archive"]
     shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the code and the archive, no run directories
     elsewhere = collect(experiment, list(runs.values()))
     assert {row["source"] for row in elsewhere} == {"archive"}
