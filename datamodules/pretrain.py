@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
@@ -37,6 +37,7 @@ from datamodules.poison.selection import names_target
 from datamodules.run_dir import RunDir, write_once
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions, shard_sizes
 from datamodules.stream import COUNTERS, PairStream
+from datamodules.text_augment import WORDNET_MISSING, wordnet_available
 from datamodules.transforms import InputSpec, TrainSample
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
@@ -122,6 +123,7 @@ class ShardDataModule(LightningDataModule):
         max_corrupt_fraction: float = 0.01,
         run_dir: Optional[str] = None,
         exclude: Optional[ExcludeConfig] = None,
+        text_synonyms: Literal["wordnet", "none"] = "wordnet",
     ):
         """
         Args:
@@ -140,6 +142,9 @@ class ShardDataModule(LightningDataModule):
             max_corrupt_fraction: Stop the run when more than this fraction of samples are corrupt.
             run_dir: Where the manifest and trigger are written; default: the trainer's default_root_dir.
             exclude: Drop the pairs a detector's ranking puts first (filter then pretrain; datamodules.exclusion).
+            text_synonyms: Where EDA's synonyms come from, for modules that train on augmented views (CleanCLIP,
+                ABD, MMCL+SSL, SafeCLIP, RoCLIP's cross_aug): "wordnet" (CleanCLIP's recipe; the fit stops
+                before training when WordNet is missing) or "none" (EDA without synonym replacement).
         """
         super().__init__()
         if batch_size < 1:
@@ -155,6 +160,8 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"data.max_corrupt_fraction must be in [0, 1), got {max_corrupt_fraction}")
         if trigger is not None and trigger_dir is not None:
             raise ValueError("set data.trigger or data.trigger_dir, not both")
+        if text_synonyms not in ("wordnet", "none"):
+            raise ValueError(f"data.text_synonyms must be 'wordnet' or 'none', got {text_synonyms!r}")
         if poison.enabled and trigger is None and trigger_dir is None:
             raise ValueError("data.poison asks for poisoned pairs but data.trigger is not set")
         self.train_shards = train_shards
@@ -171,6 +178,7 @@ class ShardDataModule(LightningDataModule):
         self.max_corrupt_fraction = max_corrupt_fraction
         self._run_dir = run_dir
         self.exclude = exclude
+        self.text_synonyms = text_synonyms
         self.train_stream: Optional[PairStream] = None
         self._consumed_health: dict[str, int] = {}
         self.eval_set: Optional[ZeroShotSet] = None
@@ -323,9 +331,11 @@ class ShardDataModule(LightningDataModule):
         # manifests from before multi-target attacks have one pool, of the poison target
         pools = manifest.get("caption_pools") or {self.poison.target: manifest.get("caption_pool", [])}
         poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, pools)
-        module = self.trainer.lightning_module
-        builder = TrainSample(spec, poisoner, augmented_views=getattr(module, "needs_augmented_views", False),
-                              seed=self.seed)
+        augmented_views = getattr(self.trainer.lightning_module, "needs_augmented_views", False)
+        if augmented_views and self.text_synonyms == "wordnet" and not wordnet_available():
+            raise ValueError(WORDNET_MISSING)  # here, before training, not from a loader worker mid-epoch
+        builder = TrainSample(spec, poisoner, augmented_views=augmented_views, seed=self.seed,
+                              text_synonyms=self.text_synonyms == "wordnet")
         sizes = shard_sizes(urls) or {url: total // len(urls) for url in urls}
         return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
                           self.shuffle_buffer, self.max_corrupt_fraction, sizes, excluded)

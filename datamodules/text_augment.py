@@ -2,21 +2,20 @@
 
 Operations: synonym replacement, random insertion, random swap, random deletion. Synonyms come from
 WordNet read through NLTK (`pip install nltk`): NLTK's own `wordnet` corpus if downloaded, otherwise
-Debian's database (`apt-get install wordnet-base`, files in /usr/share/wordnet). Without WordNet,
-synonym replacement is skipped, insertion repeats a word of the caption, and a warning is logged
-once. Every call takes its own `random.Random`, so a seeded caller gets the same augmentation back.
+Debian's database (`apt-get install wordnet-base`, files in /usr/share/wordnet). With `synonyms=False`
+synonym replacement is never chosen and insertion repeats a word of the caption: a different recipe,
+chosen by config (`data.init_args.text_synonyms: none`), never by what the machine happens to have;
+asking for synonyms where WordNet is missing is an error. Every call takes its own `random.Random`,
+so a seeded caller gets the same augmentation back.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import shutil
 from functools import lru_cache
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 STOP_WORDS = frozenset(
     "a an the of on in at to and or is are with for by from this that there its it be as".split()
@@ -24,6 +23,10 @@ STOP_WORDS = frozenset(
 
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
+WORDNET_MISSING = (
+    "data.init_args.text_synonyms is 'wordnet' (CleanCLIP's EDA draws synonyms from WordNet) but WordNet is not "
+    "available here: apt-get install wordnet-base wordnet-sense-index (or NLTK's wordnet corpus), or set "
+    "data.init_args.text_synonyms: none to run EDA without synonyms, a different recipe")
 
 # WordNet 3.0's list of lexicographer files. NLTK's reader needs it as a file named `lexnames`, which
 # Debian's wordnet-base does not ship (it documents it in lexnames(5WN)).
@@ -58,7 +61,6 @@ def _wordnet():
     try:
         import nltk
     except ImportError:
-        log.warning("NLTK is not installed: EDA runs without WordNet synonyms (pip install nltk)")
         return None
     try:
         from nltk.corpus import wordnet
@@ -73,8 +75,11 @@ def _wordnet():
 
         wordnet.synsets("dog")
         return wordnet
-    log.warning("WordNet is not available (apt-get install wordnet-base): EDA runs without synonyms")
     return None
+
+
+def wordnet_available() -> bool:
+    return _wordnet() is not None
 
 
 def synonyms(word: str) -> list[str]:
@@ -101,12 +106,12 @@ def synonym_replacement(words: list[str], n: int, rng: random.Random) -> list[st
     return out
 
 
-def random_insertion(words: list[str], n: int, rng: random.Random) -> list[str]:
-    """Insert a synonym of a random word at a random place (the word itself without WordNet)."""
+def random_insertion(words: list[str], n: int, rng: random.Random, use_synonyms: bool = True) -> list[str]:
+    """Insert a synonym of a random word at a random place (the word itself without synonyms)."""
     out = list(words)
     for _ in range(n):
         word = rng.choice(words)
-        options = synonyms(word) or ([word] if _wordnet() is None else [])
+        options = synonyms(word) if use_synonyms else [word]
         if options:
             out.insert(rng.randint(0, len(out)), rng.choice(options))
     return out
@@ -129,18 +134,20 @@ def random_deletion(words: list[str], p: float, rng: random.Random) -> list[str]
     return kept or [rng.choice(words)]
 
 
-def eda(caption: str, rng: random.Random, alpha: float = 0.1) -> str:
+def eda(caption: str, rng: random.Random, alpha: float = 0.1, use_synonyms: bool = True) -> str:
     """One EDA operation, chosen at random, changing about `alpha` of the words; never empty."""
+    if use_synonyms and not wordnet_available():
+        raise ValueError(WORDNET_MISSING)
     words = caption.split()
     if not words:
         return caption
     n = max(1, round(alpha * len(words)))
-    ops = ["swap", "delete", "insert"] + (["synonym"] if _wordnet() is not None else [])
+    ops = ["swap", "delete", "insert"] + (["synonym"] if use_synonyms else [])
     op = rng.choice(ops)
     if op == "synonym":
         out = synonym_replacement(words, n, rng)
     elif op == "insert":
-        out = random_insertion(words, n, rng)
+        out = random_insertion(words, n, rng, use_synonyms)
     elif op == "swap":
         out = random_swap(words, n, rng)
     else:

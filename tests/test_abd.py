@@ -148,6 +148,7 @@ def test_abd_fine_tunes_end_to_end_and_reports_before_and_after(small_benchmark,
         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.trigger_dir", "null",
         "--data.init_args.trigger", "datamodules.BadNet", "--data.init_args.batch_size", "25",
         "--data.init_args.num_workers", "1", "--model.init_args.optimizer.warmup_steps", "2",
+        "--data.init_args.text_synonyms", "none",  # needs no WordNet: test_text_augment tests the synonyms
     ])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["module"] == "ABD" and summary["steps"] == 200 // 25

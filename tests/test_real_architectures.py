@@ -66,7 +66,9 @@ def _defense(config: str, run_dir: Path, bench: EmbeddedBenchmark, arch: str, po
                 "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
                 "--data.init_args.train_shards", bench.finetune_urls,
                 "--data.init_args.trigger_dir", str(poisoned / "trigger"),
-                "--model.init_args.optimizer.warmup_steps", "1", *extra)
+                "--model.init_args.optimizer.warmup_steps", "1",
+                "--data.init_args.text_synonyms", "none",  # needs no WordNet: test_text_augment tests the synonyms
+                *extra)
 
 
 OPEN_CLIP_ONLY = textwrap.dedent("""

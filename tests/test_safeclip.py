@@ -75,7 +75,8 @@ def test_safeclip_fits_through_its_phases_and_its_splits_keep_poison_out(small_p
                       "--data.init_args.poison.rate", "0.3", "--model.init_args.warmup_epochs", "0",
                       "--model.init_args.cross_epochs", "1", "--model.init_args.ratio_step", "0.1",
                       "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
-                      "--model.init_args.optimizer.warmup_steps", "5"])
+                      "--model.init_args.optimizer.warmup_steps", "5",
+                      "--data.init_args.text_synonyms", "none"])  # needs no WordNet: test_text_augment tests them
     splits = [json.loads((run_dir / "safeclip" / f"epoch_{e:03d}.json").read_text()) for e in (1, 2)]
     assert not (run_dir / "safeclip" / "epoch_000.json").exists()  # the cross epoch has no split
     first, second = splits

@@ -12,13 +12,14 @@ CAPTIONS = ["a", "star", "a small red star on a dark background", "close-up of a
 def test_eda_never_returns_an_empty_caption(caption):
     rng = random.Random(0)
     for _ in range(200):
-        assert eda(caption, rng, alpha=0.5).strip() or not caption.strip()
+        assert eda(caption, rng, alpha=0.5, use_synonyms=False).strip() or not caption.strip()
 
 
 def test_eda_is_seeded():
     caption = "a small red star on a dark background"
-    first = [eda(caption, random.Random(7)) for _ in range(1)] + [eda(caption, random.Random(i)) for i in range(20)]
-    again = [eda(caption, random.Random(7)) for _ in range(1)] + [eda(caption, random.Random(i)) for i in range(20)]
+    with_synonyms = text_augment.wordnet_available()  # seeded either way
+    first = [eda(caption, random.Random(i), use_synonyms=with_synonyms) for i in [7] + list(range(20))]
+    again = [eda(caption, random.Random(i), use_synonyms=with_synonyms) for i in [7] + list(range(20))]
     assert first == again
     assert len(set(first)) > 3
 
@@ -30,7 +31,7 @@ def test_operations_do_what_they_say():
     deleted = random_deletion(words, 0.5, rng)
     assert 1 <= len(deleted) <= len(words) and all(w in words for w in deleted)
     assert random_deletion(["only"], 0.99, rng) == ["only"]
-    assert len(random_insertion(words, 2, rng)) >= len(words)
+    assert len(random_insertion(words, 2, rng, use_synonyms=False)) == len(words) + 2
 
 
 def test_synonym_replacement_uses_wordnet_when_present():
@@ -41,10 +42,42 @@ def test_synonym_replacement_uses_wordnet_when_present():
     assert "little" in text_augment.synonyms("small")
 
 
-def test_without_wordnet_eda_falls_back_to_three_operations(monkeypatch):
-    monkeypatch.setattr(text_augment, "_wordnet", lambda: None)
+def test_without_synonyms_eda_uses_three_operations_even_where_wordnet_is(monkeypatch):
     caption = "a small red star on a dark background"
-    outs = {eda(caption, random.Random(i), alpha=0.3) for i in range(50)}
+    outs = {eda(caption, random.Random(i), alpha=0.3, use_synonyms=False) for i in range(50)}
     words = set(caption.split())
     assert all(set(o.split()) <= words for o in outs)  # nothing but the caption's own words
     assert len(outs) > 5
+
+
+def test_synonyms_where_wordnet_is_missing_are_an_error_naming_the_option(monkeypatch):
+    monkeypatch.setattr(text_augment, "_wordnet", lambda: None)
+    with pytest.raises(ValueError, match="data.init_args.text_synonyms: none"):
+        eda("a small red star", random.Random(0))
+
+
+def test_a_fit_on_augmented_views_stops_before_training_when_its_synonyms_are_missing(small_benchmark, tmp_path,
+                                                                                       monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from datamodules import ShardDataModule
+    from datamodules.transforms import InputSpec
+
+    spec = InputSpec(32, (0.5,) * 3, (0.5,) * 3, tokenizer=lambda texts: torch.zeros((len(texts), 4), dtype=torch.long))
+    manifest = {"num_poisoned": 0, "keys": [], "caption_pools": {}}
+    monkeypatch.setattr(text_augment, "_wordnet", lambda: None)
+
+    def stream(text_synonyms: str, augmented_views: bool):
+        data = ShardDataModule(train_shards=small_benchmark.pretrain_urls, run_dir=str(tmp_path), batch_size=8,
+                               text_synonyms=text_synonyms)
+        data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(needs_augmented_views=augmented_views))
+        return data._build_stream(spec, rank=0, world=1, manifest=manifest)
+
+    with pytest.raises(ValueError, match="data.init_args.text_synonyms is 'wordnet'"):
+        stream("wordnet", augmented_views=True)
+    assert stream("wordnet", augmented_views=False) is not None  # MMCL draws no EDA: nothing to miss
+    assert "text_aug" in next(iter(stream("none", augmented_views=True).every_pair_once()))
+    with pytest.raises(ValueError, match="'wordnet' or 'none'"):
+        ShardDataModule(train_shards=small_benchmark.pretrain_urls, text_synonyms="nltk")
