@@ -4,7 +4,8 @@ fingerprint of the config that made it), kept in the repository as `results/NAME
 Run directories hold checkpoints and stay on the machine that made them; an archived run is a few
 kilobytes and travels with the code, so the tables README.md and docs/ quote can be made again on any
 checkout (`python -m lightning_app.experiments report experiments/NAME.yaml`), and every quoted number
-stays traceable to the run that measured it. `--update-docs` archives every finished run it reports.
+stays traceable to the run that measured it. `--archive` (and `--update-docs`, which implies it) records
+every run finished here.
 
 A report takes a run's summary from its own directory when the run finished there, and from its
 archived record otherwise, but only while the record still describes the run the experiment asks for:
