@@ -335,7 +335,7 @@ class ShardDataModule(LightningDataModule):
         if augmented_views and self.text_synonyms == "wordnet" and not wordnet_available():
             raise ValueError(WORDNET_MISSING)  # here, before training, not from a loader worker mid-epoch
         builder = TrainSample(spec, poisoner, augmented_views=augmented_views, seed=self.seed,
-                              text_synonyms=self.text_synonyms == "wordnet")
+                              use_synonyms=self.text_synonyms == "wordnet")
         sizes = shard_sizes(urls) or {url: total // len(urls) for url in urls}
         return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
                           self.shuffle_buffer, self.max_corrupt_fraction, sizes, excluded)

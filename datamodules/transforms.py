@@ -62,7 +62,7 @@ class TrainSample:
     """Builds a training sample from a decoded pair; optionally the augmented views for SSL terms."""
 
     def __init__(self, spec: InputSpec, poisoner: Poisoner, augmented_views: bool = False, seed: int = 0,
-                 text_synonyms: bool = True):
+                 use_synonyms: bool = True):
         self.geometry = ModelGeometry(spec.image_size)
         self.normalize = Normalize(spec.mean, spec.std)
         self.tokenizer = spec.tokenizer
@@ -70,7 +70,7 @@ class TrainSample:
         self.augmented_views = augmented_views
         self.auto_augment = AutoAugment() if augmented_views else None
         self.seed = seed
-        self.text_synonyms = text_synonyms
+        self.use_synonyms = use_synonyms
         self.epoch = 0
 
     def __call__(self, key: str, image: Image.Image, caption: str) -> dict:
@@ -89,7 +89,7 @@ class TrainSample:
                 torch.manual_seed(rng.getrandbits(63))
                 augmented = self.auto_augment(uint8)
             sample["image_aug"] = self.normalize(augmented.float() / 255.0)
-            sample["text_aug"] = eda(caption, rng, use_synonyms=self.text_synonyms)
+            sample["text_aug"] = eda(caption, rng, use_synonyms=self.use_synonyms)
         return sample
 
 
