@@ -2,7 +2,7 @@
 
 Operations: synonym replacement, random insertion, random swap, random deletion. Synonyms come from
 WordNet read through NLTK (`pip install nltk`): NLTK's own `wordnet` corpus if downloaded, otherwise
-Debian's database (`apt-get install wordnet-base`, files in /usr/share/wordnet). With `synonyms=False`
+Debian's database (`apt-get install wordnet-base`, files in /usr/share/wordnet). With `use_synonyms=False`
 synonym replacement is never chosen and insertion repeats a word of the caption: a different recipe,
 chosen by config (`data.init_args.text_synonyms: none`), never by what the machine happens to have;
 asking for synonyms where WordNet is missing is an error. Every call takes its own `random.Random`,
