@@ -53,12 +53,23 @@ def results_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _block_pattern(name: str) -> re.Pattern:
+    return re.compile(re.escape(f"<!-- results:{name} -->") + r"(.*?)" + re.escape(f"<!-- /results:{name} -->"), re.S)
+
+
+def read_block(path: str | Path, name: str) -> str | None:
+    """What the block NAME of a file holds now (None when the file or the block is not there)."""
+    path = Path(path)
+    found = _block_pattern(name).search(path.read_text()) if path.exists() else None
+    return found.group(1).strip() if found else None
+
+
 def write_block(path: str | Path, name: str, text: str) -> None:
     path = Path(path)
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     content = path.read_text() if path.exists() else ""
     block = f"{begin}\n{text.strip()}\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    pattern = _block_pattern(name)
     if pattern.search(content):
         content = pattern.sub(lambda _: block, content)
     else:

@@ -460,6 +460,29 @@ def test_docs_get_a_table_only_once_one_of_its_stages_has_run(tmp_path):
     assert "<!-- results:best -->" in doc.read_text() and "| mmcl | 1 | 1/1 | 0.800 |" in doc.read_text()
 
 
+
+def test_docs_update_refuses_to_drop_rows_or_seeds_the_docs_quote_unless_asked(tmp_path):
+    from lightning_app.experiments.views import write_views
+
+    doc = tmp_path / "results.md"
+    experiment = toy(tmp_path, SELECTION.replace("    plot: runs\n", f"    plot: false\n    files: [{doc}]\n"))
+    run = {"stage": "cleanclip", "lr": "0.001", "ca_top1": 0.8, "asr": 0.01}
+    both = [{**run, "objective": objective, "seed": seed} for objective in ("mmcl", "mmcl_ssl") for seed in (0, 1)]
+    write_views(experiment, both, update_docs=True)
+    quoted = doc.read_text()
+    assert "| mmcl | 2 |" in quoted and "| mmcl_ssl | 2 |" in quoted
+    fewer = [row for row in both if row["objective"] == "mmcl" or row["seed"] == 0]
+    with pytest.raises(ValueError, match=r"results.md \[best\] mmcl_ssl: n = 2 → 1"):
+        write_views(experiment, fewer, update_docs=True)
+    with pytest.raises(ValueError, match=r"\[best\] mmcl_ssl: n = 2 → 0"):
+        write_views(experiment, [row for row in both if row["objective"] == "mmcl"], update_docs=True)
+    assert doc.read_text() == quoted  # nothing written when refused
+    assert "mmcl_ssl" not in (tmp_path / "runs" / "best.md").read_text()  # RUNS/ is written either way
+    write_views(experiment, both + [{**run, "objective": "mmcl", "seed": 2}], update_docs=True)  # more is fine
+    assert "| mmcl | 3 |" in doc.read_text()
+    write_views(experiment, fewer, update_docs=True, drop_rows=True)
+    assert "| mmcl_ssl | 1 |" in doc.read_text() and "| mmcl | 2 |" in doc.read_text()
+
 UBT_STAGE = TOY.replace("    cost_includes: [craft]", textwrap.indent(textwrap.dedent("""\
     cost_includes: [craft]
   ubt:

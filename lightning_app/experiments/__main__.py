@@ -9,7 +9,8 @@ resumes interrupted ones, then writes RUNS/results.jsonl, the tables (RUNS/<bloc
 plots (RUNS/<block>.png). `--dry-run` prints every run, its
 directory, and whether it would be reused, resumed or run. `--archive` records every run finished here in
 results/NAME.jsonl; `--update-docs` does that and writes the tables into README.md / docs/ (maintainers;
-what a user runs stays in the runs directory). Runs not on this machine are reported from that archive
+what a user runs stays in the runs directory), but not if a block would lose a row it quotes, or seeds of
+one, unless `--drop-rows`. Runs not on this machine are reported from that archive
 while it still matches the experiment (lightning_app.experiments.archive).
 """
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-docs", action="store_true",
                         help="also write the tables into the blocks of README.md / docs/ the file names; implies "
                              "--archive (maintainers)")
+    parser.add_argument("--drop-rows", action="store_true",
+                        help="let --update-docs take out rows (or seeds of rows) the docs quote whose runs are neither "
+                             "here nor archived; without it such an update is refused and names them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     archive = args.archive or args.update_docs  # what the docs quote must be made again elsewhere
@@ -58,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             paths = write_views(experiment, collect(experiment, expand(experiment), archive=archive),
-                                args.update_docs)
+                                args.update_docs, args.drop_rows)
         else:
-            run_experiment(experiment, args.only, args.update_docs, archive)
+            run_experiment(experiment, args.only, args.update_docs, archive, args.drop_rows)
             paths = []
     except (ValueError, RuntimeError) as exn:
         print(f"error: {exn}", file=sys.stderr)

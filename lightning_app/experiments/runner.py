@@ -93,7 +93,7 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
 
 
 def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,
-                   archive: bool = False) -> list[dict]:
+                   archive: bool = False, drop_rows: bool = False) -> list[dict]:
     """Run what is not finished, then write results.jsonl and the views from every finished run (and with
     `archive`, record the runs finished here in the experiment's results archive).
 
@@ -113,7 +113,7 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
                 failed[run.id] = str(exn)
                 log.error("[%s] %s", run.id, exn)
     rows = collect(experiment, runs, archive=archive or update_docs)
-    for path in write_views(experiment, rows, update_docs):
+    for path in write_views(experiment, rows, update_docs, drop_rows):
         log.info("wrote %s", path)
     for run in runs:
         if run.stage.name in experiment.exports and run.run_dir.is_finished():

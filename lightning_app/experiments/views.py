@@ -15,7 +15,7 @@ import matplotlib
 
 from lightning_app.experiments.results import Interval, interval
 from lightning_app.experiments.spec import Experiment, TableSpec, value_name
-from lightning_app.report import write_block
+from lightning_app.report import read_block, write_block
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -317,10 +317,35 @@ def runs_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: 
     return _save_ca_asr(fig, list(axes[0]), f"{experiment.name}: every run ({len(points)})", path)
 
 
-def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = False) -> list[Path]:
-    """Every declared table into RUNS/<block>.md (and, with `update_docs`, its files' blocks, and its
-    plot to `figure`), and its plot."""
-    written = []
+def quoted_rows(text: str, width: int) -> dict[tuple[str, ...], int]:
+    """The rows of the first markdown table in `text`, as written by render_table: each row's key (its
+    first `width` cells) and its n."""
+    rows: dict[tuple[str, ...], int] = {}
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) > width and cells[width].isdigit():
+            rows[tuple(cells[:width])] = int(cells[width])
+    return rows
+
+
+def dropped_rows(quoted: str, rendered: str, width: int) -> list[str]:
+    """The rows a block quotes that a new rendering would lose, or give fewer seeds."""
+    before, after = quoted_rows(quoted, width), quoted_rows(rendered, width)
+    return [f"{' · '.join(key)}: n = {n} → {after.get(key, 0)}" for key, n in before.items() if after.get(key, 0) < n]
+
+
+def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = False,
+                drop_rows: bool = False) -> list[Path]:
+    """Every declared table into RUNS/<block>.md and its plot (and, with `update_docs`, the table into its
+    files' blocks and the plot to `figure`).
+
+    The docs are written only when no block would lose a row it quotes, or seeds of one (their runs are
+    neither here nor archived), unless `drop_rows`; RUNS/ is written either way."""
+    written, docs = [], []
     for table in experiment.tables:
         text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
         compared = comparisons(experiment, table, rows)
@@ -341,13 +366,22 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
                 written.append(plot)
         # a table none of whose stages has run yet stays out of the docs (a header alone says nothing)
         if update_docs and group_rows(experiment, table, rows):
-            figure = Path(table.figure) if table.figure and plot is not None else None
-            if figure is not None:
-                figure.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(plot, figure)
-                written.append(figure)
-            for file in table.files:
-                link = (f"\n\n![{table.block}: CA against ASR]({os.path.relpath(figure, Path(file).parent)})"
-                        if figure is not None else "")
-                write_block(file, table.block, text + link)
+            docs.append((table, text, plot))
+    lost = [f"  {file} [{table.block}] {row}" for table, text, _ in docs for file in table.files
+            for row in dropped_rows(read_block(file, table.block) or "", text, len(table.rows))]
+    if lost and not drop_rows:
+        raise ValueError(f"--update-docs would take rows out of the docs (n = seeds quoted → seeds found here or in "
+                         f"{experiment.archive}):\n" + "\n".join(lost) + "\nMake those runs again (or archive them "
+                         "where they are), or pass --drop-rows to write the tables without them; the tables are in "
+                         f"{experiment.runs}")
+    for table, text, plot in docs:
+        figure = Path(table.figure) if table.figure and plot is not None else None
+        if figure is not None:
+            figure.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(plot, figure)
+            written.append(figure)
+        for file in table.files:
+            link = (f"\n\n![{table.block}: CA against ASR]({os.path.relpath(figure, Path(file).parent)})"
+                    if figure is not None else "")
+            write_block(file, table.block, text + link)
     return written
