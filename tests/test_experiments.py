@@ -557,3 +557,25 @@ def test_report_archives_only_when_asked(tmp_path, monkeypatch):
     assert main(["report", experiment.path]) == 0 and not (tmp_path / "results").exists()
     assert main(["report", experiment.path, "--archive"]) == 0
     assert list(load_archive(tmp_path / "results" / "toy.jsonl")) == [str(attack.run_dir)]
+
+
+def test_archiving_waits_for_another_invocation_archiving_the_same_file(tmp_path):
+    import fcntl
+    import threading
+
+    from lightning_app.experiments.archive import archive_runs, load_archive
+
+    experiment = toy(tmp_path)
+    attack = next(run for run in expand(experiment) if run.id == "attack[attack=badnet]@seed0")
+    _finish(attack, {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": 10.0})
+    archive = Path(experiment.archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with open(archive.with_name(archive.name + ".lock"), "a") as held:  # another invocation is writing
+        fcntl.flock(held, fcntl.LOCK_EX)
+        writer = threading.Thread(target=archive_runs, args=(experiment, [attack]))
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and not archive.exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.join(timeout=10.0)
+    assert not writer.is_alive() and list(load_archive(archive)) == [str(attack.run_dir)]

@@ -16,6 +16,7 @@ summaries are the ones it was made from (else an upstream run was made again sin
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 from pathlib import Path
 from typing import Any
@@ -44,16 +45,22 @@ def load_archive(path: str | Path) -> dict[str, dict[str, Any]]:
 def archive_runs(experiment: Experiment, runs: list[StageRun]) -> Path:
     """Add (or replace) the record of every run that finished here; the records of other runs stay."""
     path = Path(experiment.archive)
-    records = load_archive(path)
-    for run in runs:
-        fingerprint = run.run_dir.path / "stage.json"
-        if run.run_dir.is_finished() and fingerprint.exists():
-            records[str(run.run_dir)] = {"run_dir": str(run.run_dir), "id": run.id,
-                                         "stage": json.loads(fingerprint.read_text()),
-                                         "summary": run.run_dir.summary(),
-                                         "summary_sha256": summary_sha256(str(run.run_dir))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records)))
+    # two invocations (a queue's runs, a report) may archive at once; each reads and rewrites the whole file
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = load_archive(path)
+        for run in runs:
+            fingerprint = run.run_dir.path / "stage.json"
+            if run.run_dir.is_finished() and fingerprint.exists():
+                records[str(run.run_dir)] = {"run_dir": str(run.run_dir), "id": run.id,
+                                             "stage": json.loads(fingerprint.read_text()),
+                                             "summary": run.run_dir.summary(),
+                                             "summary_sha256": summary_sha256(str(run.run_dir))}
+        text = "".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records))
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(text)
+        temporary.replace(path)  # a reader never sees half a file
     return path
 
 
