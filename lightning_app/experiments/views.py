@@ -147,11 +147,27 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
     return "\n".join(lines)
 
 
+def paired_difference(first: list[dict], second: list[dict], field_name: str) -> Interval | None:
+    """The 95% t-interval of the per-seed differences first − second on `field_name`, when each side has one
+    value a seed and at least 3 seeds are shared (runs from the same seed's model differ by less than
+    the models do, which the two sides' own intervals both count)."""
+    def by_seed(group: list[dict]) -> dict[int, float] | None:
+        values = {row["seed"]: row.get(field_name) for row in group}
+        if len(values) != len(group) or any(value is None for value in values.values()):
+            return None
+        return values
+
+    a, b = by_seed(first), by_seed(second)
+    shared = sorted(set(a) & set(b)) if a is not None and b is not None else []
+    return interval([a[seed] - b[seed] for seed in shared]) if len(shared) >= 3 else None
+
+
 def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> list[str]:
     """For each declared pair [A, B] of `compare_axis` values and each row of A, the row of B with the same
     other keys: on each `compare_on` field, whether the seeds' 95% t-intervals separate them (and which
-    way) or not. With fewer than 3 seeds on either side there is no interval to speak of, and no ordering
-    is claimed. Under a selection rule the chosen runs are compared."""
+    way) or not, and, where both sides have a run on the same 3 or more seeds, whether the interval of
+    the per-seed differences excludes 0. With fewer than 3 seeds on either side there is no interval to
+    speak of, and no ordering is claimed. Under a selection rule the chosen runs are compared."""
     if not table.compare:
         return []
     groups = group_rows(experiment, table, rows)
@@ -181,6 +197,12 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
                     verdict = f"{'lower' if a.mean < b.mean else 'higher'}, separated"
                 else:
                     verdict = "not separated"
+                difference = paired_difference(group, other, field_name)
+                if difference is not None:
+                    excluded = difference.high < 0 or difference.low > 0
+                    verdict += (f"; paired by seed, the difference {difference.format()} (n = {difference.n}): "
+                                + (f"{'lower' if difference.mean < 0 else 'higher'}, its interval excludes 0"
+                                   if excluded else "its interval includes 0"))
                 name_a, name_b = ((experiment.stages[first].label, experiment.stages[second].label)
                                   if table.compare_axis == "stage" else (first, second))
                 lines.append(f"- {context + ': ' if context else ''}{column_name(field_name, experiment, table)} of "
@@ -222,7 +244,8 @@ def table_note(experiment: Experiment, table: TableSpec) -> str:
     note = (f"Written by `python -m lightning_app.experiments run {experiment.path}` from the runs' summary.json "
             f"(`results.jsonl` beside them; runs made on another machine from their records in `{experiment.archive}`): "
             "each cell is the mean over n seeds ± the 95% t-interval's half-width "
-            "(n ≥ 3), or [min–max] for n = 2. Two rows are ordered only where their intervals do not overlap.")
+            "(n ≥ 3), or [min–max] for n = 2. Two rows are ordered only where their intervals do not overlap, or "
+            "where they ran on the same seeds and the interval of their per-seed difference excludes 0.")
     if table.reference and "cost" in table.columns:
         note += (f" Cost: wall time (with the stages each one needs, e.g. ABD's crafting) over "
                  f"{experiment.stages[table.reference].label}'s in the same seed.")
@@ -350,7 +373,8 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
         text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
         compared = comparisons(experiment, table, rows)
         if compared:
-            text += "\n\nOrderings (the first against the second, 95% intervals over seeds):\n\n" + "\n".join(compared)
+            text += ("\n\nOrderings (the first against the second, 95% intervals over seeds; where both sides ran on the "
+                     "same seeds, also the 95% interval of their per-seed difference):\n\n" + "\n".join(compared))
         detection = model_detection(experiment, table, rows)
         if detection:
             text += "\n\n" + "\n".join(detection)
