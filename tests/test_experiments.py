@@ -593,3 +593,23 @@ def test_archiving_waits_for_another_invocation_archiving_the_same_file(tmp_path
         fcntl.flock(held, fcntl.LOCK_UN)
     writer.join(timeout=10.0)
     assert not writer.is_alive() and list(load_archive(archive)) == [str(attack.run_dir)]
+
+
+def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path):
+    import shutil
+
+    from lightning_app.experiments.archive import Summaries, archive_runs
+
+    experiment = toy(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    for seed, wall_time in [(0, 600.0), (1, 1200.0)]:
+        _finish(runs[f"attack[attack=badnet]@seed{seed}"], {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": wall_time})
+    archive_runs(experiment, list(runs.values()))
+    shutil.rmtree(runs["attack[attack=badnet]@seed1"].run_dir.path)  # made elsewhere: its record is in the archive
+    experiment.seeds = [2]
+    assert runner.wall_time_elsewhere(next(r for r in expand(experiment) if r.id == "attack[attack=badnet]@seed2"),
+                                      Summaries(experiment)) == 900.0
+    last = runner.plan(experiment).splitlines()[-1]
+    to_run = sum(1 for line in runner.plan(experiment).splitlines() if line.startswith("run "))
+    assert last == (f"to run or resume: {to_run} runs, about 15 min of fitting (each the median wall time of the same "
+                    f"run at other seeds, here or archived), and {to_run - 1} with no finished seed to tell")

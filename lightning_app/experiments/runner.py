@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import statistics
 from pathlib import Path
 
 from lightning_app.experiments.archive import Summaries
@@ -81,15 +82,47 @@ def status(run: StageRun) -> str:
 def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     lines = []
     summaries = Summaries(experiment)
+    to_run, estimates = 0, []
     for run in select(expand(experiment), only):
         waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
-        line = f"{status(run):<10} {run.id:<45} {run.run_dir}  ({run.config})"
+        state = status(run)
+        line = f"{state:<10} {run.id:<45} {run.run_dir}  ({run.config})"
         if waits:
             line += f"  after {', '.join(sorted(waits))}"
         if summaries.source(run) == "archive":
             line += f"  (reported from {experiment.archive} until then)"
         lines.append(line)
+        if state in ("run", "resume"):
+            to_run += 1
+            estimate = wall_time_elsewhere(run, summaries)
+            if estimate is not None:
+                estimates.append(estimate)
+    if to_run:
+        unknown = to_run - len(estimates)
+        lines.append(f"to run or resume: {to_run} runs, about {_duration(sum(estimates))} of fitting (each the median "
+                     "wall time of the same run at other seeds, here or archived)"
+                     + (f", and {unknown} with no finished seed to tell" if unknown else ""))
     return "\n".join(lines)
+
+
+def wall_time_elsewhere(run: StageRun, summaries: Summaries) -> float | None:
+    """The median wall time of the same run (stage and axis values) finished at other seeds, from the run
+    directories beside its own (runs/STAGE/AXES/seedN) and the archive's records of them."""
+    times = {}
+    for other in run.run_dir.path.parent.glob("seed*/summary.json"):
+        times[str(other.parent)] = json.loads(other.read_text()).get("wall_time_s")
+    parent = str(run.run_dir.path.parent)
+    for key, record in summaries.records.items():
+        if str(Path(key).parent) == parent and key not in times:
+            times[key] = record["summary"].get("wall_time_s")
+    times.pop(str(run.run_dir.path), None)
+    values = [float(t) for t in times.values() if t is not None]
+    return statistics.median(values) if values else None
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,
