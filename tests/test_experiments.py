@@ -613,3 +613,8 @@ def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path)
     to_run = sum(1 for line in runner.plan(experiment).splitlines() if line.startswith("run "))
     assert last == (f"to run or resume: {to_run} runs, about 15 min of fitting (each the median wall time of the same "
                     f"run at other seeds, here or archived), and {to_run - 1} with no finished seed to tell")
+    experiment.seeds = [0]
+    shutil.rmtree(tmp_path / "runs")
+    experiment.archive = str(tmp_path / "none.jsonl")
+    assert runner.plan(experiment).splitlines()[-1] == \
+        f"to run or resume: {to_run} runs, none finished at another seed to estimate its time from"

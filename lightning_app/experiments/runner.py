@@ -99,9 +99,12 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
                 estimates.append(estimate)
     if to_run:
         unknown = to_run - len(estimates)
-        lines.append(f"to run or resume: {to_run} runs, about {_duration(sum(estimates))} of fitting (each the median "
-                     "wall time of the same run at other seeds, here or archived)"
-                     + (f", and {unknown} with no finished seed to tell" if unknown else ""))
+        if not estimates:
+            lines.append(f"to run or resume: {to_run} runs, none finished at another seed to estimate its time from")
+        else:
+            lines.append(f"to run or resume: {to_run} runs, about {_duration(sum(estimates))} of fitting (each the median "
+                         "wall time of the same run at other seeds, here or archived)"
+                         + (f", and {unknown} with no finished seed to tell" if unknown else ""))
     return "\n".join(lines)
 
 
