@@ -1,16 +1,16 @@
 """Run a study from its experiment file, from the repository root:
 
     python -m lightning_app.experiments run experiments/defenses.yaml [--dry-run] [--only STAGE...]
-        [--seeds N...] [--where AXIS=VALUE[,VALUE...]...]   (the tables then cover those runs; `report` covers all)
-    python -m lightning_app.experiments report experiments/defenses.yaml     # views only, no training
+        [--seeds N...] [--where AXIS=VALUE[,VALUE...]...]   (the tables then cover those runs only)
+    python -m lightning_app.experiments report experiments/defenses.yaml [--seeds ...] [--where ...]   # no training
 
 `run` trains what is not finished (one run at a time, each in its own process), reuses finished runs,
 resumes interrupted ones, then writes RUNS/results.jsonl, the tables (RUNS/<block>.md) and the CA-vs-ASR
-plots (RUNS/<block>.png). `--dry-run` prints every run, its
-directory, and whether it would be reused, resumed or run, and estimates the time of what would run. `--archive` records every run finished here in
-results/NAME.jsonl; `--update-docs` does that and writes the tables into README.md / docs/ (maintainers;
-what a user runs stays in the runs directory), but not if a block would lose a row it quotes, or seeds of
-one, unless `--drop-rows`. Runs not on this machine are reported from that archive
+plots (RUNS/<block>.png). `--dry-run` prints every run, its directory, whether it would be reused,
+resumed or run, and an estimate of the time the rest takes. `--archive` records every run finished here
+in results/NAME.jsonl; `--update-docs` does that and writes the tables into README.md / docs/
+(maintainers; what a user runs stays in the runs directory), but not if a block would lose a row it
+quotes, or seeds of one, unless `--drop-rows`. Runs not on this machine are reported from that archive
 while it still matches the experiment (lightning_app.experiments.archive).
 """
 
