@@ -223,7 +223,8 @@ def test_a_chain_runs_once_and_a_second_invocation_reuses_it(tmp_path, small_ben
     assert ft.run_dir.summary()["before"]["asr"] == pytest.approx(attack.run_dir.summary()["asr"], abs=0.02)
     results = [json.loads(line) for line in (Path(experiment.runs) / "results.jsonl").read_text().splitlines()]
     assert [r["run_dir"] for r in results] == [str(attack.run_dir), str(ft.run_dir)]
-    assert results[1]["ca_change"] == pytest.approx(results[1]["ca_top1"] - results[1]["before_ca_top1"])
+    assert results[1]["input_ca_top1"] == attack.run_dir.summary()["ca_top1"]
+    assert results[1]["ca_change"] == pytest.approx(results[1]["ca_top1"] - results[1]["input_ca_top1"])
     assert (Path(experiment.runs) / "chain.md").exists() and (Path(experiment.runs) / "chain.png").exists()
 
     stamp = ft.run_dir.summary_path.stat().st_mtime_ns
@@ -618,3 +619,22 @@ def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path)
     experiment.archive = str(tmp_path / "none.jsonl")
     assert runner.plan(experiment).splitlines()[-1] == \
         f"to run or resume: {to_run} runs, none finished at another seed to estimate its time from"
+
+
+def test_the_ca_change_is_from_the_model_a_run_was_given_not_from_its_step_0(tmp_path):
+    from lightning_app.experiments.archive import Summaries
+    from lightning_app.experiments.results import result_row
+
+    experiment = toy(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    attack, cleanclip = runs["attack[attack=badnet]@seed0"], runs["cleanclip[attack=badnet,lr=0.001]@seed0"]
+    _finish(attack, {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": 10.0})
+    # shrink-and-perturb on loading: the model at step 0 is worse than the poisoned model it was given
+    _finish(cleanclip, {"ca_top1": 0.8, "asr": 0.01, "wall_time_s": 10.0, "before": {"ca_top1": 0.6, "asr": 0.5}})
+    summaries = Summaries(experiment)
+    row = result_row(experiment, cleanclip, summaries)
+    assert (row["input_ca_top1"], row["input_asr"]) == (0.9, 0.98)
+    assert (row["before_ca_top1"], row["before_asr"]) == (0.6, 0.5)
+    assert row["ca_change"] == pytest.approx(-0.1)
+    first = result_row(experiment, attack, summaries)  # a stage with no `from`: from its step 0, if it has one
+    assert first["input_ca_top1"] is None and "ca_change" not in first

@@ -1,7 +1,8 @@
 """Results as data first: one long-form row per finished run, and the seeds' intervals over them.
 
-A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the incoming model's CA/ASR
-(`before_*`) and the CA change from it (`ca_change`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), the oracle finder's finding (`oracle_*`), UBT's set rule (`set_*`), SafeCLIP's last split (`safeclip_*`), RoCLIP's swap sources (`roclip_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
+A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the CA/ASR of the model at the
+run's step 0 (`before_*`: after what loading does, e.g. shrink-and-perturb) and of the model it was given
+(`input_*`: its `from` stage's summary), the CA change from the latter (`ca_change`), per-trigger ASR of a multi-trigger attack (`asr_<part>`), a trigger inversion's mask size (`inversion_*`), the oracle finder's finding (`oracle_*`), UBT's set rule (`set_*`), SafeCLIP's last split (`safeclip_*`), RoCLIP's swap sources (`roclip_*`), steps, wall time, cost (its wall time plus that of the stages in its `cost_includes`),
 detection metrics where the run has them, its run directory, and where its summary came from (`source`:
 the run directory, or the results archive when the directory is not on this machine). `RUNS/results.jsonl` holds every
 finished run of the experiment.
@@ -31,11 +32,15 @@ def result_row(experiment: Experiment, run: StageRun, summaries: Summaries) -> d
     row: dict[str, Any] = {"experiment": experiment.name, "stage": run.stage.name, "label": run.stage.label,
                            "seed": run.seed, "source": summaries.source(run)}
     row.update({key: summary.get(key) for key in SUMMARY_FIELDS})
-    before = summary.get("before") or {}
+    before = summary.get("before") or {}  # the model at the run's step 0, after what loading does to it
     row["before_ca_top1"], row["before_asr"] = before.get("ca_top1"), before.get("asr")
-    if row["ca_top1"] is not None and row["before_ca_top1"] is not None:
-        # what a defense cost in CA, fair between poisoned models that start at different CA
-        row["ca_change"] = row["ca_top1"] - row["before_ca_top1"]
+    given = summaries.get(run.deps[run.stage.parent]) if run.stage.parent else None
+    row["input_ca_top1"], row["input_asr"] = (given.get("ca_top1"), given.get("asr")) if given else (None, None)
+    # what a defense cost in CA, fair between poisoned models that start at different CA: from the model it
+    # was given, so that a change made on loading (shrink-and-perturb's) counts as the defense's
+    start = row["input_ca_top1"] if row["input_ca_top1"] is not None else row["before_ca_top1"]
+    if row["ca_top1"] is not None and start is not None:
+        row["ca_change"] = row["ca_top1"] - start
     row["trigger"] = attack_name(summary)
     row["cost_s"] = summary.get("wall_time_s")
     for name in run.stage.cost_includes:

@@ -57,6 +57,7 @@ TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note"
 SELECT_KEYS = {"maximise", "where", "at_most"}
 DETECTOR_KEYS = {"score", "clean", "poisoned_when"}
 RESERVED = {"experiment", "stage", "label", "seed", "run_dir", "trigger", "cost_s", "before_ca_top1", "before_asr", "ca_change",
+            "input_ca_top1", "input_asr",
             "ca_top1", "ca_top5", "asr", "steps", "wall_time_s", "poison_count", "target", "module", "source"}
 REFERENCE = re.compile(r"\{([A-Za-z_][\w-]*)\.(run_dir|checkpoint|trigger_dir)\}")
 CONFIG_REFERENCE = re.compile(r"^\{([A-Za-z_][\w-]*)\.config:([\w.]+)\}$")

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5", "asr": "ASR", "before_ca_top1": "CA before", "ca_change": "CA change",
+                "input_ca_top1": "input CA", "input_asr": "input ASR",
                 "before_asr": "ASR before", "steps": "steps", "wall_time_s": "wall time (s)", "cost_s": "cost (s)",
                 "poison_count": "poisoned pairs", "inversion_mask_fraction": "inverted mask (fraction of image)",
                 "inversion_mask_l1": "inverted mask L1 (px)", "oracle_victim_label": "victim label found",
