@@ -609,7 +609,7 @@ def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path)
     shutil.rmtree(runs["attack[attack=badnet]@seed1"].run_dir.path)  # made elsewhere: its record is in the archive
     experiment.seeds = [2]
     assert runner.wall_time_elsewhere(next(r for r in expand(experiment) if r.id == "attack[attack=badnet]@seed2"),
-                                      Summaries(experiment)) == 900.0
+                                      runner.archived_wall_times(Summaries(experiment))) == 900.0
     last = runner.plan(experiment).splitlines()[-1]
     to_run = sum(1 for line in runner.plan(experiment).splitlines() if line.startswith("run "))
     assert last == (f"to run or resume: {to_run} runs, about 15 min of fitting (each the median wall time of the same "

@@ -82,7 +82,7 @@ def status(run: StageRun) -> str:
 def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     lines = []
     summaries = Summaries(experiment)
-    to_run, estimates = 0, []
+    to_run, estimates, archived = 0, [], archived_wall_times(summaries)
     for run in select(expand(experiment), only):
         waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
         state = status(run)
@@ -94,7 +94,7 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
         lines.append(line)
         if state in ("run", "resume"):
             to_run += 1
-            estimate = wall_time_elsewhere(run, summaries)
+            estimate = wall_time_elsewhere(run, archived)
             if estimate is not None:
                 estimates.append(estimate)
     if to_run:
@@ -108,19 +108,23 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def wall_time_elsewhere(run: StageRun, summaries: Summaries) -> float | None:
+def wall_time_elsewhere(run: StageRun, archived: dict[str, dict[str, float | None]]) -> float | None:
     """The median wall time of the same run (stage and axis values) finished at other seeds, from the run
-    directories beside its own (runs/STAGE/AXES/seedN) and the archive's records of them."""
-    times = {}
+    directories beside its own (runs/STAGE/AXES/seedN) and the archive's records of them (`archived`:
+    each record's wall time by its parent directory, then its run directory)."""
+    times = dict(archived.get(str(run.run_dir.path.parent), {}))
     for other in run.run_dir.path.parent.glob("seed*/summary.json"):
         times[str(other.parent)] = json.loads(other.read_text()).get("wall_time_s")
-    parent = str(run.run_dir.path.parent)
-    for key, record in summaries.records.items():
-        if str(Path(key).parent) == parent and key not in times:
-            times[key] = record["summary"].get("wall_time_s")
     times.pop(str(run.run_dir.path), None)
     values = [float(t) for t in times.values() if t is not None]
     return statistics.median(values) if values else None
+
+
+def archived_wall_times(summaries: Summaries) -> dict[str, dict[str, float | None]]:
+    archived: dict[str, dict[str, float | None]] = {}
+    for key, record in summaries.records.items():
+        archived.setdefault(str(Path(key).parent), {})[key] = record["summary"].get("wall_time_s")
+    return archived
 
 
 def _duration(seconds: float) -> str:
