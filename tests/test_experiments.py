@@ -596,6 +596,36 @@ def test_archiving_waits_for_another_invocation_archiving_the_same_file(tmp_path
     assert not writer.is_alive() and list(load_archive(archive)) == [str(attack.run_dir)]
 
 
+def test_each_run_is_archived_as_it_finishes_not_when_the_invocation_ends(tmp_path, monkeypatch):
+    from lightning_app.experiments.archive import load_archive
+
+    experiment = toy(tmp_path)
+    experiment.seeds = [0]
+    runs = {str(run.run_dir): run for run in expand(experiment)}
+    finished = []
+
+    def fake_run_stage(stage):
+        if len(finished) == 2:
+            raise KeyboardInterrupt  # the machine goes away during the third run
+        _finish(runs[stage.run_dir], {"ca_top1": 0.9, "asr": 0.5, "wall_time_s": 1.0})
+        finished.append(stage.run_dir)
+
+    monkeypatch.setattr(runner, "LOCK", tmp_path / "lock")
+    monkeypatch.setattr(runner, "run_stage", fake_run_stage)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(experiment, archive=True)
+    assert sorted(load_archive(experiment.archive)) == sorted(finished) and len(finished) == 2
+
+    (tmp_path / "other").mkdir()
+    unasked = toy(tmp_path / "other")
+    unasked.seeds = [0]
+    runs.update({str(run.run_dir): run for run in expand(unasked)})
+    finished.clear()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(unasked, archive=False)
+    assert len(finished) == 2 and not Path(unasked.archive).exists()  # only when asked
+
+
 def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path):
     import shutil
 

@@ -7,7 +7,7 @@
 `run` trains what is not finished (one run at a time, each in its own process), reuses finished runs,
 resumes interrupted ones, then writes RUNS/results.jsonl, the tables (RUNS/<block>.md) and the CA-vs-ASR
 plots (RUNS/<block>.png). `--dry-run` prints every run, its directory, whether it would be reused,
-resumed or run, and an estimate of the time the rest takes. `--archive` records every run finished here
+resumed or run, and an estimate of the time the rest takes. `--archive` records each run as it finishes
 in results/NAME.jsonl; `--update-docs` does that and writes the tables into README.md / docs/
 (maintainers; what a user runs stays in the runs directory), but not if a block would lose a row it
 quotes, or seeds of one, unless `--drop-rows`. Runs not on this machine are reported from that archive

@@ -5,7 +5,7 @@ Run directories hold checkpoints and stay on the machine that made them; an arch
 kilobytes and travels with the code, so the tables README.md and docs/ quote can be made again on any
 checkout (`python -m lightning_app.experiments report experiments/NAME.yaml`), and every quoted number
 stays traceable to the run that measured it. `--archive` (and `--update-docs`, which implies it) records
-every run finished here.
+each run as it finishes here (and, at the end, every finished run it reports).
 
 A report takes a run's summary from its own directory when the run finished there, and from its
 archived record otherwise, but only while the record still describes the run the experiment asks for:

@@ -16,7 +16,7 @@ import os
 import statistics
 from pathlib import Path
 
-from lightning_app.experiments.archive import Summaries
+from lightning_app.experiments.archive import Summaries, archive_runs
 from lightning_app.experiments.results import collect
 from lightning_app.experiments.spec import Experiment, StageRun, expand, pipeline_stage
 from lightning_app.experiments.views import write_views
@@ -135,7 +135,7 @@ def _duration(seconds: float) -> str:
 def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,
                    archive: bool = False, drop_rows: bool = False) -> list[dict]:
     """Run what is not finished, then write results.jsonl and the views from every finished run (and with
-    `archive`, record the runs finished here in the experiment's results archive).
+    `archive`, record each run in the experiment's results archive as it finishes).
 
     A failed run is reported and its dependants skipped; the others go on. Raises at the end if any failed."""
     runs = expand(experiment)
@@ -152,6 +152,11 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
             except (RuntimeError, ValueError) as exn:
                 failed[run.id] = str(exn)
                 log.error("[%s] %s", run.id, exn)
+                continue
+            if archive or update_docs:
+                # each run as it finishes: an invocation can take hours, and a machine that is lost in them
+                # keeps what the archive holds
+                archive_runs(experiment, [run])
     rows = collect(experiment, runs, archive=archive or update_docs)
     for path in write_views(experiment, rows, update_docs, drop_rows):
         log.info("wrote %s", path)
