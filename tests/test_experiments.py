@@ -394,7 +394,7 @@ tables:
   - block: best
     stages: [ft, cleanclip]
     rows: [objective]
-    columns: [found, ca_top1, asr, selected]
+    columns: [found, ca_top1, asr, selected, candidates]
     select: {{maximise: ca_top1, where: asr, at_most: 0.05}}
     compare: [[mmcl, mmcl_ssl]]
     compare_axis: objective
@@ -421,12 +421,16 @@ def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says
             rows.append({"stage": stage, "objective": "mmcl_ssl", "lr": lr, "seed": seed, "ca_top1": 0.5, "asr": asr})
     lines = render_table(experiment, table, rows).splitlines()
     assert "seeds with ASR ≤ 0.05" in lines[0] and "chosen run" in lines[0]
-    assert lines[2].startswith("| mmcl | 3 | 3/3 | 0.860 ± ") and lines[2].endswith("| cleanclip · lr 0.002 |")
-    assert lines[3].startswith("| mmcl_ssl | 1 | 1/3 | 0.500 | 0.030 |")
+    assert "runs chosen from (per seed)" in lines[0]
+    assert lines[2].startswith("| mmcl | 3 | 3/3 | 0.860 ± ") and lines[2].endswith("| cleanclip · lr 0.002 | 3 |")
+    assert lines[3].startswith("| mmcl_ssl | 1 | 1/3 | 0.500 | 0.030 |") and lines[3].endswith("| 2 |")
+    # a seed whose grid has not finished: its choice is among fewer runs, which the row says
+    unfinished = [r for r in rows if not (r["seed"] == 2 and r["objective"] == "mmcl" and r["lr"] == "0.002")]
+    assert render_table(experiment, table, unfinished).splitlines()[2].endswith("| 2–3 |")
     assert comparisons(experiment, table, rows) == [
         "- CA top-1 of mmcl 0.860 ± 0.025 vs mmcl_ssl 0.500 (n = 3, 1): fewer than 3 seeds: no ordering claimed"]
     none = [r for r in rows if not (r["objective"] == "mmcl_ssl" and r["asr"] < 0.05)]
-    assert render_table(experiment, table, none).splitlines()[3] == "| mmcl_ssl | 0 | 0/3 | – | – | none |"
+    assert render_table(experiment, table, none).splitlines()[3] == "| mmcl_ssl | 0 | 0/3 | – | – | none | 1–2 |"
     assert comparisons(experiment, table, none)[0] == ("- mmcl_ssl has no run meeting the rule in any seed: no ordering claimed")
     only_low_lr = toy(tmp_path, SELECTION.replace("    plot: runs\n", "    plot: runs\n    where: {{lr: [1.0e-3]}}\n"))
     assert render_table(experiment, only_low_lr.tables[0], rows).splitlines()[2].startswith("| mmcl | 3 | 3/3 | 0.810 ± ")

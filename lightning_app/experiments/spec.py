@@ -144,7 +144,8 @@ class TableSpec:
     select: dict[str, Any] | None = None
     """A selection rule (Verma et al.'s): per row and seed, only the run with the highest `maximise`
     among those with `where` ≤ `at_most`, e.g. {maximise: ca_top1, where: asr, at_most: 0.05}. Columns
-    `found` (seeds where some run qualifies) and `selected` (which run it was) describe the choice."""
+    `found` (seeds where some run qualifies), `candidates` (how many finished runs each seed's choice was
+    made among) and `selected` (which run it was) describe the choice."""
     detector: dict[str, str] | None = None
     """A result field read as a model-level detector: {score: FIELD, clean: STAGE, poisoned_when: lower|higher};
     the table adds, for each row of another stage and for all of them together, the AUROC of `score`

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ COLUMN_NAMES = {"trigger": "attack", "ca_top1": "CA top-1", "ca_top5": "CA top-5
                 "safeclip_first_safe_pairs": "pairs on the CLIP loss (first split)",
                 "safeclip_first_poisoned_in_safe": "poisoned among them (first split)",
                 "safeclip_scoring_s_total": "SafeCLIP's scoring passes (s)",
-                "roclip_poisoned_swapped_to_poisoned": "poisoned images swapped to a poisoned caption", "selected": "chosen run", "set_m": "pairs unlearned",
+                "roclip_poisoned_swapped_to_poisoned": "poisoned images swapped to a poisoned caption", "selected": "chosen run", "candidates": "runs chosen from (per seed)", "set_m": "pairs unlearned",
                 "set_true_purity": "their share poisoned", "set_estimated_purity": "estimated purity", "set_guard": "guard",
                 "cohesion_triggered": "triggered images' mean cosine", "cohesion_clean": "clean images' mean cosine",
                 "excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them",
@@ -121,6 +121,9 @@ def cell(experiment: Experiment, table: TableSpec, column: str, group: list[dict
     Under a selection rule `group` is the chosen runs and `pool` every run they were chosen from."""
     if column == "found":
         return f"{len(group)}/{len({r['seed'] for r in pool or group})}"
+    if column == "candidates":  # a seed whose grid is not finished was chosen from fewer runs: say so
+        per_seed = Counter(r["seed"] for r in pool or group).values()
+        return f"{min(per_seed)}" if min(per_seed) == max(per_seed) else f"{min(per_seed)}–{max(per_seed)}"
     if column == "selected":
         return " / ".join(sorted({run_name(experiment, table, r) for r in group})) or "none"
     if column == "cost":
