@@ -444,6 +444,22 @@ def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says
         toy(tmp_path, SELECTION.replace("[[mmcl, mmcl_ssl]]", "[[mmcl, siglip]]"))
 
 
+def test_a_comparison_names_the_stage_by_its_label_and_its_settings_by_their_axis(tmp_path):
+    from lightning_app.experiments.views import comparisons
+
+    per_setting = SELECTION.replace("  cleanclip: {{config: configs/embedded/cleanclip.yaml, from: pretrain}}",
+                                    "  cleanclip: {{config: configs/embedded/cleanclip.yaml, from: pretrain, label: CleanCLIP}}")
+    per_setting = per_setting.replace("    rows: [objective]\n    columns: [found, ca_top1, asr, selected, candidates]\n"
+                                      "    select: {{maximise: ca_top1, where: asr, at_most: 0.05}}\n",
+                                      "    rows: [stage, objective, lr]\n    columns: [asr]\n")
+    per_setting = per_setting.replace("compare_on: [ca_top1]", "compare_on: [asr]")
+    experiment = toy(tmp_path, per_setting)
+    rows = [{"stage": "cleanclip", "objective": objective, "lr": "0.002", "seed": seed, "asr": asr + seed / 100}
+            for seed in range(3) for objective, asr in [("mmcl", 0.01), ("mmcl_ssl", 0.30)]]
+    assert comparisons(experiment, experiment.tables[0], rows)[0].startswith(
+        "- CleanCLIP · lr 0.002: ASR of mmcl 0.020 ± 0.025 vs mmcl_ssl 0.310 ± 0.025 (n = 3, 3): lower, separated")
+
+
 def test_the_docs_get_the_runs_plot_as_a_figure_linked_from_each_block(tmp_path):
     from lightning_app.experiments.views import plot_panels, write_views
 

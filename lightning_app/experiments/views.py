@@ -166,6 +166,19 @@ def paired_difference(first: list[dict], second: list[dict], field_name: str) ->
     return interval([a[seed] - b[seed] for seed in shared]) if len(shared) >= 3 else None
 
 
+def comparison_context(experiment: Experiment, table: TableSpec, key: tuple, at: int) -> str:
+    """What a compared pair shares, e.g. "hard · mmcl" or "hard · CleanCLIP · cleaning lr5e-4": the stage by
+    its label, and the axes after it (settings of that stage) by name, which a bare value would not say."""
+    after_stage = table.rows.index("stage") if "stage" in table.rows else len(table.rows)
+    parts = []
+    for i, (name, value) in enumerate(zip(table.rows, key)):
+        if i == at or value == "–":
+            continue
+        parts.append(experiment.stages[value].label if name == "stage"
+                     else f"{name} {value}" if i > after_stage else str(value))
+    return " · ".join(parts)
+
+
 def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> list[str]:
     """For each declared pair [A, B] of `compare_axis` values and each row of A, the row of B with the same
     other keys: on each `compare_on` field, whether the seeds' 95% t-intervals separate them (and which
@@ -186,7 +199,7 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
             other = groups.get(key[:at] + (second,) + key[at + 1:])
             if other is None:
                 continue
-            context = " · ".join(str(v) for i, v in enumerate(key) if i != at)
+            context = comparison_context(experiment, table, key, at)
             if table.select and (not group or not other):
                 lines.append(f"- {context + ': ' if context else ''}{second if group else first} has no run "
                              "meeting the rule in any seed: no ordering claimed")
