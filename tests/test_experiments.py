@@ -297,8 +297,10 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
     lines = comparisons(experiment, experiment.tables[0], rows)
     assert len(lines) == 2
     assert lines[0].startswith("- badnet: ASR of abd 0.110 ± ") and "(n = 3, 3): lower, separated;" in lines[0]
-    assert lines[0].endswith("paired by seed, the difference -0.400 ± 0.000 (n = 3): lower, its interval excludes 0")
+    assert lines[0].endswith("paired by seed, the difference -0.400 ± 0.000 (n = 3; lower on 3, higher on 0): lower, "
+                             "its interval excludes 0")
     assert "not separated; paired" in lines[1] and lines[1].endswith("its interval includes 0")  # CA 0.80-0.99 vs 0.9
+    assert "(n = 3; lower on 1, higher on 1)" in lines[1]  # 0.90 against 0.9 is neither
     two_seeds = [r for r in rows if r["seed"] < 2]
     assert all(line.endswith("no ordering claimed") for line in comparisons(experiment, experiment.tables[0], two_seeds))
     # the poisoned model of each seed sets most of both defenses' ASR: the sides' intervals overlap, while
@@ -309,8 +311,8 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
         else:
             row["asr"] = [0.06, 0.44, 0.86][row["seed"]]
     asr = comparisons(experiment, experiment.tables[0], rows)[0]
-    assert "(n = 3, 3): not separated; paired by seed, the difference -0.047 ± 0.029 (n = 3): lower, its interval " \
-           "excludes 0" in asr
+    assert "(n = 3, 3): not separated; paired by seed, the difference -0.047 ± 0.029 (n = 3; lower on 3, higher on 0): " \
+           "lower, its interval excludes 0" in asr
     shared_two = [r for r in rows if not (r["stage"] == "abd" and r["seed"] == 2)] + \
         [{"stage": "abd", "attack": "badnet", "seed": 3, "asr": 0.5, "ca_top1": 0.9}]
     assert "paired" not in comparisons(experiment, experiment.tables[0], shared_two)[0]  # 2 seeds in common

@@ -151,10 +151,10 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
     return "\n".join(lines)
 
 
-def paired_difference(first: list[dict], second: list[dict], field_name: str) -> Interval | None:
-    """The 95% t-interval of the per-seed differences first − second on `field_name`, when each side has one
-    value a seed and at least 3 seeds are shared (runs from the same seed's model differ by less than
-    the models do, which the two sides' own intervals both count)."""
+def paired_differences(first: list[dict], second: list[dict], field_name: str) -> list[float] | None:
+    """The per-seed differences first − second on `field_name`, when each side has one value a seed and at
+    least 3 seeds are shared (runs from the same seed's model differ by less than the models do, which
+    the two sides' own intervals both count)."""
     def by_seed(group: list[dict]) -> dict[int, float] | None:
         values = {row["seed"]: row.get(field_name) for row in group}
         if len(values) != len(group) or any(value is None for value in values.values()):
@@ -163,7 +163,7 @@ def paired_difference(first: list[dict], second: list[dict], field_name: str) ->
 
     a, b = by_seed(first), by_seed(second)
     shared = sorted(set(a) & set(b)) if a is not None and b is not None else []
-    return interval([a[seed] - b[seed] for seed in shared]) if len(shared) >= 3 else None
+    return [a[seed] - b[seed] for seed in shared] if len(shared) >= 3 else None
 
 
 def comparison_context(experiment: Experiment, table: TableSpec, key: tuple, at: int) -> str:
@@ -183,8 +183,9 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
     """For each declared pair [A, B] of `compare_axis` values and each row of A, the row of B with the same
     other keys: on each `compare_on` field, whether the seeds' 95% t-intervals separate them (and which
     way) or not, and, where both sides have a run on the same 3 or more seeds, whether the interval of
-    the per-seed differences excludes 0. With fewer than 3 seeds on either side there is no interval to
-    speak of, and no ordering is claimed. Under a selection rule the chosen runs are compared."""
+    the per-seed differences excludes 0 (and on how many seeds A is lower, and higher). With fewer than 3
+    seeds on either side there is no interval to speak of, and no ordering is claimed. Under a selection
+    rule the chosen runs are compared."""
     if not table.compare:
         return []
     groups = group_rows(experiment, table, rows)
@@ -214,10 +215,14 @@ def comparisons(experiment: Experiment, table: TableSpec, rows: list[dict]) -> l
                     verdict = f"{'lower' if a.mean < b.mean else 'higher'}, separated"
                 else:
                     verdict = "not separated"
-                difference = paired_difference(group, other, field_name)
-                if difference is not None:
+                differences = paired_differences(group, other, field_name)
+                if differences is not None:
+                    difference = interval(differences)
                     excluded = difference.high < 0 or difference.low > 0
-                    verdict += (f"; paired by seed, the difference {difference.format()} (n = {difference.n}): "
+                    # the direction seed by seed, which an interval over 3 seeds can hide
+                    lower, higher = sum(d < 0 for d in differences), sum(d > 0 for d in differences)
+                    verdict += (f"; paired by seed, the difference {difference.format()} (n = {difference.n}; lower on "
+                                f"{lower}, higher on {higher}): "
                                 + (f"{'lower' if difference.mean < 0 else 'higher'}, its interval excludes 0"
                                    if excluded else "its interval includes 0"))
                 name_a, name_b = ((experiment.stages[first].label, experiment.stages[second].label)
