@@ -41,18 +41,28 @@ _LEXNAMES = (
 _SYNTACTIC_CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 
 
+def _replace_atomically(target: Path, write) -> None:
+    """Writes `target` through a file beside it, so that another process never opens it half written."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    write(partial)
+    os.replace(partial, target)
+
+
 def _debian_wordnet_dir() -> Path:
     """An NLTK data folder (`corpora/wordnet/`) holding copies of Debian's database files (NLTK refuses
-    symlinks that leave a corpus root) plus a `lexnames` file."""
+    symlinks that leave a corpus root) plus a `lexnames` file. Several processes may build it at once."""
     data_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip-backdoor-toolkit" / "nltk_data"
     cache = data_root / "corpora" / "wordnet"
     cache.mkdir(parents=True, exist_ok=True)
     for source in DEBIAN_WORDNET.iterdir():
         target = cache / source.name
         if source.is_file() and not target.exists():
-            shutil.copyfile(source, target)
+            _replace_atomically(target, lambda path, source=source: shutil.copyfile(source, path))
     lines = [f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}" for i, name in enumerate(_LEXNAMES)]
-    (cache / "lexnames").write_text("\n".join(lines) + "\n")
+    lexnames = "\n".join(lines) + "\n"
+    target = cache / "lexnames"
+    if not target.exists() or target.read_text() != lexnames:
+        _replace_atomically(target, lambda path: path.write_text(lexnames))
     return data_root
 
 
@@ -76,6 +86,19 @@ def _wordnet():
         wordnet.synsets("dog")
         return wordnet
     return None
+
+
+def _reopen_data_files_in_child() -> None:
+    # NLTK's WordNet reader keeps its data files open and seeks in them per lookup. DataLoader workers
+    # forked after the main process used it (it checks WordNet at setup) would share those files' offsets,
+    # so concurrent lookups read at each other's positions and NLTK returns None for the synsets it missed.
+    # The child keeps the reader's index (seconds to load, and workers are forked each epoch) and opens
+    # the data files again, lazily, as NLTK's reader does on first use.
+    if _wordnet.cache_info().currsize and (reader := _wordnet()) is not None:
+        reader._data_file_map = {}
+
+
+os.register_at_fork(after_in_child=_reopen_data_files_in_child)
 
 
 def wordnet_available() -> bool:

@@ -1,5 +1,6 @@
 """Exact resume: a run stopped mid-epoch (by an exception, or SIGKILL) and resumed with
-`--ckpt_path last` ends with the same weights as a run that was never stopped."""
+`--ckpt_path last` ends with the same weights as a run that was never stopped, under each pretraining
+objective with state of its own (MMCL+SSL's augmented views, SigLIP's logit bias)."""
 
 from __future__ import annotations
 
@@ -74,17 +75,23 @@ class _StopAt(Callback):
             raise _Preempted(f"stopped at step {self.step}")
 
 
+@pytest.fixture(scope="module", params=["mmcl", "mmcl_ssl", "siglip"])
+def objective(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def straight_run(small_benchmark, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    BackdoorCLI(args=_args(small_benchmark, run_dir))
+def straight_run(small_benchmark, objective, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp(f"straight_{objective}") / "run"
+    BackdoorCLI(args=_args(small_benchmark, run_dir, "--model.init_args.objective", objective))
     return run_dir
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchmark, straight_run, tmp_path):
+def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchmark, objective, straight_run, tmp_path):
     run_dir = tmp_path / "run"
-    cli = BackdoorCLI(args=_args(small_benchmark, run_dir)[1:], run=False)
+    chosen = ("--model.init_args.objective", objective)
+    cli = BackdoorCLI(args=_args(small_benchmark, run_dir, *chosen)[1:], run=False)
     cli.trainer.callbacks.append(_StopAt(STOP_AT))
     with pytest.raises(_Preempted):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -92,7 +99,7 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchm
     assert saved["global_step"] == STOP_AT
     assert 0 < STOP_AT % 24 and saved["epoch"] == STOP_AT // 24  # a mid-epoch checkpoint
 
-    BackdoorCLI(args=_args(small_benchmark, run_dir, "--ckpt_path", "last"))
+    BackdoorCLI(args=_args(small_benchmark, run_dir, *chosen, "--ckpt_path", "last"))
     _assert_same_weights(_weights(straight_run), _weights(run_dir))
     assert not torch.equal(saved["state_dict"]["model.text_projection"], _weights(run_dir)["model.text_projection"])
     # the consumed samples are counted once: the resumed run's skipped batches are not counted again
@@ -106,6 +113,7 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(small_benchm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("objective", ["mmcl"], indirect=True)
 def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(small_benchmark, straight_run, tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "main.py", *_args(small_benchmark, run_dir)], cwd=REPO,

@@ -1,4 +1,7 @@
+import multiprocessing
+import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +84,30 @@ def test_a_fit_on_augmented_views_stops_before_training_when_its_synonyms_are_mi
     assert "text_aug" in next(iter(stream("none", augmented_views=True).every_pair_once()))
     with pytest.raises(ValueError, match="'wordnet' or 'none'"):
         ShardDataModule(train_shards=small_benchmark.pretrain_urls, text_synonyms="nltk")
+
+
+def _look_up_in_a_forked_worker(words: list[str]) -> None:
+    failed = 0
+    for word in words:
+        try:
+            text_augment.synonyms(word)
+        except AttributeError:  # NLTK's None for a synset it read at the wrong place
+            failed += 1
+    os._exit(min(failed, 100))
+
+
+def test_forked_workers_look_up_synonyms_at_once_after_the_main_process_did():
+    # the DataLoader's way: the main process checks WordNet at setup, then forks workers that all draw EDA
+    if not text_augment.wordnet_available():
+        pytest.skip("WordNet is not installed here (apt-get install wordnet-base wordnet-sense-index)")
+    index = Path(text_augment.DEBIAN_WORDNET / "index.noun")
+    if not index.exists():
+        pytest.skip("needs Debian's WordNet files for a list of words")
+    words = [line.split()[0] for line in index.read_text().splitlines() if not line.startswith(" ")][2000:3500]
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_look_up_in_a_forked_worker, args=(words,)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [worker.exitcode for worker in workers] == [0] * 4, "lookups that failed in each worker (at most 100)"
