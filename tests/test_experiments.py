@@ -662,10 +662,15 @@ def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path)
     experiment.seeds = [2]
     assert runner.wall_time_elsewhere(next(r for r in expand(experiment) if r.id == "attack[attack=badnet]@seed2"),
                                       runner.archived_wall_times(Summaries(experiment))) == 900.0
+    blended = next(r for r in expand(experiment) if r.id == "attack[attack=blended]@seed2")
+    assert runner.wall_time_elsewhere(blended, runner.archived_wall_times(Summaries(experiment))) is None
+    # no blended attack has finished: the attack stage's other runs (badnet's, one here, one archived) guess it
+    assert runner.wall_time_of_stage(blended, runner.archived_wall_times(Summaries(experiment))) == 900.0
     last = runner.plan(experiment).splitlines()[-1]
     to_run = sum(1 for line in runner.plan(experiment).splitlines() if line.startswith("run "))
-    assert last == (f"to run or resume: {to_run} runs, about 15 min of fitting (each the median wall time of the same "
-                    f"run at other seeds, here or archived), and {to_run - 1} with no finished seed to tell")
+    assert last == (f"to run or resume: {to_run} runs, about 30 min of fitting (each a median wall time, here or "
+                    "archived: 1 from the same run at other seeds and 1 from the same stage at other axis values, a "
+                    f"rougher guess), and {to_run - 2} with nothing finished to tell")
     experiment.seeds = [0]
     shutil.rmtree(tmp_path / "runs")
     experiment.archive = str(tmp_path / "none.jsonl")

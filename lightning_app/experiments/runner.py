@@ -82,7 +82,7 @@ def status(run: StageRun) -> str:
 def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     lines = []
     summaries = Summaries(experiment)
-    to_run, estimates, archived = 0, [], archived_wall_times(summaries)
+    to_run, same_run, same_stage, archived = 0, [], [], archived_wall_times(summaries)
     for run in select(expand(experiment), only):
         waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
         state = status(run)
@@ -96,16 +96,26 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
             to_run += 1
             estimate = wall_time_elsewhere(run, archived)
             if estimate is not None:
-                estimates.append(estimate)
+                same_run.append(estimate)
+            elif (estimate := wall_time_of_stage(run, archived)) is not None:
+                same_stage.append(estimate)
     if to_run:
-        unknown = to_run - len(estimates)
-        if not estimates:
-            lines.append(f"to run or resume: {to_run} runs, none finished at another seed to estimate its time from")
-        else:
-            lines.append(f"to run or resume: {to_run} runs, about {_duration(sum(estimates))} of fitting (each the median "
-                         "wall time of the same run at other seeds, here or archived)"
-                         + (f", and {unknown} with no finished seed to tell" if unknown else ""))
+        lines.append(_estimate_line(to_run, same_run, same_stage))
     return "\n".join(lines)
+
+
+def _estimate_line(to_run: int, same_run: list[float], same_stage: list[float]) -> str:
+    unknown = to_run - len(same_run) - len(same_stage)
+    if not same_run and not same_stage:
+        return f"to run or resume: {to_run} runs, none finished at another seed to estimate its time from"
+    parts = []
+    if same_run:
+        parts.append(f"{len(same_run)} from the same run at other seeds")
+    if same_stage:
+        parts.append(f"{len(same_stage)} from the same stage at other axis values, a rougher guess")
+    line = (f"to run or resume: {to_run} runs, about {_duration(sum(same_run) + sum(same_stage))} of fitting (each "
+            f"a median wall time, here or archived: {' and '.join(parts)})")
+    return line + (f", and {unknown} with nothing finished to tell" if unknown else "")
 
 
 def wall_time_elsewhere(run: StageRun, archived: dict[str, dict[str, float | None]]) -> float | None:
@@ -116,6 +126,20 @@ def wall_time_elsewhere(run: StageRun, archived: dict[str, dict[str, float | Non
     for other in run.run_dir.path.parent.glob("seed*/summary.json"):
         times[str(other.parent)] = json.loads(other.read_text()).get("wall_time_s")
     times.pop(str(run.run_dir.path), None)
+    values = [float(t) for t in times.values() if t is not None]
+    return statistics.median(values) if values else None
+
+
+def wall_time_of_stage(run: StageRun, archived: dict[str, dict[str, float | None]]) -> float | None:
+    """The median wall time of the run's stage at any axis values and seeds (runs/STAGE/*/seedN): a guess
+    for a run that has not finished at any seed, rough where an axis changes the run's length."""
+    if not run.axes:
+        return None  # the stage has one run a seed, so wall_time_elsewhere already looked at all of them
+    stage_dir = run.run_dir.path.parent.parent
+    times = {key: t for parent, records in archived.items() if Path(parent).parent == stage_dir
+             for key, t in records.items()}
+    for other in stage_dir.glob("*/seed*/summary.json"):
+        times[str(other.parent)] = json.loads(other.read_text()).get("wall_time_s")
     values = [float(t) for t in times.values() if t is not None]
     return statistics.median(values) if values else None
 
