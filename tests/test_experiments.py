@@ -3,6 +3,7 @@ intervals, reuse and refusal of run directories, and (slow) a real chain run twi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -656,7 +657,8 @@ def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path)
     experiment = toy(tmp_path)
     runs = {run.id: run for run in expand(experiment)}
     for seed, wall_time in [(0, 600.0), (1, 1200.0)]:
-        _finish(runs[f"attack[attack=badnet]@seed{seed}"], {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": wall_time})
+        _finish(runs[f"attack[attack=badnet]@seed{seed}"],
+                {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": wall_time, "epochs": 20})
     archive_runs(experiment, list(runs.values()))
     shutil.rmtree(runs["attack[attack=badnet]@seed1"].run_dir.path)  # made elsewhere: its record is in the archive
     experiment.seeds = [2]
@@ -666,6 +668,10 @@ def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path)
     assert runner.wall_time_elsewhere(blended, runner.archived_wall_times(Summaries(experiment))) is None
     # no blended attack has finished: the attack stage's other runs (badnet's, one here, one archived) guess it
     assert runner.wall_time_of_stage(blended, runner.archived_wall_times(Summaries(experiment))) == 900.0
+    # ...scaled by the epochs it will train against theirs: its config's 20, or an axis's setting
+    assert runner.planned_epochs(blended) == 20
+    longer = dataclasses.replace(blended, settings={**blended.settings, "trainer.max_epochs": 80})
+    assert runner.wall_time_of_stage(longer, runner.archived_wall_times(Summaries(experiment))) == 3600.0
     last = runner.plan(experiment).splitlines()[-1]
     to_run = sum(1 for line in runner.plan(experiment).splitlines() if line.startswith("run "))
     assert last == (f"to run or resume: {to_run} runs, about 30 min of fitting (each a median wall time, here or "

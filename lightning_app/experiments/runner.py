@@ -16,6 +16,8 @@ import os
 import statistics
 from pathlib import Path
 
+import yaml
+
 from lightning_app.experiments.archive import Summaries, archive_runs
 from lightning_app.experiments.results import collect
 from lightning_app.experiments.spec import Experiment, StageRun, expand, pipeline_stage
@@ -118,36 +120,54 @@ def _estimate_line(to_run: int, same_run: list[float], same_stage: list[float]) 
     return line + (f", and {unknown} with nothing finished to tell" if unknown else "")
 
 
-def wall_time_elsewhere(run: StageRun, archived: dict[str, dict[str, float | None]]) -> float | None:
+Timings = dict[str, dict[str, tuple[float | None, int | None]]]
+"""(wall time in seconds, epochs) of finished runs, by each run's parent directory, then its run directory."""
+
+
+def _timing(summary: dict) -> tuple[float | None, int | None]:
+    return summary.get("wall_time_s"), summary.get("epochs")
+
+
+def wall_time_elsewhere(run: StageRun, archived: Timings) -> float | None:
     """The median wall time of the same run (stage and axis values) finished at other seeds, from the run
-    directories beside its own (runs/STAGE/AXES/seedN) and the archive's records of them (`archived`:
-    each record's wall time by its parent directory, then its run directory)."""
+    directories beside its own (runs/STAGE/AXES/seedN) and the archive's records of them (`archived`)."""
     times = dict(archived.get(str(run.run_dir.path.parent), {}))
     for other in run.run_dir.path.parent.glob("seed*/summary.json"):
-        times[str(other.parent)] = json.loads(other.read_text()).get("wall_time_s")
+        times[str(other.parent)] = _timing(json.loads(other.read_text()))
     times.pop(str(run.run_dir.path), None)
-    values = [float(t) for t in times.values() if t is not None]
+    values = [float(t) for t, _ in times.values() if t is not None]
     return statistics.median(values) if values else None
 
 
-def wall_time_of_stage(run: StageRun, archived: dict[str, dict[str, float | None]]) -> float | None:
-    """The median wall time of the run's stage at any axis values and seeds (runs/STAGE/*/seedN): a guess
-    for a run that has not finished at any seed, rough where an axis changes the run's length."""
+def wall_time_of_stage(run: StageRun, archived: Timings) -> float | None:
+    """The median wall time of the run's stage at any axis values and seeds (runs/STAGE/*/seedN), each scaled
+    to the run's epochs where both say how many: a guess for a run that has not finished at any seed, rough
+    where an axis changes the data or the batch size."""
     if not run.axes:
         return None  # the stage has one run a seed, so wall_time_elsewhere already looked at all of them
     stage_dir = run.run_dir.path.parent.parent
-    times = {key: t for parent, records in archived.items() if Path(parent).parent == stage_dir
-             for key, t in records.items()}
+    times = {key: timing for parent, records in archived.items() if Path(parent).parent == stage_dir
+             for key, timing in records.items()}
     for other in stage_dir.glob("*/seed*/summary.json"):
-        times[str(other.parent)] = json.loads(other.read_text()).get("wall_time_s")
-    values = [float(t) for t in times.values() if t is not None]
+        times[str(other.parent)] = _timing(json.loads(other.read_text()))
+    epochs = planned_epochs(run)
+    values = [float(t) * (epochs / done if epochs and done else 1.0) for t, done in times.values() if t is not None]
     return statistics.median(values) if values else None
 
 
-def archived_wall_times(summaries: Summaries) -> dict[str, dict[str, float | None]]:
-    archived: dict[str, dict[str, float | None]] = {}
+def planned_epochs(run: StageRun) -> int | None:
+    """trainer.max_epochs as the run will have it: its own setting, else its config file's (None if neither)."""
+    if "trainer.max_epochs" in run.settings:
+        return int(run.settings["trainer.max_epochs"])
+    config = yaml.safe_load((REPO_ROOT / run.config).read_text()) or {}
+    epochs = (config.get("trainer") or {}).get("max_epochs")
+    return int(epochs) if epochs is not None else None
+
+
+def archived_wall_times(summaries: Summaries) -> Timings:
+    archived: Timings = {}
     for key, record in summaries.records.items():
-        archived.setdefault(str(Path(key).parent), {})[key] = record["summary"].get("wall_time_s")
+        archived.setdefault(str(Path(key).parent), {})[key] = _timing(record["summary"])
     return archived
 
 
