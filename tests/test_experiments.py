@@ -521,6 +521,33 @@ def test_docs_update_refuses_to_drop_rows_or_seeds_the_docs_quote_unless_asked(t
     write_views(experiment, fewer, update_docs=True, drop_rows=True)
     assert "| mmcl_ssl | 1 |" in doc.read_text() and "| mmcl | 2 |" in doc.read_text()
 
+def test_docs_update_of_named_blocks_leaves_the_others_and_their_quoted_rows_alone(tmp_path):
+    from lightning_app.experiments.__main__ import main
+    from lightning_app.experiments.views import write_views
+
+    doc = tmp_path / "results.md"
+    text = SELECTION.replace("    plot: runs\n", f"    plot: false\n    files: [{doc}]\n")
+    second = text[text.index("  - block: best"):].replace("block: best", "block: second")
+    experiment = toy(tmp_path, text + second)
+    run = {"stage": "cleanclip", "lr": "0.001", "ca_top1": 0.8, "asr": 0.01}
+    both = [{**run, "objective": objective, "seed": 0} for objective in ("mmcl", "mmcl_ssl")]
+    write_views(experiment, both, update_docs=True, blocks=["best"])
+    quoted = doc.read_text()
+    assert "| mmcl_ssl | 1 |" in quoted and "results:second" not in quoted
+    # the runs `best` quotes are elsewhere now; `second` gets this machine's two seeds of mmcl
+    here = [{**run, "objective": "mmcl", "seed": seed, "asr": 0.02} for seed in (0, 1)]
+    with pytest.raises(ValueError, match=r"\[best\] mmcl_ssl: n = 1 → 0"):
+        write_views(experiment, here, update_docs=True)
+    write_views(experiment, here, update_docs=True, blocks=["second"])
+    updated = doc.read_text()
+    assert updated != quoted
+    assert updated.startswith(quoted.rstrip("\n"))  # best as it was
+    assert "| mmcl | 2 |" in updated.split("<!-- results:second -->")[1]
+    with pytest.raises(ValueError, match=r"--blocks \['thrid'\]: .*\['best', 'second'\]"):
+        write_views(experiment, here, update_docs=True, blocks=["thrid"])
+    assert main(["report", str(tmp_path / "toy.yaml"), "--update-docs", "--blocks", "thrid"]) == 1
+
+
 UBT_STAGE = TOY.replace("    cost_includes: [craft]", textwrap.indent(textwrap.dedent("""\
     cost_includes: [craft]
   ubt:

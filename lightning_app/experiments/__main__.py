@@ -10,8 +10,9 @@ plots (RUNS/<block>.png). `--dry-run` prints every run, its directory, whether i
 resumed or run, and an estimate of the time the rest takes. `--archive` records each run as it finishes
 in results/NAME.jsonl; `--update-docs` does that and writes the tables into README.md / docs/
 (maintainers; what a user runs stays in the runs directory), but not if a block would lose a row it
-quotes, or seeds of one, unless `--drop-rows`. Runs not on this machine are reported from that archive
-while it still matches the experiment (lightning_app.experiments.archive).
+quotes, or seeds of one, unless `--drop-rows`; `--blocks B...` writes only those tables. Runs not on
+this machine are reported from that archive while it still matches the experiment
+(lightning_app.experiments.archive).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from lightning_app.experiments.results import collect
 from lightning_app.experiments.runner import plan, run_experiment
 from lightning_app.experiments.spec import expand, load_experiment, restrict_axes
-from lightning_app.experiments.views import write_views
+from lightning_app.experiments.views import check_blocks, write_views
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop-rows", action="store_true",
                         help="let --update-docs take out rows (or seeds of rows) the docs quote whose runs are neither "
                              "here nor archived; without it such an update is refused and names them")
+    parser.add_argument("--blocks", nargs="+", metavar="BLOCK",
+                        help="let --update-docs write only these tables (by block name), e.g. one whose runs were made "
+                             "here while the runs other blocks quote are archived elsewhere")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     archive = args.archive or args.update_docs  # what the docs quote must be made again elsewhere
@@ -57,14 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--seeds {unknown}: the experiment's seeds are {experiment.seeds}")
             experiment.seeds = args.seeds
         restrict_axes(experiment, args.where)
+        check_blocks(experiment, args.blocks)  # before hours of runs, not after
         if args.dry_run:
             print(plan(experiment, args.only))
             return 0
         if args.command == "report":
             paths = write_views(experiment, collect(experiment, expand(experiment), archive=archive),
-                                args.update_docs, args.drop_rows)
+                                args.update_docs, args.drop_rows, args.blocks)
         else:
-            run_experiment(experiment, args.only, args.update_docs, archive, args.drop_rows)
+            run_experiment(experiment, args.only, args.update_docs, archive, args.drop_rows, args.blocks)
             paths = []
     except (ValueError, RuntimeError) as exn:
         print(f"error: {exn}", file=sys.stderr)

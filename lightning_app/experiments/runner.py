@@ -177,7 +177,7 @@ def _duration(seconds: float) -> str:
 
 
 def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,
-                   archive: bool = False, drop_rows: bool = False) -> list[dict]:
+                   archive: bool = False, drop_rows: bool = False, blocks: list[str] | None = None) -> list[dict]:
     """Run what is not finished, then write results.jsonl and the views from every finished run (and with
     `archive`, record each run in the experiment's results archive as it finishes).
 
@@ -202,7 +202,7 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
                 # keeps what the archive holds
                 archive_runs(experiment, [run])
     rows = collect(experiment, runs, archive=archive or update_docs)
-    for path in write_views(experiment, rows, update_docs, drop_rows):
+    for path in write_views(experiment, rows, update_docs, drop_rows, blocks):
         log.info("wrote %s", path)
     for run in runs:
         if run.stage.name in experiment.exports and run.run_dir.is_finished():

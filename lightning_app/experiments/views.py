@@ -383,13 +383,22 @@ def dropped_rows(quoted: str, rendered: str, width: int) -> list[str]:
     return [f"{' · '.join(key)}: n = {n} → {after.get(key, 0)}" for key, n in before.items() if after.get(key, 0) < n]
 
 
+def check_blocks(experiment: Experiment, blocks: list[str] | None) -> None:
+    known = [table.block for table in experiment.tables]
+    unknown = sorted(set(blocks or []) - set(known))
+    if unknown:
+        raise ValueError(f"--blocks {unknown}: {experiment.name}'s tables are {known}")
+
+
 def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = False,
-                drop_rows: bool = False) -> list[Path]:
+                drop_rows: bool = False, blocks: list[str] | None = None) -> list[Path]:
     """Every declared table into RUNS/<block>.md and its plot (and, with `update_docs`, the table into its
-    files' blocks and the plot to `figure`).
+    files' blocks and the plot to `figure`; only the tables named in `blocks` when it is given, so one
+    block can be brought up to date while the runs another quotes are on another machine).
 
     The docs are written only when no block would lose a row it quotes, or seeds of one (their runs are
     neither here nor archived), unless `drop_rows`; RUNS/ is written either way."""
+    check_blocks(experiment, blocks)
     written, docs = [], []
     for table in experiment.tables:
         text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
@@ -411,7 +420,7 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
             if plot is not None:
                 written.append(plot)
         # a table none of whose stages has run yet stays out of the docs (a header alone says nothing)
-        if update_docs and group_rows(experiment, table, rows):
+        if update_docs and (blocks is None or table.block in blocks) and group_rows(experiment, table, rows):
             docs.append((table, text, plot))
     lost = [f"  {file} [{table.block}] {row}" for table, text, _ in docs for file in table.files
             for row in dropped_rows(read_block(file, table.block) or "", text, len(table.rows))]
