@@ -521,7 +521,7 @@ def test_docs_update_refuses_to_drop_rows_or_seeds_the_docs_quote_unless_asked(t
     write_views(experiment, fewer, update_docs=True, drop_rows=True)
     assert "| mmcl_ssl | 1 |" in doc.read_text() and "| mmcl | 2 |" in doc.read_text()
 
-def test_docs_update_of_named_blocks_leaves_the_others_and_their_quoted_rows_alone(tmp_path):
+def test_docs_update_of_named_blocks_leaves_the_others_and_their_quoted_rows_alone(tmp_path, capsys):
     from lightning_app.experiments.__main__ import main
     from lightning_app.experiments.views import write_views
 
@@ -545,7 +545,9 @@ def test_docs_update_of_named_blocks_leaves_the_others_and_their_quoted_rows_alo
     assert "| mmcl | 2 |" in updated.split("<!-- results:second -->")[1]
     with pytest.raises(ValueError, match=r"--blocks \['thrid'\]: .*\['best', 'second'\]"):
         write_views(experiment, here, update_docs=True, blocks=["thrid"])
-    assert main(["report", str(tmp_path / "toy.yaml"), "--update-docs", "--blocks", "thrid"]) == 1
+    # a misspelt block fails before a run starts: --dry-run would print the plan and return 0 otherwise
+    assert main(["run", str(tmp_path / "toy.yaml"), "--dry-run", "--update-docs", "--blocks", "thrid"]) == 1
+    assert "--blocks ['thrid']" in capsys.readouterr().err
 
 
 UBT_STAGE = TOY.replace("    cost_includes: [craft]", textwrap.indent(textwrap.dedent("""\
