@@ -5,8 +5,11 @@ summary (interrupted) is resumed with `--ckpt_path last`, anything else starts f
 config values (a hash of the parsed YAML: comments do not count) and overrides are recorded in
 `RUN/stage.json`; a run directory made by a different config or overrides is never reused or resumed
 (the stage fails and says so). So are the runs it read (`inputs`: the run directories of the stages it
-depends on), by a hash of their summary.json: a run made from an input that has since been made again
-(e.g. a finder rerun after a change of its code) is refused, not reused.
+depends on), by a hash of their summary.json and one of what it measured (the summary without its wall
+time and throughput): a run made from an input that has since been made again with another result (e.g.
+a finder rerun after a change of its code) is refused, not reused. An input made again with the same
+result (a deterministic remake: every metric equal to the last digit, only the timing differs) is the
+input the run was made from.
 """
 
 from __future__ import annotations
@@ -66,17 +69,22 @@ class Stage:
         assert None not in digests.values(), f"an input of {self.run_dir} has not finished: {digests}"
         return digests
 
+    def inputs_result_sha256(self) -> dict[str, str]:
+        """Each input's measured values, hashed (`result_sha256`)."""
+        return {run_dir: result_sha256(load_summary(Path(run_dir))) for run_dir in self.inputs}
+
     @staticmethod
     def remade_inputs(recorded: dict) -> list[str]:
-        """The recorded inputs whose summary.json is no longer the one the run was made from (runs
-        recorded before inputs were: none)."""
+        """The recorded inputs whose summary.json is no longer the one the run was made from, nor one with
+        the same result (runs recorded before inputs were: none; before their results were: bytes only)."""
+        results = recorded.get("inputs_result_sha256", {})
         return [run_dir for run_dir, digest in recorded.get("inputs_sha256", {}).items()
-                if summary_sha256(run_dir) != digest]
+                if summary_sha256(run_dir) != digest and not _same_result(run_dir, results.get(run_dir))]
 
     def made_by(self, recorded: dict) -> bool:
         """Whether a run directory's recorded fingerprint is this stage's, in the current form or an earlier
         one: earlier versions hashed the config's text, or left out the fragments named by the overrides."""
-        recorded = {key: value for key, value in recorded.items() if key != "inputs_sha256"}
+        recorded = {key: value for key, value in recorded.items() if key not in INPUT_KEYS}
         current = self.fingerprint()
         if recorded == current:
             return True
@@ -106,13 +114,40 @@ class Stage:
                                  "again: remove the directory to rerun it")
             # a finished run keeps what it recorded (none, for runs from before inputs were recorded); a resumed
             # one records the inputs it goes on from
-            inputs = recorded.get("inputs_sha256") or ({} if self.summary_path.exists() else self.inputs_sha256())
+            if recorded.get("inputs_sha256") or self.summary_path.exists():
+                inputs = {key: recorded[key] for key in INPUT_KEYS if recorded.get(key)}
+            else:
+                inputs = self.inputs_fingerprint()
         elif self.summary_path.exists() or (Path(self.run_dir) / "checkpoints").exists():
             raise ValueError(f"{self.run_dir} holds a run without stage.json; remove it or choose another --runs")
         else:
-            inputs = self.inputs_sha256()
+            inputs = self.inputs_fingerprint()
             path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**current, "inputs_sha256": inputs} if inputs else current, indent=1))
+        path.write_text(json.dumps({**current, **inputs}, indent=1))
+
+    def inputs_fingerprint(self) -> dict[str, dict[str, str]]:
+        """What stage.json records of the inputs: each one's summary.json and result, hashed ({} without inputs)."""
+        if not self.inputs:
+            return {}
+        return {"inputs_sha256": self.inputs_sha256(), "inputs_result_sha256": self.inputs_result_sha256()}
+
+
+INPUT_KEYS = ("inputs_sha256", "inputs_result_sha256")
+"""The keys of a stage's fingerprint that record what it was made from, not how."""
+
+COST_KEYS = ("wall_time_s", "train_samples_per_s", "peak_gpu_memory_gb")
+"""The keys of a summary that measure what a run cost, which differ between two makings of the same run."""
+
+
+def result_sha256(summary: dict) -> str:
+    """The sha256 of what a run measured: its summary without the keys that measure its cost."""
+    result = {key: value for key, value in summary.items() if key not in COST_KEYS}
+    return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
+
+
+def _same_result(run_dir: str, recorded: str | None) -> bool:
+    return recorded is not None and (Path(run_dir) / "summary.json").exists() and \
+        result_sha256(load_summary(Path(run_dir))) == recorded
 
 
 def summary_sha256(run_dir: str) -> str | None:

@@ -562,7 +562,7 @@ def _finish(run, summary: dict) -> None:
     """A run directory as the runner leaves it: its fingerprint with its inputs' digests, config, summary."""
     stage = runner.pipeline_stage(run)
     run.run_dir.path.mkdir(parents=True, exist_ok=True)
-    (run.run_dir.path / "stage.json").write_text(json.dumps({**stage.fingerprint(), "inputs_sha256": stage.inputs_sha256()}))
+    (run.run_dir.path / "stage.json").write_text(json.dumps({**stage.fingerprint(), **stage.inputs_fingerprint()}))
     run.run_dir.config_path.write_text(
         "model: {init_args: {model: {name: tiny}}}\ndata: {init_args: {poison: {rate: 0.05, seed: 0}}}\n")
     (run.run_dir.path / "summary.json").write_text(json.dumps(summary))
@@ -602,6 +602,46 @@ def test_the_archive_reports_runs_whose_directories_are_gone_while_it_still_matc
     # the attack was made again (another summary): what was made from the old one is not reported
     _finish(attack, {"ca_top1": 0.9, "asr": 0.97, "wall_time_s": 11.0})
     assert {row["stage"] for row in collect(experiment, list(runs.values()))} == {"attack"}  # craft too
+
+
+def test_an_input_made_again_with_the_same_result_keeps_what_was_made_from_it(tmp_path):
+    import shutil
+
+    from lightning_app.experiments.archive import archive_runs, load_archive
+    from lightning_app.experiments.results import collect
+
+    experiment = toy(tmp_path, UBT_STAGE)
+    experiment.seeds = [0]
+    everything = {"attack", "craft", "abd", "ubt"}
+    runs = {run.id: run for run in expand(experiment) if run.id in {f"{s}[attack=badnet]@seed0" for s in everything}}
+    attack, craft = runs["attack[attack=badnet]@seed0"], runs["craft[attack=badnet]@seed0"]
+    for run, asr in [(attack, 0.98), (craft, None), (runs["abd[attack=badnet]@seed0"], 0.2),
+                     (runs["ubt[attack=badnet]@seed0"], 0.01)]:
+        _finish(run, {"ca_top1": 0.9, "asr": asr, "wall_time_s": 10.0})
+    archive_runs(experiment, list(runs.values()))
+    archive = Path(experiment.archive)
+    records = [json.loads(line) for line in archive.read_text().splitlines()]
+    for record in records:  # archived before inputs' results were recorded: their bytes only
+        results = record["stage"].pop("inputs_result_sha256", {})
+        assert set(results) == set(record["stage"].get("inputs_sha256", {}))
+    archive.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    for run in runs.values():
+        if run is not attack:
+            shutil.rmtree(run.run_dir.path)  # reported from the archive from here on
+    _finish(attack, {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": 12.5})  # made again: same metrics, another time
+    assert runner.status(craft) == "run"  # not refused: nothing of it is here
+    archive_runs(experiment, [attack])
+    assert load_archive(archive)[str(attack.run_dir)]["summary"]["wall_time_s"] == 12.5
+    assert {row["stage"] for row in collect(experiment, list(runs.values()))} == everything
+    shutil.rmtree(tmp_path / "runs")  # elsewhere, from the archive alone
+    assert {row["stage"] for row in collect(experiment, list(runs.values()))} == everything
+
+    _finish(attack, {"ca_top1": 0.9, "asr": 0.97, "wall_time_s": 12.5})  # made again with another result
+    assert {row["stage"] for row in collect(experiment, list(runs.values()))} == {"attack"}
+    archive_runs(experiment, [attack])
+    shutil.rmtree(tmp_path / "runs")
+    assert {row["stage"] for row in collect(experiment, list(runs.values()))} == {"attack"}
 
 
 def test_a_damaged_archive_is_refused_naming_the_file_and_line(tmp_path):

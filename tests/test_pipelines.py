@@ -37,6 +37,31 @@ def test_a_run_made_from_an_input_that_was_made_again_is_refused(tmp_path):
     assert Stage.remade_inputs(json.loads((run_dir / "stage.json").read_text())) == [str(upstream)]
 
 
+def test_an_input_made_again_with_the_same_result_is_the_one_the_run_was_made_from(tmp_path):
+    upstream = tmp_path / "attack"
+    upstream.mkdir()
+    (upstream / "summary.json").write_text(json.dumps({"asr": 0.98, "wall_time_s": 10.0}))
+    run_dir = tmp_path / "cleanclip"
+    stage = Stage("cleanclip", "configs/embedded/cleanclip.yaml", str(run_dir), inputs=[str(upstream)])
+    stage.check_or_record_fingerprint()
+    (run_dir / "summary.json").write_text(json.dumps({"asr": 0.1}))
+    recorded = json.loads((run_dir / "stage.json").read_text())
+
+    # made again deterministically: every metric equal, its timing not (and its keys in another order)
+    (upstream / "summary.json").write_text(json.dumps({"train_samples_per_s": 800.0, "wall_time_s": 12.5, "asr": 0.98}))
+    assert Stage.remade_inputs(recorded) == []
+    assert run_stage(stage) == {"asr": 0.1}
+    assert json.loads((run_dir / "stage.json").read_text()) == recorded  # still what it was made from
+
+    bytes_only = {key: value for key, value in recorded.items() if key != "inputs_result_sha256"}
+    assert Stage.remade_inputs(bytes_only) == [str(upstream)]  # recorded before results were: no way to tell
+
+    (upstream / "summary.json").write_text(json.dumps({"asr": 0.97, "wall_time_s": 10.0}))  # another result
+    assert Stage.remade_inputs(recorded) == [str(upstream)]
+    with pytest.raises(ValueError, match="attack as it was before"):
+        run_stage(stage)
+
+
 def test_a_run_recorded_before_inputs_were_is_reused_without_them(tmp_path):
     upstream = tmp_path / "finder"
     upstream.mkdir()

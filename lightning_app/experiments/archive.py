@@ -10,7 +10,11 @@ each run as it finishes here (and, at the end, every finished run it reports).
 A report takes a run's summary from its own directory when the run finished there, and from its
 archived record otherwise, but only while the record still describes the run the experiment asks for:
 the same config values, fragments and overrides (else it measured another recipe), and inputs whose
-summaries are the ones it was made from (else an upstream run was made again since).
+summaries are the ones it was made from, or measure the same to the last digit (else an upstream run was
+made again since, with another result). A deterministic remake of an upstream run (same metrics, another
+wall time) so keeps what was made from it, here and in the archive. Records from before inputs' results
+were recorded get them filled in from the archived inputs whose bytes they name, the next time the
+archive is written, before any of those inputs' records is replaced.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_app.experiments.spec import CONFIG_REFERENCE, Experiment, StageRun, pipeline_stage
-from lightning_app.pipelines import summary_sha256
+from lightning_app.pipelines import load_summary, result_sha256, summary_sha256
 
 
 def load_archive(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -50,6 +54,7 @@ def archive_runs(experiment: Experiment, runs: list[StageRun]) -> Path:
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         records = load_archive(path)
+        _fill_inputs_results(records)  # while the inputs' records are still the ones whose bytes they name
         for run in runs:
             fingerprint = run.run_dir.path / "stage.json"
             if run.run_dir.is_finished() and fingerprint.exists():
@@ -57,6 +62,7 @@ def archive_runs(experiment: Experiment, runs: list[StageRun]) -> Path:
                                              "stage": json.loads(fingerprint.read_text()),
                                              "summary": run.run_dir.summary(),
                                              "summary_sha256": summary_sha256(str(run.run_dir))}
+        _fill_inputs_results(records)  # runs made before stage.json recorded their inputs' results
         text = "".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records))
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(text)
@@ -98,18 +104,44 @@ class Summaries:
             return summary_sha256(str(run.run_dir))
         return self.records[str(run.run_dir)]["summary_sha256"]
 
+    def _result(self, run: StageRun) -> str | None:
+        found = self._find(run)
+        return result_sha256(found[0]) if found else None
+
     def _matches(self, run: StageRun, record: dict) -> bool:
         recorded = record["stage"]
         deps = {str(dep.run_dir): dep for dep in run.deps.values()}
-        inputs = recorded.get("inputs_sha256", {})
-        if set(inputs) != set(deps) or any(self._digest(deps[d]) != digest for d, digest in inputs.items()):
+        inputs, results = recorded.get("inputs_sha256", {}), recorded.get("inputs_result_sha256", {})
+        if set(inputs) != set(deps):
             return False
+        for run_dir, digest in inputs.items():
+            if self._digest(deps[run_dir]) != digest and (
+                    results.get(run_dir) is None or self._result(deps[run_dir]) != results[run_dir]):
+                return False
         stage = pipeline_stage(run) if all(dep.run_dir.config_path.exists() for dep in run.deps.values()) else None
         if stage is not None:
             return stage.made_by(recorded)
         # An input's directory is gone, so the values its config lends this run cannot be read; they are
         # pinned anyway, by the input's own record matching (checked above through its summary's digest).
         return _made_by_except_config_references(run, recorded)
+
+
+def _fill_inputs_results(records: dict[str, dict]) -> None:
+    """Record each input's result in the records that name only its bytes, where those bytes are still
+    found: its archived record, or its run directory here."""
+    for record in records.values():
+        stage = record["stage"]
+        results = stage.get("inputs_result_sha256", {})
+        for run_dir, digest in stage.get("inputs_sha256", {}).items():
+            if run_dir in results:
+                continue
+            archived = records.get(run_dir)
+            if archived is not None and archived["summary_sha256"] == digest:
+                results[run_dir] = result_sha256(archived["summary"])
+            elif summary_sha256(run_dir) == digest:
+                results[run_dir] = result_sha256(load_summary(Path(run_dir)))
+        if results:
+            stage["inputs_result_sha256"] = results
 
 
 def _made_by_except_config_references(run: StageRun, recorded: dict) -> bool:
