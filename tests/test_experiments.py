@@ -631,6 +631,7 @@ def test_an_input_made_again_with_the_same_result_keeps_what_was_made_from_it(tm
             shutil.rmtree(run.run_dir.path)  # reported from the archive from here on
     _finish(attack, {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": 12.5})  # made again: same metrics, another time
     assert runner.status(craft) == "run"  # not refused: nothing of it is here
+    assert {row["stage"] for row in collect(experiment, list(runs.values()))} == everything  # before archiving it
     archive_runs(experiment, [attack])
     assert load_archive(archive)[str(attack.run_dir)]["summary"]["wall_time_s"] == 12.5
     assert {row["stage"] for row in collect(experiment, list(runs.values()))} == everything

@@ -13,8 +13,8 @@ the same config values, fragments and overrides (else it measured another recipe
 summaries are the ones it was made from, or measure the same to the last digit (else an upstream run was
 made again since, with another result). A deterministic remake of an upstream run (same metrics, another
 wall time) so keeps what was made from it, here and in the archive. Records from before inputs' results
-were recorded get them filled in from the archived inputs whose bytes they name, the next time the
-archive is written, before any of those inputs' records is replaced.
+were recorded get them filled in from the archived inputs whose bytes they name, when the archive is
+read (and so kept the next time it is written, before any of those inputs' records is replaced).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class Summaries:
 
     def __init__(self, experiment: Experiment):
         self.records = load_archive(experiment.archive)
+        _fill_inputs_results(self.records)
         self._known: dict[str, tuple[dict, str] | None] = {}
 
     def get(self, run: StageRun) -> dict | None:
