@@ -71,7 +71,7 @@ class Stage:
 
     def inputs_result_sha256(self) -> dict[str, str]:
         """Each input's measured values, hashed (`result_sha256`)."""
-        return {run_dir: result_sha256(load_summary(Path(run_dir))) for run_dir in self.inputs}
+        return {run_dir: summary_result_sha256(run_dir) for run_dir in self.inputs}
 
     @staticmethod
     def remade_inputs(recorded: dict) -> list[str]:
@@ -79,7 +79,7 @@ class Stage:
         the same result (runs recorded before inputs were: none; before their results were: bytes only)."""
         results = recorded.get("inputs_result_sha256", {})
         return [run_dir for run_dir, digest in recorded.get("inputs_sha256", {}).items()
-                if summary_sha256(run_dir) != digest and not _same_result(run_dir, results.get(run_dir))]
+                if summary_sha256(run_dir) != digest and summary_result_sha256(run_dir) != results.get(run_dir, "")]
 
     def made_by(self, recorded: dict) -> bool:
         """Whether a run directory's recorded fingerprint is this stage's, in the current form or an earlier
@@ -145,15 +145,15 @@ def result_sha256(summary: dict) -> str:
     return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
 
 
-def _same_result(run_dir: str, recorded: str | None) -> bool:
-    return recorded is not None and (Path(run_dir) / "summary.json").exists() and \
-        result_sha256(load_summary(Path(run_dir))) == recorded
-
-
 def summary_sha256(run_dir: str) -> str | None:
     """The sha256 of a run's summary.json (None before it has one)."""
     summary = Path(run_dir) / "summary.json"
     return hashlib.sha256(summary.read_bytes()).hexdigest() if summary.exists() else None
+
+
+def summary_result_sha256(run_dir: str) -> str | None:
+    """`result_sha256` of a run's summary (None before it has one)."""
+    return result_sha256(load_summary(Path(run_dir))) if (Path(run_dir) / "summary.json").exists() else None
 
 
 def _is_fragment(value: object, base: Path) -> bool:

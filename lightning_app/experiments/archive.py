@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_app.experiments.spec import CONFIG_REFERENCE, Experiment, StageRun, pipeline_stage
-from lightning_app.pipelines import load_summary, result_sha256, summary_sha256
+from lightning_app.pipelines import result_sha256, summary_result_sha256, summary_sha256
 
 
 def load_archive(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -140,7 +140,7 @@ def _fill_inputs_results(records: dict[str, dict]) -> None:
             if archived is not None and archived["summary_sha256"] == digest:
                 results[run_dir] = result_sha256(archived["summary"])
             elif summary_sha256(run_dir) == digest:
-                results[run_dir] = result_sha256(load_summary(Path(run_dir)))
+                results[run_dir] = summary_result_sha256(run_dir)
         if results:
             stage["inputs_result_sha256"] = results
 
