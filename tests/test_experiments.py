@@ -84,6 +84,28 @@ def test_axes_and_seeds_expand_to_the_exact_runs_with_their_dependencies(tmp_pat
     assert str(by_id["cleanclip[attack=badnet,lr=0.002]@seed0"].run_dir).endswith("cleanclip/attack=badnet,lr=0.002/seed0")
 
 
+def test_a_stage_restricted_to_some_axis_values_runs_only_there(tmp_path):
+    restricted = TOY.replace("    cost_includes: [craft]\n", "    cost_includes: [craft]\n    where: {{attack: [blended]}}\n")
+    ids = [run.id for run in expand(toy(tmp_path, restricted))]
+    assert [i for i in ids if i.startswith("abd")] == ["abd[attack=blended]@seed0", "abd[attack=blended]@seed1"]
+    assert "craft[attack=badnet]@seed0" in ids  # what it needs is not restricted with it
+    with pytest.raises(ValueError, match="stage 'abd': where attack"):
+        toy(tmp_path, restricted.replace("[blended]", "[sig]"))
+    with pytest.raises(ValueError, match="applies neither to the stage"):
+        toy(tmp_path, restricted.replace("{{attack: [blended]}}", "{{lr: [0.001]}}"))
+
+
+def test_runs_go_one_chain_at_a_time_each_after_what_it_needs(tmp_path):
+    ids = [run.id for run in runner.by_chain(expand(toy(tmp_path)))]
+    per_attack = ["attack[attack={a}]", "cleanclip[attack={a},lr=0.001]", "cleanclip[attack={a},lr=0.002]",
+                  "craft[attack={a}]", "abd[attack={a}]"]
+    assert ids == [f"{i.format(a=a)}@seed{s}" for s in (0, 1) for a in ("badnet", "blended") for i in per_attack]
+    for path in sorted(Path("experiments").glob("*.yaml")):
+        ordered = runner.by_chain(expand(load_experiment(path)))
+        position = {run.id: i for i, run in enumerate(ordered)}
+        assert all(position[dep.id] < position[run.id] for run in ordered for dep in run.deps.values()), path
+
+
 def test_a_dependent_run_starts_from_its_parents_checkpoint_trigger_and_architecture(tmp_path):
     experiment = toy(tmp_path)
     abd = next(run for run in expand(experiment) if run.id == "abd[attack=badnet]@seed0")
@@ -708,6 +730,8 @@ def test_each_run_is_archived_as_it_finishes_not_when_the_invocation_ends(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         runner.run_experiment(experiment, archive=True)
     assert sorted(load_archive(experiment.archive)) == sorted(finished) and len(finished) == 2
+    # one chain at a time: the attack, then a run made from it, not the other attack
+    assert [runs[str(path)].id for path in finished] == ["attack[attack=badnet]@seed0", "cleanclip[attack=badnet,lr=0.001]@seed0"]
 
     (tmp_path / "other").mkdir()
     unasked = toy(tmp_path / "other")

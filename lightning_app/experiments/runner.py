@@ -1,6 +1,9 @@
 """Running an experiment: each run a `main.py fit` in its own process and run directory, one at a
 time, reusing finished runs and resuming interrupted ones (lightning_app.pipelines), then the views.
 
+Runs go one chain at a time: a seed's first run (e.g. one attack), then every run made from it, before
+the next (`by_chain`), so a study stopped part way leaves whole rows rather than a stage of every row.
+
 Only one experiment trains at a time on a machine: a second invocation waits for the first's lock
 (`runs/.experiments.lock`), so two studies started together run one after the other instead of
 sharing the cores.
@@ -64,6 +67,21 @@ def select(runs: list[StageRun], only: list[str] | None) -> list[StageRun]:
     return [run for run in runs if run.id in wanted]
 
 
+def by_chain(runs: list[StageRun]) -> list[StageRun]:
+    """The runs in the order they are run: by seed, then by the chain each belongs to, named by the last
+    (in `runs`' order) of the runs without dependencies it is made from, and in `runs`' order within a
+    chain. `runs` lists every run after its dependencies, and so does the result: a run's roots are among
+    its dependants' roots, so its chain is never later than theirs."""
+    index = {run.id: i for i, run in enumerate(runs)}
+
+    def chain(run: StageRun) -> int:
+        roots = [dep for dep in run.deps.values() if not dep.deps] or [run]
+        return max(index.get(root.id, -1) for root in roots)
+
+    seeds = list(dict.fromkeys(run.seed for run in runs))
+    return sorted(runs, key=lambda run: (seeds.index(run.seed), chain(run), index[run.id]))
+
+
 def status(run: StageRun) -> str:
     """What running would do: reuse (finished), resume (checkpoints, no summary), run, or refuse (another
     config, or made from an input that was made again since)."""
@@ -85,7 +103,7 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     lines = []
     summaries = Summaries(experiment)
     to_run, same_run, same_stage, archived = 0, [], [], archived_wall_times(summaries)
-    for run in select(expand(experiment), only):
+    for run in by_chain(select(expand(experiment), only)):
         waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
         state = status(run)
         line = f"{state:<10} {run.id:<45} {run.run_dir}  ({run.config})"
@@ -185,7 +203,7 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
     runs = expand(experiment)
     failed: dict[str, str] = {}
     with machine_lock():
-        for run in select(runs, only):
+        for run in by_chain(select(runs, only)):
             broken = [d.id for d in run.deps.values() if d.id in failed]
             if broken:
                 failed[run.id] = f"skipped: {broken[0]} failed"

@@ -21,6 +21,7 @@ configs) over the stages they name; `seeds` repeats the whole chain. `expand` tu
         needs: [abd_craft]
         set: {model.init_args.patch_dir: "{abd_craft.run_dir}/adversarial"}
         cost_includes: [abd_craft]       # ABD's cost is its crafting plus its fine-tuning
+        where: {attack: [blended]}       # only at these values of an axis it has (its own or inherited)
     axes:
       attack:
         stages: [attack]
@@ -48,7 +49,7 @@ import yaml
 from datamodules.run_dir import RunDir
 from lightning_app.pipelines import REPO_ROOT, Stage
 
-STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys", "cost_includes", "report"}
+STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys", "cost_includes", "report", "where"}
 INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
@@ -85,6 +86,9 @@ class StageSpec:
     """Dependencies whose wall time counts in this stage's cost."""
     report: bool = True
     """Whether the stage has a row in tables (a helper stage such as ABD's crafting may not)."""
+    where: dict[str, list[str]] = field(default_factory=dict)
+    """Run the stage only at these values of these axes (its own or those of the stages it starts from),
+    e.g. {attack: [blended_stripes]} for a variant studied on some attacks only."""
 
     @property
     def dependencies(self) -> list[str]:
@@ -217,7 +221,8 @@ def load_experiment(path: str | Path) -> Experiment:
             inherit=_list(body.get("inherit", list(INHERITABLE))),
             needs=_list(body.get("needs")), settings=dict(body.get("set") or {}),
             seed_keys=_list(body.get("seed_keys", ["seed_everything"])), cost_includes=_list(body.get("cost_includes")),
-            report=bool(body.get("report", True)))
+            report=bool(body.get("report", True)),
+            where={axis: [value_name(v) for v in _list(values)] for axis, values in (body.get("where") or {}).items()})
     axes: dict[str, Axis] = {}
     for name, body in (raw.get("axes") or {}).items():
         _unknown(f"axis {name!r}", body, AXIS_KEYS, str(path))
@@ -273,6 +278,14 @@ def _check(experiment: Experiment) -> None:
                 raise ValueError(f"{path}: stage {name!r}: config {config} does not exist")
         if not stage.config and not any(name in a.stages for a in experiment.axes.values()):
             raise ValueError(f"{path}: stage {name!r} has no `config`")
+        for axis_name, values in stage.where.items():
+            known = experiment.axes[axis_name].values if axis_name in experiment.axes else None
+            if known is None or not values or any(v not in known for v in values):
+                raise ValueError(f"{path}: stage {name!r}: where {axis_name}: {values!r} names no axis, "
+                                 "or a value it does not have")
+            if axis_name not in _axes_of(experiment, name):
+                raise ValueError(f"{path}: stage {name!r}: where {axis_name}: the axis applies neither to the "
+                                 "stage nor to a stage it starts from or needs")
     for axis in experiment.axes.values():
         if axis.name in RESERVED:
             raise ValueError(f"{path}: axis name {axis.name!r} is a result field; name it otherwise")
@@ -318,6 +331,12 @@ def _check(experiment: Experiment) -> None:
             raise ValueError(f"{path}: exports names unknown stage {stage!r}")
 
 
+def _axes_of(experiment: Experiment, name: str) -> set[str]:
+    """The axes a stage's runs have values of: its own and those of every stage it depends on."""
+    own = {axis.name for axis in experiment.axes.values() if name in axis.stages}
+    return own.union(*(_axes_of(experiment, dep) for dep in experiment.stages[name].dependencies))
+
+
 def _consistent(runs: tuple[StageRun, ...]) -> dict[str, str] | None:
     """The union of the runs' axis values, or None when two runs disagree on an axis."""
     merged: dict[str, str] = {}
@@ -361,6 +380,8 @@ def expand(experiment: Experiment) -> list[StageRun]:
                     if any(axes.get(a.name, v) != v for a, v in zip(own_axes, values)):
                         continue
                     axes.update({a.name: v for a, v in zip(own_axes, values)})
+                    if any(axes.get(axis) not in kept for axis, kept in stage.where.items()):
+                        continue
                     instances.append(_stage_run(experiment, stage, seed, axes, deps, own_axes))
             by_stage[name] = instances
             runs.extend(instances)
