@@ -14,7 +14,7 @@ import pytest
 
 from lightning_app.experiments import runner
 from lightning_app.experiments.results import Interval, interval
-from lightning_app.experiments.spec import command_line, expand, load_experiment, resolve
+from lightning_app.experiments.spec import command_line, expand, load_experiment, resolve, restrict_axes
 from lightning_app.experiments.views import render_table
 from lightning_app.pipelines import REPO_ROOT, run_stage
 
@@ -89,6 +89,11 @@ def test_a_stage_restricted_to_some_axis_values_runs_only_there(tmp_path):
     ids = [run.id for run in expand(toy(tmp_path, restricted))]
     assert [i for i in ids if i.startswith("abd")] == ["abd[attack=blended]@seed0", "abd[attack=blended]@seed1"]
     assert "craft[attack=badnet]@seed0" in ids  # what it needs is not restricted with it
+    experiment = toy(tmp_path, restricted)
+    restrict_axes(experiment, ["attack=badnet"])
+    with pytest.raises(ValueError, match=r"stage\(s\) \['abd'\] have no runs"):
+        runner.select(experiment, expand(experiment), ["abd"])
+    assert {run.stage.name for run in runner.select(experiment, expand(experiment), ["abd", "craft"])} == {"attack", "craft"}
     with pytest.raises(ValueError, match="stage 'abd': where attack"):
         toy(tmp_path, restricted.replace("[blended]", "[sig]"))
     with pytest.raises(ValueError, match="applies neither to the stage"):
@@ -214,7 +219,7 @@ def test_finished_runs_are_reused_interrupted_ones_resumed_and_another_configs_r
 
 def test_only_names_a_stage_of_the_experiment(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
-        runner.select(expand(toy(tmp_path)), ["nope"])
+        runner.select(experiment := toy(tmp_path), expand(experiment), ["nope"])
 
 
 @pytest.mark.slow
@@ -367,8 +372,6 @@ def test_a_detector_table_reports_the_auroc_of_its_score_between_poisoned_and_cl
 
 
 def test_where_keeps_only_the_named_values_of_an_axis():
-    from lightning_app.experiments.spec import restrict_axes
-
     experiment = load_experiment("experiments/defenses.yaml")
     restrict_axes(experiment, ["attack=badnet_stripes,multi_target"])
     ids = [run.id for run in expand(experiment)]

@@ -54,15 +54,21 @@ def machine_lock(path: Path | None = None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def select(runs: list[StageRun], only: list[str] | None) -> list[StageRun]:
+def select(experiment: Experiment, runs: list[StageRun], only: list[str] | None) -> list[StageRun]:
     """The runs of the named stages and every run they depend on (in expansion order); all without `only`."""
     if not only:
         return runs
-    names = {run.stage.name for run in runs}
-    unknown = sorted(set(only) - names)
+    unknown = sorted(set(only) - set(experiment.stages))
     if unknown:
-        raise ValueError(f"--only: unknown stage(s) {unknown}; the experiment's stages are {sorted(names)}")
+        raise ValueError(f"--only: unknown stage(s) {unknown}; the experiment's stages are {sorted(experiment.stages)}")
     wanted = {run.id for run in runs if run.stage.name in only}
+    absent = sorted(set(only) - {run.stage.name for run in runs if run.id in wanted})
+    if absent:
+        where = {name: experiment.stages[name].where for name in absent}
+        message = f"--only: stage(s) {absent} have no runs at the chosen axis values and seeds (their `where`: {where})"
+        if not wanted:
+            raise ValueError(message)
+        log.warning(message)
     wanted |= {dep.id for run in runs if run.id in wanted for dep in run.deps.values()}
     return [run for run in runs if run.id in wanted]
 
@@ -103,7 +109,7 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
     lines = []
     summaries = Summaries(experiment)
     to_run, same_run, same_stage, archived = 0, [], [], archived_wall_times(summaries)
-    for run in by_chain(select(expand(experiment), only)):
+    for run in by_chain(select(experiment, expand(experiment), only)):
         waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
         state = status(run)
         line = f"{state:<10} {run.id:<45} {run.run_dir}  ({run.config})"
@@ -203,7 +209,7 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
     runs = expand(experiment)
     failed: dict[str, str] = {}
     with machine_lock():
-        for run in by_chain(select(runs, only)):
+        for run in by_chain(select(experiment, runs, only)):
             broken = [d.id for d in run.deps.values() if d.id in failed]
             if broken:
                 failed[run.id] = f"skipped: {broken[0]} failed"
