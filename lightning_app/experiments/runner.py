@@ -82,7 +82,7 @@ def by_chain(runs: list[StageRun]) -> list[StageRun]:
 
     def chain(run: StageRun) -> int:
         roots = [dep for dep in run.deps.values() if not dep.deps] or [run]
-        return max(index.get(root.id, -1) for root in roots)
+        return max(index[root.id] for root in roots)
 
     seeds = list(dict.fromkeys(run.seed for run in runs))
     return sorted(runs, key=lambda run: (seeds.index(run.seed), chain(run), index[run.id]))

@@ -278,11 +278,8 @@ def _check(experiment: Experiment) -> None:
                 raise ValueError(f"{path}: stage {name!r}: config {config} does not exist")
         if not stage.config and not any(name in a.stages for a in experiment.axes.values()):
             raise ValueError(f"{path}: stage {name!r} has no `config`")
-        for axis_name, values in stage.where.items():
-            known = experiment.axes[axis_name].values if axis_name in experiment.axes else None
-            if known is None or not values or any(v not in known for v in values):
-                raise ValueError(f"{path}: stage {name!r}: where {axis_name}: {values!r} names no axis, "
-                                 "or a value it does not have")
+        _check_where(experiment, f"stage {name!r}", stage.where)
+        for axis_name in stage.where:
             if axis_name not in _axes_of(experiment, name):
                 raise ValueError(f"{path}: stage {name!r}: where {axis_name}: the axis applies neither to the "
                                  "stage nor to a stage it starts from or needs")
@@ -302,11 +299,7 @@ def _check(experiment: Experiment) -> None:
             if len(pair) != 2 or any(value not in names for value in pair) or axis not in table.rows:
                 raise ValueError(f"{path}: table {table.block!r}: compare {pair!r} must be two values of "
                                  f"{axis!r}, in a table whose rows include {axis!r}")
-        for axis_name, values in table.where.items():
-            known = experiment.axes[axis_name].values if axis_name in experiment.axes else None
-            if known is None or any(value_name(v) not in known for v in _list(values)):
-                raise ValueError(f"{path}: table {table.block!r}: where {axis_name}: {values!r} names no axis, "
-                                 "or a value it does not have")
+        _check_where(experiment, f"table {table.block!r}", table.where)
         if table.select is not None:
             _unknown(f"table {table.block!r}: select", table.select, SELECT_KEYS, str(path))
             if set(table.select) != SELECT_KEYS:
@@ -329,6 +322,14 @@ def _check(experiment: Experiment) -> None:
     for stage in experiment.exports:
         if stage not in experiment.stages:
             raise ValueError(f"{path}: exports names unknown stage {stage!r}")
+
+
+def _check_where(experiment: Experiment, what: str, where: dict[str, Any]) -> None:
+    for axis_name, values in where.items():
+        known = experiment.axes[axis_name].values if axis_name in experiment.axes else None
+        if known is None or not _list(values) or any(value_name(v) not in known for v in _list(values)):
+            raise ValueError(f"{experiment.path}: {what}: where {axis_name}: {values!r} names no axis, "
+                             "or a value it does not have")
 
 
 def _axes_of(experiment: Experiment, name: str) -> set[str]:
