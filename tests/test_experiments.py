@@ -170,6 +170,19 @@ def test_intervals_on_hand_made_numbers():
     assert not Interval(0.1, 0.05, 0.25, 3).separated_from(Interval(0.3, 0.2, 0.4, 3))
 
 
+def test_a_table_whose_rows_have_fewer_seeds_than_the_experiment_says_which(tmp_path):
+    from lightning_app.experiments.views import seeds_line, write_views
+
+    experiment = toy(tmp_path)
+    run = {"ca_top1": 0.9, "asr": 0.1}
+    rows = [{**run, "stage": "cleanclip", "attack": "badnet", "lr": "0.001", "seed": seed} for seed in (0, 1)]
+    assert seeds_line(experiment, experiment.tables[0], rows) == ""
+    rows += [{**run, "stage": "abd", "attack": attack, "seed": 1} for attack in ("badnet", "blended")]
+    line = seeds_line(experiment, experiment.tables[0], rows)
+    assert line == "Seeds of each row's n (of 0, 1): seeds 0, 1 (1 row); seed 1 (2 rows)."
+    assert line in write_views(experiment, rows)[0].read_text()
+
+
 def test_the_table_shows_mean_and_interval_per_row_and_the_cost_paired_by_seed(tmp_path):
     experiment = toy(tmp_path)
     rows = []

@@ -151,6 +151,19 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
     return "\n".join(lines)
 
 
+def seeds_line(experiment: Experiment, table: TableSpec, rows: list[dict]) -> str:
+    """Which seeds the rows' n count, when some row has fewer than the experiment's seeds (a table whose
+    runs are still being made, or made on two machines): an n alone does not say which seed a number is."""
+    if table.select:
+        return ""  # its rows' n are the seeds where a run met the rule, which its `found` column says
+    counts = Counter(tuple(sorted({row["seed"] for row in group})) for group in group_rows(experiment, table, rows).values())
+    if set(counts) <= {tuple(sorted(experiment.seeds))}:
+        return ""
+    parts = [f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} ({n} row{'s' if n > 1 else ''})"
+             for seeds, n in sorted(counts.items(), key=lambda item: (-len(item[0]), item[0]))]
+    return f"Seeds of each row's n (of {', '.join(map(str, experiment.seeds))}): " + "; ".join(parts) + "."
+
+
 def paired_differences(first: list[dict], second: list[dict], field_name: str) -> list[float] | None:
     """The per-seed differences first − second on `field_name`, when each side has one value a seed and at
     least 3 seeds are shared (runs from the same seed's model differ by less than the models do, which
@@ -402,6 +415,8 @@ def write_views(experiment: Experiment, rows: list[dict], update_docs: bool = Fa
     written, docs = [], []
     for table in experiment.tables:
         text = table_note(experiment, table) + "\n\n" + render_table(experiment, table, rows)
+        if seeds := seeds_line(experiment, table, rows):
+            text += "\n\n" + seeds
         compared = comparisons(experiment, table, rows)
         if compared:
             text += ("\n\nOrderings (the first against the second, 95% intervals over seeds; where both sides ran on the "
