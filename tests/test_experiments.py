@@ -181,6 +181,8 @@ def test_a_table_whose_rows_have_fewer_seeds_than_the_experiment_says_which(tmp_
     line = seeds_line(experiment, experiment.tables[0], rows)
     assert line == "Seeds of each row's n (of 0, 1): seeds 0, 1 (1 row); seed 1 (2 rows)."
     assert line in write_views(experiment, rows)[0].read_text()
+    experiment.seeds = [1, 0]  # as `--seeds 1 0` leaves them
+    assert seeds_line(experiment, experiment.tables[0], rows).startswith("Seeds of each row's n (of 0, 1): ")
 
 
 def test_the_table_shows_mean_and_interval_per_row_and_the_cost_paired_by_seed(tmp_path):

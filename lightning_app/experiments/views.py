@@ -161,7 +161,7 @@ def seeds_line(experiment: Experiment, table: TableSpec, rows: list[dict]) -> st
         return ""
     parts = [f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} ({n} row{'s' if n > 1 else ''})"
              for seeds, n in sorted(counts.items(), key=lambda item: (-len(item[0]), item[0]))]
-    return f"Seeds of each row's n (of {', '.join(map(str, experiment.seeds))}): " + "; ".join(parts) + "."
+    return f"Seeds of each row's n (of {', '.join(map(str, sorted(experiment.seeds)))}): " + "; ".join(parts) + "."
 
 
 def paired_differences(first: list[dict], second: list[dict], field_name: str) -> list[float] | None:
