@@ -12,8 +12,10 @@ peak GPU memory, CA and ASR, and, when `open_clip_train` is installed (`pip inst
 open_clip's own trainer's img/s per GPU on the same shards and model (ratio ours/open_clip).
 It exits non-zero if any fit fails, resumes to the wrong step, or reports no CA/ASR.
 
-Without CUDA and without --cpu-smoke it says so and exits 0. `--cpu-smoke` runs the DDP arm on the tiny
-model (gloo, 2 processes, 32 px); DeepSpeed needs CUDA and is reported as skipped.
+Without CUDA and without --cpu-smoke it says so and exits 0. `--cpu-smoke` runs all three arms on the tiny
+model at 32 px on 2 CPU processes (gloo): DDP, and ZeRO-2 and ZeRO-3 through DeepSpeed's CPU accelerator
+(`configs/strategies/cpu.yaml`, `DS_ACCELERATOR=cpu`), in fp32. The model settings are the cc3m configs'
+(channels_last on), on the GPU as on the CPU.
 Run directories: runs/gpu_acceptance/<strategy>/.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs" / "gpu_acceptance"
+STRATEGIES = {"ddp": "configs/strategies/ddp.yaml", "deepspeed_zero2": "configs/strategies/deepspeed_zero2.yaml",
+              "deepspeed_zero3": "configs/strategies/deepspeed_zero3.yaml"}
+CPU_STRATEGY = "configs/strategies/cpu.yaml"
 
 
 def _tier(cpu_smoke: bool):
@@ -46,15 +52,15 @@ def _tier(cpu_smoke: bool):
     return bench
 
 
-def _fit(run_dir: Path, strategy: str, model: str, precision: str, bench, batch: int, epoch_steps: int, epochs: int,
+def _fit(run_dir: Path, strategy: list[str], model: str, precision: str, bench, batch: int, epoch_steps: int, epochs: int,
          patch: int, accelerator: str, devices: str, resume: bool) -> tuple[int, str]:
     args = [sys.executable, str(REPO / "main.py"), "fit", "--config", "configs/embedded/badnet.yaml",
-            "--config", strategy, "--trainer.default_root_dir", str(run_dir),
+            *[arg for fragment in strategy for arg in ("--config", fragment)], "--trainer.default_root_dir", str(run_dir),
             "--trainer.accelerator", accelerator, "--trainer.devices", devices, "--trainer.precision", precision,
             "--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", str(epoch_steps),
             "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
             "--checkpoint_every_n_steps", str(max(1, epoch_steps // 2)),
-            "--model.init_args.model.name", model, "--model.init_args.model.channels_last", "false",
+            "--model.init_args.model.name", model, "--model.init_args.model.channels_last", "true",
             "--data.init_args.embedded", "null", "--data.init_args.train_shards", bench.pretrain_urls,
             "--data.init_args.eval.directory", bench.eval_dir, "--data.init_args.batch_size", str(batch),
             "--data.init_args.trigger.init_args.size", str(patch), "--data.init_args.num_workers", "2"]
@@ -62,8 +68,9 @@ def _fit(run_dir: Path, strategy: str, model: str, precision: str, bench, batch:
         args += ["--ckpt_path", "last"]
     log = run_dir.parent / f"{run_dir.name}.{'resume' if resume else 'first'}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"} if CPU_STRATEGY in strategy else None
     with open(log, "w") as out:
-        rc = subprocess.run(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     return rc, str(log)
 
 
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="training steps per strategy, two epochs of half (default 60; 16 with --cpu-smoke)")
     parser.add_argument("--batch-size", type=int, default=64, help="per device")
     parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, DDP on 2 CPU processes")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, every arm on 2 CPU processes")
     args = parser.parse_args(argv)
     import torch
 
@@ -106,14 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = _tier(args.cpu_smoke)
     if args.cpu_smoke:
         model, precision, accelerator, devices, patch = "configs/models/tiny-rn32.json", "32-true", "cpu", "2", 8
-        strategies = {"ddp": "configs/strategies/ddp.yaml"}
-        skipped = ["deepspeed_zero2", "deepspeed_zero3"]
+        strategies = {name: [path] + ([CPU_STRATEGY] if name != "ddp" else []) for name, path in STRATEGIES.items()}
         batch = min(args.batch_size, 32)
     else:
         model, precision, accelerator, devices, patch = args.model, "bf16-mixed", "gpu", "-1", 16
-        strategies = {"ddp": "configs/strategies/ddp.yaml", "deepspeed_zero2": "configs/strategies/deepspeed_zero2.yaml",
-                      "deepspeed_zero3": "configs/strategies/deepspeed_zero3.yaml"}
-        skipped = []
+        strategies = {name: [path] for name, path in STRATEGIES.items()}
         batch = args.batch_size
     gpus = torch.cuda.device_count() if cuda and not args.cpu_smoke else 2
     epoch_steps = args.steps // 2
@@ -149,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, steps, rate, memory, ca, asr, seconds in rows:
         print(f"| {name} | {steps} | {fmt(rate)} | {fmt(memory, 2)} | {fmt(ca, 3)} | {fmt(asr, 3)} | {seconds:.0f} |")
-    for name in skipped:
-        print(f"| {name} | skipped: DeepSpeed needs CUDA | | | | | |")
     if not args.cpu_smoke:
         ours = next((rate for name, _, rate, *_ in rows if name == "ddp"), None)
         if reference is None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file, save_file
 from torchvision.utils import save_image
 
@@ -91,11 +90,15 @@ class CraftAdversarialPatch(PatchOptimisation, _Crafting, CLIPModule):
             self.log(f"craft/{name}", value, prog_bar=name == "objective")
         return -terms["objective"]
 
-    @rank_zero_only
     def on_fit_end(self) -> None:
+        with self.gathered_weights():  # every rank: under ZeRO-3 the patch is a partition outside a step
+            patch = self.patch.detach().clamp(0, 1).cpu().contiguous()
+        if self.global_rank == 0:
+            self._write(patch)
+
+    def _write(self, patch: torch.Tensor) -> None:
         out = Path(self.trainer.default_root_dir) / "adversarial"
         out.mkdir(parents=True, exist_ok=True)
-        patch = self.patch.detach().clamp(0, 1).cpu().contiguous()
         save_file({"patch": patch}, str(out / PATCH_FILE))
         save_image(patch, str(out / "patch.png"))
         (out / "adversarial.json").write_text(json.dumps(

@@ -32,7 +32,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.poison.selection import names_target, poison_score
 from datamodules.poison.triggers import save_png
@@ -122,7 +121,7 @@ class OptimizeBadCLIPPatch(PatchOptimisation, CLIPModule):
         """The surrogate's embeddings of natural target images."""
 
     def on_fit_start(self) -> None:
-        with eval_mode(self.model):
+        with eval_mode(self.model), self.gathered_weights():
             self._collect_targets()
 
     @torch.no_grad()
@@ -186,11 +185,16 @@ class OptimizeBadCLIPPatch(PatchOptimisation, CLIPModule):
             self.log(f"badclip/{name}", value, prog_bar=name == "loss")
         return terms["loss"]
 
-    @rank_zero_only
     def on_fit_end(self) -> None:
+        with self.gathered_weights():  # every rank: under ZeRO-3 the patch is a partition outside a step
+            patch = self.patch.detach().cpu().clone()
+        if self.global_rank == 0:
+            self._write(patch)
+
+    def _write(self, patch: torch.Tensor) -> None:
         out = Path(self.trainer.default_root_dir) / "badclip"
         out.mkdir(parents=True, exist_ok=True)
-        save_png(self.patch.detach().cpu(), out / PATCH_PNG)
+        save_png(patch, out / PATCH_PNG)
         (out / "patch.json").write_text(json.dumps(
             {"target": self.target, "size": self.patch.shape[-1], "location": self.location,
              "weights": asdict(self.weights), "steps": self.trainer.global_step, "seed": self.seed,

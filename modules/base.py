@@ -118,11 +118,31 @@ class CLIPModule(LightningModule):
         self.clip_loss = make_clip_loss(self.global_rank, self.trainer.world_size)
         if isinstance(self.trainer.strategy, DeepSpeedStrategy):
             store_scalars_as_vectors(self.model)
+        elif self.model_config.channels_last:
+            # The weights in channels_last too. Not under DeepSpeed: its engine broadcasts every parameter
+            # as `p.data.view(torch.uint8)`, which a channels_last kernel refuses, and ZeRO re-stores the
+            # parameters in its own flat (contiguous) buffers anyway. There only the images are
+            # channels_last (`_images`): cuDNN picks the channels_last kernels when either operand is.
+            self.model.to(memory_format=torch.channels_last)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         if self.model_config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def gathered_weights(self):
+        """A context in which this rank holds every parameter whole, for model passes and reads outside a
+        training or validation step (scoring the stream, collecting targets, writing a learned patch).
+
+        Under ZeRO-3 a parameter is a partition on each rank, gathered by the engine only while it runs a
+        step; outside one, a submodule's weights read by its parent (the attention pool's projections)
+        or a learned patch are empty tensors. Collective: every rank must enter it. Elsewhere a no-op."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(self._images(images), normalize=True)

@@ -27,7 +27,6 @@ import json
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.poison.triggers import MaskedPattern
 from datamodules.transforms import denormalise, normalise_pixels
@@ -146,11 +145,16 @@ class InvertTrigger(CLIPModule):
         best = self.best or {"mask": self.mask().detach().cpu(), "pattern": self.pattern().detach().cpu()}
         return MaskedPattern.from_tensors(best["mask"], best["pattern"])
 
-    @rank_zero_only
     def on_fit_end(self) -> None:
+        with self.gathered_weights():  # every rank: under ZeRO-3 the mask and pattern are partitions here
+            trigger = self.recovered_trigger()
+        if self.global_rank == 0:
+            self._write(trigger)
+
+    def _write(self, trigger: MaskedPattern) -> None:
         out = Path(self.trainer.default_root_dir) / INVERSION_DIR
         out.mkdir(parents=True, exist_ok=True)
-        self.recovered_trigger().save(out / "trigger", self.input_spec().image_size)
+        trigger.save(out / "trigger", self.input_spec().image_size)
         (out / "inversion.json").write_text(json.dumps(self.result(), indent=1))
 
     def summary_extras(self) -> dict:

@@ -33,7 +33,8 @@ class ModelConfig:
     pretrained: Optional[str] = None
     """None (from scratch), an open_clip pretrained tag, or a local weight file (.safetensors/.pt/.bin/.ckpt)."""
     channels_last: bool = False
-    """Use the channels_last memory format (faster convolutions on CPU and recent GPUs)."""
+    """Use the channels_last memory format (faster convolutions on CPU and recent GPUs): the images always,
+    the convolution weights too unless DeepSpeed owns their storage (`CLIPModule.setup`)."""
     batchnorm_momentum: Optional[float] = None
     """Override the momentum of BatchNorm running statistics (ResNet towers). A tiny model trained for a
     few thousand steps at a high learning rate changes faster than the default 0.1 tracks."""
@@ -168,8 +169,6 @@ def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.momentum = config.batchnorm_momentum
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     cfg = get_model_preprocess_cfg(model)
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
     spec = InputSpec(image_size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),

@@ -296,7 +296,14 @@ class OracleTriggerFinder(CLIPModule):
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.trainer.world_size != 1:
-            raise ValueError("the oracle finder runs on one device (one pass over the defender's data)")
+            raise ValueError(f"the oracle finder runs on one device (one pass over the defender's data), but "
+                             f"trainer.devices × num_nodes gives {self.trainer.world_size} ranks under "
+                             f"{type(self.trainer.strategy).__name__}: set trainer.devices 1 and trainer.num_nodes 1 "
+                             "(any strategy, ZeRO included)")
+        with self.gathered_weights():
+            self._find()
+
+    def _find(self) -> None:
         data = self.trainer.datamodule
         eval_set = data.eval_set
         classifier = zeroshot_classifier(self.encode_text, self.input_spec().tokenizer, eval_set.classnames,

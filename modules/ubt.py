@@ -114,7 +114,13 @@ def score_stream(module: CLIPModule, stream, top_m: int, keep: Optional[Callable
     shards in this process) under `module`'s model, in eval mode. With `keep(key, similarity) →
     priority`, the pass also keeps the pairs of the `top_m` highest priorities as the model saw them
     (uint8 pixels at its input size, caption), so that unlearning needs no further pass. With
-    `embeddings`, appends each batch's (keys, image embeddings in float16) to it."""
+    `embeddings`, appends each batch's (keys, image embeddings in float16) to it. Every rank that runs
+    it holds the whole model for the pass (`gathered_weights`: under ZeRO-3 all ranks must call it)."""
+    with module.gathered_weights():
+        return _score_stream(module, stream, top_m, keep, embeddings)
+
+
+def _score_stream(module, stream, top_m, keep, embeddings):
     was_training = module.training
     module.eval()
     spec = module.input_spec()
@@ -329,7 +335,10 @@ class SuspiciousPairDiscovery(CLIPModule):
     def score_pairs(self, keep: Optional[Callable[[str, float], float]] = None, embeddings: Optional[list] = None
                     ) -> tuple[dict[str, float], dict]:
         if self.trainer.world_size != 1:
-            raise ValueError("suspicious-pair discovery runs on one device (it scores the whole stream)")
+            raise ValueError(f"suspicious-pair discovery runs on one device (it scores the whole stream), but "
+                             f"trainer.devices × num_nodes gives {self.trainer.world_size} ranks under "
+                             f"{type(self.trainer.strategy).__name__}: set trainer.devices 1 and trainer.num_nodes 1 "
+                             "(any strategy, ZeRO included); its unlearning stage then runs on every device")
         kept = self.cluster_seed if self.score == "cluster" else self.top_m
         return score_stream(self, self.trainer.datamodule.train_stream, kept, keep, embeddings)
 

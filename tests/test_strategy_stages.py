@@ -1,0 +1,143 @@
+"""(slow, distributed) Every stage of the toolkit under DeepSpeed on CPU ranks (gloo, `DS_ACCELERATOR=cpu`,
+lightning_app.strategies.CPUDeepSpeedStrategy), from the shipped embedded configs with channels_last as they
+ship it, a few steps each at 32 px, through tests/helpers/fit_stages.py:
+
+- ZeRO-3 on 2 ranks: pretraining with each objective, FT, CleanCLIP, ABD's crafting and ABD (patch and
+  PGD), DECREE's inversion and repair, RoCLIP, SafeCLIP (through a split epoch), BadCLIP's patch, UBT's
+  token unlearning; every defense starts from the 2-rank ZeRO-3 pretraining run's checkpoint directory.
+- UBT's discovery and the oracle finder run on one device by design: under ZeRO-3 on 1 rank, and refused
+  on 2 ranks before training with an error that says so.
+- ZeRO-2 on 2 ranks: pretraining, CleanCLIP, ABD.
+The CPU strategy partitions every parameter (persistence threshold 0), as ZeRO-3 does with a real-size
+model's large weights, so a model pass outside the engine's step that forgot to gather fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+HELPER = REPO / "tests" / "helpers" / "fit_stages.py"
+ZERO3 = ["configs/strategies/deepspeed_zero3.yaml", "configs/strategies/cpu.yaml"]
+ZERO2 = ["configs/strategies/deepspeed_zero2.yaml", "configs/strategies/cpu.yaml"]
+TWO_RANK_STAGES = ["pretrain", "pretrain_ssl", "pretrain_siglip", "pretrain_cyclip", "ft", "cleanclip", "abd_craft",
+                   "abd", "abd_pgd", "decree", "repair", "roclip", "safeclip", "badclip_patch"]
+ONE_DEVICE_STAGES = ["ubt_detect", "oracle_finder"]
+NOT_EVALUATED = {"abd_craft", "decree"}  # their configs skip the zero-shot pass (limit_val_batches: 0)
+# artefacts a stage writes outside its checkpoints (each read back below)
+OUTPUTS = {"abd_craft": "adversarial/patch.safetensors", "decree": "inversion/trigger/trigger.json",
+           "badclip_patch": "badclip/patch.png", "safeclip": "safeclip/epoch_001.json",
+           "ubt_detect": "ubt/suspicious.json", "oracle_finder": "oracle/finding.json"}
+
+
+def _stages(out: Path, bench, stages: list[str], strategy: list[str], ranks: int, port: int,
+            check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+                 str(port)] if ranks > 1 else [sys.executable])
+    result = subprocess.run([*launcher, str(HELPER), str(out), bench.root, "--devices", str(ranks),
+                             "--strategy", *strategy, "--stages", *stages],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        failed = out / "failed.txt"
+        assert result.returncode == 0, (failed.read_text() if failed.exists() else result.stderr[-4000:])
+    return result
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from modules.deepspeed_checkpoint import read_deepspeed_state_dict
+
+    return read_deepspeed_state_dict(run / "checkpoints" / "last.ckpt")
+
+
+def _trained(run: Path, stage: str) -> None:
+    """The stage took optimizer steps, its logged objectives are finite, and it measured CA and ASR."""
+    summary = _summary(run)
+    assert summary["steps"] >= 1, stage
+    if stage not in NOT_EVALUATED:
+        assert 0.0 <= summary["ca_top1"] <= 1.0 and 0.0 <= summary["asr"] <= 1.0, (stage, summary["ca_top1"], summary["asr"])
+    losses = [float(value) for row in _metrics(run) for name, value in row.items()
+              if value and name.endswith(("loss", "objective"))]
+    assert losses and all(math.isfinite(x) for x in losses), (stage, losses)
+
+
+def _metrics(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_every_stage_trains_under_zero3_on_two_cpu_ranks(small_benchmark, tmp_path):
+    out = tmp_path / "zero3"
+    _stages(out, small_benchmark, TWO_RANK_STAGES, ZERO3, 2, 29711)
+    _stages(out, small_benchmark, ONE_DEVICE_STAGES, ZERO3, 1, 29712)
+    _stages(out, small_benchmark, ["ubt_unlearn"], ZERO3, 2, 29713)
+
+    for stage in [*TWO_RANK_STAGES, "ubt_unlearn"]:
+        _trained(out / stage, stage)
+    for stage, path in OUTPUTS.items():
+        assert (out / stage / path).exists(), f"{stage} wrote no {path}"
+
+    # a defense starts from the 2-rank ZeRO-3 directory and moves the weights it was given
+    pretrained, cleaned = _weights(out / "pretrain"), _weights(out / "cleanclip")
+    assert pretrained.keys() == cleaned.keys()
+    assert any(not torch.equal(pretrained[k], cleaned[k]) for k in pretrained if pretrained[k].is_floating_point())
+    # the patch and the mask were gathered whole before they were written (partitions would be empty)
+    from safetensors.torch import load_file
+
+    assert load_file(out / "abd_craft" / "adversarial" / "patch.safetensors")["patch"].shape == (3, 8, 8)
+    assert json.loads((out / "ubt_detect" / "ubt" / "suspicious.json").read_text())["keys"]
+    assert _summary(out / "ubt_unlearn")["unlearned_pairs"] == 16
+
+    # on 2 ranks the one-device stages refuse before training, naming what to set
+    refused = _stages(tmp_path / "refused", small_benchmark, ["ubt_detect"], ZERO3, 2, 29714, check=False)
+    assert refused.returncode != 0
+    message = (tmp_path / "refused" / "failed.txt").read_text()
+    assert "trainer.devices 1" in message and "CPUDeepSpeedStrategy" in message
+    assert not (tmp_path / "refused" / "ubt_detect" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_pretraining_cleanclip_and_abd_train_under_zero2_on_two_cpu_ranks(small_benchmark, tmp_path):
+    out = tmp_path / "zero2"
+    _stages(out, small_benchmark, ["pretrain", "cleanclip", "abd_craft", "abd"], ZERO2, 2, 29715)
+    for stage in ("pretrain", "cleanclip", "abd"):
+        _trained(out / stage, stage)
+
+
+@pytest.mark.slow
+def test_the_gpu_users_cc3m_deepspeed_command_trains_with_the_cpu_strategy(small_benchmark, tmp_path):
+    """`main.py fit --config configs/cc3m/pretrain_badnet.yaml --config configs/strategies/deepspeed_zero2.yaml`,
+    less the device and the model size: the shipped cc3m model settings (channels_last) under ZeRO-2."""
+    run = tmp_path / "cc3m"
+    result = subprocess.run(
+        [sys.executable, "main.py", "fit", "--config", "configs/cc3m/pretrain_badnet.yaml",
+         "--config", "configs/strategies/deepspeed_zero2.yaml", "--config", "configs/strategies/cpu.yaml",
+         "--trainer.devices", "1", "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "1",
+         "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
+         "--model.init_args.model.name", "configs/models/tiny-rn32.json",
+         "--data.init_args.train_shards", small_benchmark.pretrain_urls, "--data.init_args.num_samples", "800",
+         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.eval.num_workers", "1",
+         "--data.init_args.num_workers", "1", "--data.init_args.batch_size", "32",
+         "--data.init_args.poison.count", "40", "--data.init_args.poison.target", "triangle"],
+        cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    config = (run / "config.yaml").read_text()
+    assert "channels_last: true" in config and "stage: 2" in config
+    summary = _summary(run)
+    assert summary["steps"] == 2 and summary["poison_count"] == 40
+    assert 0.0 <= summary["ca_top1"] <= 1.0 and 0.0 <= summary["asr"] <= 1.0
