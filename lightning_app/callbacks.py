@@ -77,8 +77,9 @@ class RunSummary(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         health = getattr(trainer.datamodule, "data_health", lambda: {})()
         if health:
-            pl_module.log("data/skipped_samples", float(skipped_samples(health)))
-            pl_module.log("data/lost_shards", float(health.get("lost_shards", 0)))
+            # each rank counts what its own stream read: the run's figure is the sum over ranks
+            pl_module.log("data/skipped_samples", float(skipped_samples(health)), reduce_fx="sum", sync_dist=True)
+            pl_module.log("data/lost_shards", float(health.get("lost_shards", 0)), reduce_fx="sum", sync_dist=True)
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module):

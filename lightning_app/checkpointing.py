@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,10 +61,14 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 def prune_step_checkpoints(directory: Path, keep: int) -> None:
-    """Remove all but the `keep` step checkpoints (`stepNNNNNNN.ckpt`) of the highest step numbers."""
+    """Remove all but the `keep` step checkpoints (`stepNNNNNNN.ckpt`) of the highest step numbers: files, or
+    the directories DeepSpeed writes (one shard per rank inside)."""
     steps = sorted(directory.glob("step*.ckpt"), key=lambda p: int(p.stem.removeprefix("step")))
     for stale in steps[:-keep]:
-        stale.unlink(missing_ok=True)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def run_checkpoints(checkpoint_dir: Path, every_n_steps: Optional[int], keep: int) -> list[ModelCheckpoint]:

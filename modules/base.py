@@ -144,6 +144,24 @@ class CLIPModule(LightningModule):
             return deepspeed.zero.GatheredParameters(list(self.parameters()), modifier_rank=None)
         return contextlib.nullcontext()
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._share_buffers()
+
+    def on_validation_epoch_start(self) -> None:
+        self._share_buffers()
+
+    def _share_buffers(self) -> None:
+        """Rank zero's buffers (BatchNorm's running statistics) on every rank, under DeepSpeed.
+
+        DDP broadcasts them from rank zero before every forward; DeepSpeed's engine broadcasts parameters
+        only, so each rank's statistics drift with its own batches, the checkpoint keeps rank zero's, and
+        the other ranks evaluate their share of the eval set with statistics no saved model has. The same
+        broadcast here keeps a ZeRO run equal to a DDP one and a 2-rank CA equal to the checkpoint's."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DeepSpeedStrategy) and self.trainer.world_size > 1:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(self._images(images), normalize=True)
 

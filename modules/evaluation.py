@@ -195,9 +195,12 @@ class ZeroShotEvaluation(Callback):
                 for logger in trainer.loggers:
                     logger.log_metrics({f"{prefix}/{k}": v for k, v in self.initial.items()}, step=0)
             return
+        # The metrics' compute() already reduced their counts over every rank, so each rank holds the global
+        # value and the mean over ranks that sync_dist takes is that value again; the images this rank could
+        # not read are its own, summed. (sync_dist everywhere also answers Lightning's epoch-level warning.)
         for name, value in values.items():
             pl_module.log(f"{prefix}/{name}", value, prog_bar=name in ("ca_top1", "asr"),
-                          reduce_fx="sum" if name == "skipped_images" else "mean", sync_dist=name == "skipped_images")
+                          reduce_fx="sum" if name == "skipped_images" else "mean", sync_dist=True)
 
     def state_dict(self) -> dict:
         return {"initial": self.initial}

@@ -289,6 +289,7 @@ class TokenUnlearning(CLIPModule):
         return torch.relu(similarity - self.margin).mean(), similarity.detach()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
         keep_frozen_norms_in_eval(self.model)  # Lightning puts the model back in train mode after validation
 
     def retain_tokens_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """DeepSpeed: every strategy config builds a trainer; ZeRO checkpoints (made for real on CPU by
 DeepSpeed itself) convert to the model's fp32 weights and load as `model.pretrained`; a checkpoint
-carrying a pickled payload is refused without running it. Training with DeepSpeed needs CUDA."""
+carrying a pickled payload is refused without running it. Fits under DeepSpeed: tests/test_strategy_stages.py."""
 
 from __future__ import annotations
 
@@ -85,3 +85,30 @@ def test_zero_checkpoint_with_a_pickled_payload_is_refused_without_running_it(ze
     with pytest.raises(ValueError, match="untrusted"):
         read_deepspeed_state_dict(poisoned)
     assert not mark.exists()
+
+
+@pytest.mark.parametrize("strategy", [None, "configs/strategies/deepspeed_zero2.yaml", "configs/strategies/deepspeed_zero3.yaml"])
+def test_channels_last_weights_only_where_deepspeed_does_not_own_them(strategy, tmp_path):
+    """The cc3m recipe sets channels_last: its convolution kernels go channels_last at setup under DDP or one
+    device, and stay contiguous under DeepSpeed, whose engine views every parameter as bytes to broadcast
+    it (a channels_last kernel refuses) and re-stores them in its own flat buffers; the images are
+    channels_last either way."""
+    from lightning_app.strategies import CPUDeepSpeedStrategy
+
+    args = ["--config", "configs/cc3m/pretrain_badnet.yaml", "--trainer.default_root_dir", str(tmp_path),
+            "--model.init_args.model.name", "configs/models/tiny-rn32.json", "--trainer.accelerator", "cpu",
+            "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true"]
+    if strategy is not None:
+        args += ["--config", strategy, "--config", "configs/strategies/cpu.yaml"]
+    cli = BackdoorCLI(args=args, run=False)
+    assert cli.model.model_config.channels_last
+    assert isinstance(cli.trainer.strategy, CPUDeepSpeedStrategy) == (strategy is not None)
+    cli.model._trainer = cli.trainer
+    cli.model.setup("fit")
+    kernel = cli.model.model.visual.conv1.weight
+    assert kernel.is_contiguous(memory_format=torch.channels_last) == (strategy is None)
+    assert kernel.is_contiguous() == (strategy is not None)
+    assert cli.model._images(torch.zeros(2, 3, 32, 32)).is_contiguous(memory_format=torch.channels_last)
+    if strategy is not None:
+        zero = cli.trainer.strategy.config["zero_optimization"]
+        assert zero["stage"] == int(Path(strategy).stem[-1]) and zero["stage3_param_persistence_threshold"] == 0

@@ -85,6 +85,14 @@ def test_step_checkpoints_are_pruned_by_step_number_whoever_wrote_them(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step0000020.ckpt", "step0000100.ckpt"]
 
 
+def test_deepspeed_step_checkpoints_are_directories_and_are_pruned_too(tmp_path):
+    for step in (4, 8, 12):
+        (tmp_path / f"step{step:07d}.ckpt" / "checkpoint").mkdir(parents=True)
+        (tmp_path / f"step{step:07d}.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    prune_step_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step0000008.ckpt", "step0000012.ckpt"]
+
+
 def test_a_failed_checkpoint_write_leaves_no_partial_and_a_stale_one_does_not_block(tmp_path, monkeypatch):
     target = tmp_path / "last.ckpt"
 

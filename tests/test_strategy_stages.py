@@ -31,18 +31,26 @@ ZERO2 = ["configs/strategies/deepspeed_zero2.yaml", "configs/strategies/cpu.yaml
 TWO_RANK_STAGES = ["pretrain", "pretrain_ssl", "pretrain_siglip", "pretrain_cyclip", "ft", "cleanclip", "abd_craft",
                    "abd", "abd_pgd", "decree", "repair", "roclip", "safeclip", "badclip_patch"]
 ONE_DEVICE_STAGES = ["ubt_detect", "oracle_finder"]
-NOT_EVALUATED = {"abd_craft", "decree"}  # their configs skip the zero-shot pass (limit_val_batches: 0)
+NOT_EVALUATED = {"abd_craft", "decree", "badclip_patch"}  # their configs skip the zero-shot pass (limit_val_batches: 0)
 # artefacts a stage writes outside its checkpoints (each read back below)
 OUTPUTS = {"abd_craft": "adversarial/patch.safetensors", "decree": "inversion/trigger/trigger.json",
            "badclip_patch": "badclip/patch.png", "safeclip": "safeclip/epoch_001.json",
            "ubt_detect": "ubt/suspicious.json", "oracle_finder": "oracle/finding.json"}
 
 
-def _stages(out: Path, bench, stages: list[str], strategy: list[str], ranks: int, port: int,
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stages(out: Path, bench, stages: list[str], strategy: list[str], ranks: int,
             check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-                 str(port)] if ranks > 1 else [sys.executable])
+                 str(_free_port())] if ranks > 1 else [sys.executable])
     result = subprocess.run([*launcher, str(HELPER), str(out), bench.root, "--devices", str(ranks),
                              "--strategy", *strategy, "--stages", *stages],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -83,9 +91,9 @@ def _metrics(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_every_stage_trains_under_zero3_on_two_cpu_ranks(small_benchmark, tmp_path):
     out = tmp_path / "zero3"
-    _stages(out, small_benchmark, TWO_RANK_STAGES, ZERO3, 2, 29711)
-    _stages(out, small_benchmark, ONE_DEVICE_STAGES, ZERO3, 1, 29712)
-    _stages(out, small_benchmark, ["ubt_unlearn"], ZERO3, 2, 29713)
+    _stages(out, small_benchmark, TWO_RANK_STAGES, ZERO3, 2)
+    _stages(out, small_benchmark, ONE_DEVICE_STAGES, ZERO3, 1)
+    _stages(out, small_benchmark, ["ubt_unlearn"], ZERO3, 2)
 
     for stage in [*TWO_RANK_STAGES, "ubt_unlearn"]:
         _trained(out / stage, stage)
@@ -104,7 +112,7 @@ def test_every_stage_trains_under_zero3_on_two_cpu_ranks(small_benchmark, tmp_pa
     assert _summary(out / "ubt_unlearn")["unlearned_pairs"] == 16
 
     # on 2 ranks the one-device stages refuse before training, naming what to set
-    refused = _stages(tmp_path / "refused", small_benchmark, ["ubt_detect"], ZERO3, 2, 29714, check=False)
+    refused = _stages(tmp_path / "refused", small_benchmark, ["ubt_detect"], ZERO3, 2, check=False)
     assert refused.returncode != 0
     message = (tmp_path / "refused" / "failed.txt").read_text()
     assert "trainer.devices 1" in message and "CPUDeepSpeedStrategy" in message
@@ -114,7 +122,7 @@ def test_every_stage_trains_under_zero3_on_two_cpu_ranks(small_benchmark, tmp_pa
 @pytest.mark.slow
 def test_pretraining_cleanclip_and_abd_train_under_zero2_on_two_cpu_ranks(small_benchmark, tmp_path):
     out = tmp_path / "zero2"
-    _stages(out, small_benchmark, ["pretrain", "cleanclip", "abd_craft", "abd"], ZERO2, 2, 29715)
+    _stages(out, small_benchmark, ["pretrain", "cleanclip", "abd_craft", "abd"], ZERO2, 2)
     for stage in ("pretrain", "cleanclip", "abd"):
         _trained(out / stage, stage)
 
@@ -141,3 +149,54 @@ def test_the_gpu_users_cc3m_deepspeed_command_trains_with_the_cpu_strategy(small
     summary = _summary(run)
     assert summary["steps"] == 2 and summary["poison_count"] == 40
     assert 0.0 <= summary["ca_top1"] <= 1.0 and 0.0 <= summary["asr"] <= 1.0
+
+
+@pytest.mark.slow
+def test_ca_and_asr_from_two_zero3_ranks_equal_one_process_on_the_saved_model(learning_benchmark, small_poisoned_run,
+                                                                              tmp_path):
+    """The zero-shot pass split over 2 ranks (torchmetrics syncs its counts at compute) reports what one
+    process measures on the checkpoint those ranks saved: the BatchNorm statistics included, which
+    DeepSpeed, unlike DDP, does not broadcast by itself (CLIPModule._share_buffers)."""
+    from modules.evaluation import zero_shot_counts
+    from modules.model_loading import ModelConfig, build_model
+
+    poisoned_dir, poisoned = small_poisoned_run
+    run = tmp_path / "ft"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "main.py",
+         "fit", "--config", "configs/embedded/ft.yaml", *[a for f in ZERO3 for a in ("--config", f)],
+         "--trainer.devices", "2", "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "1",
+         "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false", "--torch_threads", "1",
+         "--model.init_args.model.pretrained", str(poisoned_dir / "checkpoints" / "last.ckpt"),
+         "--data.init_args.trigger_dir", str(poisoned_dir / "trigger"), "--data.init_args.embedded", "null",
+         "--data.init_args.train_shards", learning_benchmark.pretrain_urls,
+         "--data.init_args.eval.directory", learning_benchmark.eval_dir, "--data.init_args.batch_size", "32",
+         "--data.init_args.num_workers", "0", "--data.init_args.eval.num_workers", "0"],
+        cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = _summary(run)
+    model, spec = build_model(ModelConfig(name="configs/models/tiny-rn32.json",
+                                          pretrained=str(run / "checkpoints" / "last.ckpt")))
+    counts = zero_shot_counts(model.eval(), spec, learning_benchmark.eval_dir, run / "trigger", "triangle")
+    one_process_ca = (counts["correct"].sum() / counts["counts"].sum()).item()
+    print("2 ranks", summary["ca_top1"], summary["asr"], "one process", one_process_ca, counts["asr"].compute().item())
+    assert summary["ca_top1"] > 0.2  # a trained model (chance: 0.1), so that a wrong statistic shows
+    assert summary["ca_top1"] == pytest.approx(one_process_ca, abs=1e-6)
+    assert summary["asr"] == pytest.approx(counts["asr"].compute().item(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_every_stage_trains_under_bf16_mixed_on_the_cpu(small_benchmark, tmp_path):
+    """The autocast path the GPU recipes take (`trainer.precision: bf16-mixed`), one process, every stage."""
+    out = tmp_path / "bf16"
+    result = subprocess.run([sys.executable, str(HELPER), str(out), small_benchmark.root, "--precision", "bf16-mixed"],
+                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=900)
+    failed = out / "failed.txt"
+    assert result.returncode == 0, (failed.read_text() if failed.exists() else result.stderr[-4000:])
+    for stage in [*TWO_RANK_STAGES, "ubt_unlearn"]:
+        _trained(out / stage, stage)
+        assert "precision: bf16-mixed" in (out / stage / "config.yaml").read_text()
+    for stage, path in OUTPUTS.items():
+        assert (out / stage / path).exists(), f"{stage} wrote no {path}"

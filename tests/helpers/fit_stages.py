@@ -64,7 +64,10 @@ def stage_args(name: str, out: Path, bench, steps: int, devices: int, strategy: 
              # every stage on the 4 pretraining shards (2 ranks need 2); the defenses' configs poison none of them
              "--data.init_args.train_shards", bench.pretrain_urls,
              "--data.init_args.eval.directory", bench.eval_dir, "--data.init_args.batch_size", "32",
-             "--data.init_args.num_workers", "1"]
+             # in-process loading: a DataLoader worker forked from this process, which by its second stage
+             # runs gloo's and the loggers' threads, can deadlock right after the fork (issue 51's hang,
+             # seen here with py-spy: the child stuck in multiprocessing's Popen._launch)
+             "--data.init_args.num_workers", "0", "--data.init_args.eval.num_workers", "0"]
     args += ["--data.init_args.text_synonyms", "none"]  # EDA without WordNet: the tests need no apt package
     if parent is not None:
         args += ["--model.init_args.model.pretrained", str(out / parent / "checkpoints" / "last.ckpt"),
