@@ -50,8 +50,9 @@ _LOGGED_SKIPS = 10
 class StreamHealth:
     """Counts of good and skipped samples and of lost shards, shared by the DataLoader's worker processes."""
 
-    def __init__(self) -> None:
-        self._counts = mp.Array("q", len(COUNTERS))
+    def __init__(self, worker_start: str = "forkserver") -> None:
+        # made in the context the workers start in: a lock from another one cannot cross into them
+        self._counts = mp.get_context(worker_start).Array("q", len(COUNTERS))
 
     def add(self, name: str, n: int = 1) -> None:
         with self._counts.get_lock():
@@ -107,10 +108,13 @@ class PairStream(IterableDataset):
         max_corrupt_fraction: float,
         shard_sizes: dict[str, int] | None = None,
         excluded: frozenset[str] = frozenset(),
+        worker_start: str = "forkserver",
     ):
         """`shard_sizes`: samples expected in each shard (to count what a lost shard held); a shard not
         in it is expected to hold the average of those that are. `excluded`: keys dropped (and counted)
-        before they are decoded, a data-level defense's choice (datamodules.exclusion)."""
+        before they are decoded, a data-level defense's choice (datamodules.exclusion). `worker_start`:
+        how the DataLoader starts its workers (`multiprocessing_context`), which the shared counters
+        must be made in."""
         super().__init__()
         self.urls = urls
         self.sample_builder = sample_builder
@@ -120,8 +124,8 @@ class PairStream(IterableDataset):
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.max_corrupt_fraction = max_corrupt_fraction
-        self.health = StreamHealth()
-        self._epoch = mp.Value("q", 0)
+        self.health = StreamHealth(worker_start)
+        self._epoch = mp.get_context(worker_start).Value("q", 0)
         self.skip_batches = 0
         """Batches of this epoch already consumed (rank-local); read when workers start, so a plain attribute."""
         self._failed_shards_in_a_row = 0

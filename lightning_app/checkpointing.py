@@ -5,7 +5,7 @@
   which POSIX makes atomic on one filesystem: every `.ckpt` is whole.
 - `run_checkpoints`: one `last.ckpt` (refreshed at each epoch end, so it holds the final weights),
   and with step checkpoints the newest `keep` of them, pruned by step number across resumes too.
-- `newest_checkpoint`: what `--ckpt_path last` means here. Lightning's "last" looks only for
+- `newest_checkpoint`: what `--ckpt_path last` means here (DeepSpeed directories only once whole). Lightning's "last" looks only for
   `*last*.ckpt` and, finding none, silently trains from scratch; a kill between writing the step
   checkpoint and refreshing `last.ckpt` leaves exactly that. We take the newest whole checkpoint.
 """
@@ -36,15 +36,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(partial, path)
 
 
+WHOLE = "whole"
+"""Written into a DeepSpeed checkpoint directory once every rank's shards are in it."""
+
+
+def is_whole(path: Path) -> bool:
+    """A checkpoint file (written atomically), or a checkpoint directory marked whole."""
+    return not path.is_dir() or (path / WHOLE).exists()
+
+
 def newest_checkpoint(directory: Path) -> Path:
-    """The most recently written `.ckpt` in `directory` (files appear whole, so newest = latest state)."""
-    candidates = sorted(Path(directory).glob("*.ckpt"), key=lambda path: path.stat().st_mtime_ns)
+    """The most recently written whole `.ckpt` in `directory`: a file (they appear whole, so newest = latest
+    state), or a DeepSpeed directory marked whole after its save. DeepSpeed itself writes its `latest` tag
+    on rank 0 before the other ranks' shards are known to be written, so a kill while saving can leave a
+    directory that looks finished and is not."""
+    candidates = sorted((path for path in Path(directory).glob("*.ckpt") if is_whole(path)),
+                        key=lambda path: path.stat().st_mtime_ns)
     if not candidates:
         raise ValueError(f"--ckpt_path last: no checkpoint in {directory} to resume from")
     return candidates[-1]
 
 
-class StepCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that marks a DeepSpeed checkpoint directory whole once its save returned on every
+    rank (DeepSpeed's save ends in a barrier), so that `newest_checkpoint` never resumes from a cut one."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        marker = Path(filepath) / WHOLE
+        if trainer.is_global_zero and marker.parent.is_dir():  # last.ckpt is saved over in place: unmarked
+            marker.unlink(missing_ok=True)  # until the new save is whole (DeepSpeed's save starts with a barrier)
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero and Path(filepath).is_dir():
+            marker.touch()
+
+
+class StepCheckpoint(RunCheckpoint):
     """Every N optimizer steps, `stepNNNNNNN.ckpt`; keeps the newest `keep` of the directory's step
     checkpoints by step number, those written before a resume included (ModelCheckpoint's own top-k
     only knows the files it wrote in this process)."""
@@ -74,7 +100,7 @@ def prune_step_checkpoints(directory: Path, keep: int) -> None:
 def run_checkpoints(checkpoint_dir: Path, every_n_steps: Optional[int], keep: int) -> list[ModelCheckpoint]:
     """An end-of-epoch checkpoint and `last.ckpt`; with `every_n_steps`, also a step checkpoint (the
     newest `keep` kept), so that `--ckpt_path last` (the newest whole checkpoint) resumes mid-epoch."""
-    callbacks = [ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, filename="epoch{epoch:03d}-step{step:07d}",
+    callbacks = [RunCheckpoint(dirpath=str(checkpoint_dir), save_last=True, filename="epoch{epoch:03d}-step{step:07d}",
                                  auto_insert_metric_name=False)]
     if every_n_steps is not None:
         if every_n_steps < 1:

@@ -107,16 +107,18 @@ class BackdoorCLI(LightningCLI):
             callbacks.append(KeepMetricsOnResume())
         kwargs["callbacks"] = callbacks
         kwargs["default_root_dir"] = str(run_dir)
-        strategy = self._deepspeed_strategy(trainer_config.get("strategy"))
+        strategy = self._deepspeed_strategy(trainer_config.get("strategy"), str(trainer_config.get("precision")))
         if strategy is not None:
             kwargs["strategy"] = strategy
         return super().instantiate_trainer(**kwargs)
 
 
-    def _deepspeed_strategy(self, strategy: Any) -> Optional[DeepSpeedStrategy]:
+    def _deepspeed_strategy(self, strategy: Any, precision: str) -> Optional[DeepSpeedStrategy]:
         """A DeepSpeed strategy whose micro batch size (`logging_batch_size_per_gpu`) is the data's batch
         size: Lightning cannot read it from the shard loader (batching happens in the stream) and would
-        tell DeepSpeed 1."""
+        tell DeepSpeed 1. Under DeepSpeed's 16-bit modes, its buffers in the parameters' dtype: DeepSpeed
+        (≥ 0.19) casts parameters only, and a BatchNorm (RN50) with 16-bit weights and fp32 running
+        statistics fails in its first eval forward ("expected scalar type BFloat16 but found Float")."""
         if isinstance(strategy, str) and strategy.startswith("deepspeed"):
             strategy = StrategyRegistry.get(strategy)
         if not isinstance(strategy, DeepSpeedStrategy):
@@ -124,6 +126,9 @@ class BackdoorCLI(LightningCLI):
         batch_size = getattr(self.datamodule, "batch_size", None)
         if batch_size is not None and "train_micro_batch_size_per_gpu" not in strategy.config:
             strategy.config["train_micro_batch_size_per_gpu"] = batch_size
+        half = {"16": "fp16", "bf16": "bf16"}.get(precision.split("-")[0])
+        if half is not None:
+            strategy.config.setdefault("data_types", {}).setdefault("buffer_dtype", half)
         return strategy
 
 

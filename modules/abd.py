@@ -180,6 +180,12 @@ class ABD(_Crafting, CleanCLIP):
         self.patch.copy_(patch.detach())
 
     def adversarial_images(self, batch: dict) -> torch.Tensor:
+        """The batch's images under the adversarial patch (refreshed every `refresh_every` steps) or PGD, in fp32
+        under a mixed-precision step: the crafting's gradients are not rounded to 16 bits."""
+        with self.full_precision():
+            return self._adversarial_images(batch)
+
+    def _adversarial_images(self, batch: dict) -> torch.Tensor:
         clean, text = self._targets(batch)
         if self.adversarial == "patch":
             if self.refresh_every and self.global_step > 0 and self.global_step % self.refresh_every == 0:

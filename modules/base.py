@@ -144,6 +144,17 @@ class CLIPModule(LightningModule):
             return deepspeed.zero.GatheredParameters(list(self.parameters()), modifier_rank=None)
         return contextlib.nullcontext()
 
+    def full_precision(self):
+        """fp32 for a block inside a `bf16-mixed`/`16-mixed` step (autocast off): what must not be rounded to
+        16 bits, the zero-shot classifier, PGD's input gradients and UBT's token attributions. Under
+        DeepSpeed's own bf16/fp16 (no autocast; the weights themselves are 16-bit) it changes nothing."""
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    def class_embeddings(self, classnames, templates) -> torch.Tensor:
+        """The zero-shot classifier of `classnames` × `templates` under this model, in fp32."""
+        with self.full_precision():
+            return zeroshot_classifier(self.encode_text, self.input_spec().tokenizer, classnames, templates, self.device)
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._share_buffers()
 
@@ -177,8 +188,7 @@ class CLIPModule(LightningModule):
             # Built here, not in a callback hook: under DeepSpeed ZeRO-3 the text tower's weights are
             # gathered only while the engine runs a step, and validation_step runs inside it.
             eval_set = self.trainer.datamodule.eval_set
-            out["classifier"] = zeroshot_classifier(self.encode_text, self.input_spec().tokenizer,
-                                                    eval_set.classnames, eval_set.templates, self.device)
+            out["classifier"] = self.class_embeddings(eval_set.classnames, eval_set.templates)
         for name in batch:  # "image_triggered", or one "image_triggered_<part>" per trigger of a MultiTrigger
             if name.startswith("image_triggered"):
                 out[name.removeprefix("image_")] = self.encode_image(batch[name])

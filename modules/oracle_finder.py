@@ -72,7 +72,6 @@ from datamodules.poison import MaskedPattern
 from datamodules.transforms import denormalise, normalise_pixels
 from modules.base import CLIPModule, OptimizerConfig
 from modules.decree import mean_pairwise_similarity
-from modules.evaluation import zeroshot_classifier
 from modules.model_loading import ModelConfig
 from modules.oracle import Felzenszwalb, SegmentationOracle
 from modules.ubt import SUSPICIOUS_PAIRS, collect_pairs, detection_metrics, save_suspicious_pairs
@@ -306,8 +305,7 @@ class OracleTriggerFinder(CLIPModule):
     def _find(self) -> None:
         data = self.trainer.datamodule
         eval_set = data.eval_set
-        classifier = zeroshot_classifier(self.encode_text, self.input_spec().tokenizer, eval_set.classnames,
-                                         eval_set.templates, self.device)
+        classifier = self.class_embeddings(eval_set.classnames, eval_set.templates)
         was_training = self.model.training
         self.model.eval()
         candidates: dict[str, int] = {}

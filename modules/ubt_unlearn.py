@@ -271,7 +271,7 @@ class TokenUnlearning(CLIPModule):
     def token_masks(self, tap: TokenTap, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-attributed text and image tokens of each pair for its similarity s(I, T)."""
         tap.record()
-        with _no_param_grads(self.model), torch.enable_grad():
+        with _no_param_grads(self.model), torch.enable_grad(), self.full_precision():
             similarity = (self.encode_image(images) * self.encode_text(tokens)).sum(-1)
             text_grad, image_grad = torch.autograd.grad(similarity.sum(), [tap.text, tap.image])
         text_scores = token_attribution(tap.text, text_grad, channel_dim=-1)

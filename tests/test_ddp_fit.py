@@ -1,9 +1,10 @@
-"""A real 2-process DDP fit on CPU (gloo), launched by the shipped torchrun script."""
+"""Real 2-process DDP fits on CPU (gloo): launched by the shipped torchrun script; a rank killed mid-epoch."""
 
 import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,43 @@ def test_torchrun_script_trains_on_two_ranks_with_equal_batches(small_benchmark,
     assert 0.0 <= summary["ca_top1"] <= 1.0 and 0.0 <= summary["asr"] <= 1.0
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == summary["steps"]
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_epoch_takes_the_run_down_with_a_non_zero_exit(small_benchmark, tmp_path):
+    """SIGKILL on rank 1 of a 2-rank DDP fit (Lightning's own launcher: rank 0 is the process we started): the
+    run ends with a non-zero exit within DEAD_RANK_EXIT_S, and leaves no process of its group behind
+    (no rank or data worker waiting forever on a peer that is gone)."""
+    import time
+
+    DEAD_RANK_EXIT_S = 120
+    run_dir = tmp_path / "run"
+    fit = subprocess.Popen(
+        [sys.executable, "main.py", "fit", "--config", "configs/embedded/badnet.yaml", "--trainer.accelerator", "cpu",
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "3",
+         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir), "--torch_threads", "1",
+         "--checkpoint_every_n_steps", "2", "--data.init_args.embedded", "null",
+         "--data.init_args.train_shards", small_benchmark.pretrain_urls,
+         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.batch_size", "32",
+         "--data.init_args.num_workers", "1"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(run_dir.glob("checkpoints/step*.ckpt")) and fit.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fit.poll() is None, "the fit ended before it could be interrupted: " + fit.stderr.read()[-2000:]
+        ranks = subprocess.run(["pgrep", "-P", str(fit.pid), "-f", "main.py"], capture_output=True, text=True).stdout.split()
+        assert ranks, "no rank-1 process under the launcher"
+        os.kill(int(ranks[0]), signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = fit.wait(timeout=DEAD_RANK_EXIT_S)
+        print(f"rank 0 exited {code} {time.monotonic() - killed_at:.1f} s after rank 1 was killed")
+        assert code != 0
+        time.sleep(2)  # its workers see their parent gone
+        left = subprocess.run(["pgrep", "-g", str(fit.pid)], capture_output=True, text=True).stdout.split()
+        assert not left, f"processes of the run left behind: {left}"
+        assert not (run_dir / "summary.json").exists()
+    finally:
+        if fit.poll() is None:
+            os.killpg(fit.pid, signal.SIGKILL)

@@ -85,6 +85,23 @@ def test_step_checkpoints_are_pruned_by_step_number_whoever_wrote_them(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step0000020.ckpt", "step0000100.ckpt"]
 
 
+def test_a_deepspeed_checkpoint_directory_counts_for_resume_only_once_marked_whole(tmp_path):
+    import time
+
+    from lightning_app.checkpointing import WHOLE, newest_checkpoint
+
+    older, cut = tmp_path / "step0000004.ckpt", tmp_path / "step0000008.ckpt"
+    for directory in (older, cut):
+        (directory / "checkpoint").mkdir(parents=True)
+        (directory / "latest").write_text("checkpoint")  # DeepSpeed's own tag: rank 0 writes it early
+        if directory == older:
+            (older / WHOLE).touch()
+        time.sleep(0.01)
+    assert newest_checkpoint(tmp_path) == older  # the newer one was cut off while saving
+    (cut / WHOLE).touch()
+    assert newest_checkpoint(tmp_path) == cut
+
+
 def test_deepspeed_step_checkpoints_are_directories_and_are_pruned_too(tmp_path):
     for step in (4, 8, 12):
         (tmp_path / f"step{step:07d}.ckpt" / "checkpoint").mkdir(parents=True)

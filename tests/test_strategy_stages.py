@@ -47,12 +47,12 @@ def _free_port() -> int:
 
 
 def _stages(out: Path, bench, stages: list[str], strategy: list[str], ranks: int,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, steps: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                  str(_free_port())] if ranks > 1 else [sys.executable])
     result = subprocess.run([*launcher, str(HELPER), str(out), bench.root, "--devices", str(ranks),
-                             "--strategy", *strategy, "--stages", *stages],
+                             "--steps", str(steps), "--strategy", *strategy, "--stages", *stages],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if check:
         failed = out / "failed.txt"
@@ -112,6 +112,8 @@ def test_every_stage_trains_under_zero3_on_two_cpu_ranks(small_benchmark, tmp_pa
     assert _summary(out / "ubt_unlearn")["unlearned_pairs"] == 16
 
     # on 2 ranks the one-device stages refuse before training, naming what to set
+    (tmp_path / "refused").mkdir()
+    (tmp_path / "refused" / "pretrain").symlink_to(out / "pretrain")  # the same poisoned model
     refused = _stages(tmp_path / "refused", small_benchmark, ["ubt_detect"], ZERO3, 2, check=False)
     assert refused.returncode != 0
     message = (tmp_path / "refused" / "failed.txt").read_text()
@@ -171,7 +173,7 @@ def test_ca_and_asr_from_two_zero3_ranks_equal_one_process_on_the_saved_model(le
          "--data.init_args.trigger_dir", str(poisoned_dir / "trigger"), "--data.init_args.embedded", "null",
          "--data.init_args.train_shards", learning_benchmark.pretrain_urls,
          "--data.init_args.eval.directory", learning_benchmark.eval_dir, "--data.init_args.batch_size", "32",
-         "--data.init_args.num_workers", "0", "--data.init_args.eval.num_workers", "0"],
+         "--data.init_args.num_workers", "1"],
         cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
         timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -200,3 +202,91 @@ def test_every_stage_trains_under_bf16_mixed_on_the_cpu(small_benchmark, tmp_pat
         assert "precision: bf16-mixed" in (out / stage / "config.yaml").read_text()
     for stage, path in OUTPUTS.items():
         assert (out / stage / path).exists(), f"{stage} wrote no {path}"
+
+
+def _state(run: Path) -> dict[str, torch.Tensor]:
+    from modules.deepspeed_checkpoint import is_deepspeed_checkpoint
+
+    path = run / "checkpoints" / "last.ckpt"
+    if is_deepspeed_checkpoint(path):
+        return _weights(run)
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _losses(run: Path) -> list[float]:
+    return [float(row["train/loss"]) for row in _metrics(run) if row.get("train/loss")]
+
+
+# fp32, the same 2 ranks, seed and batches. ZeRO-2 gives DDP's weights to the bit (measured: 0.0). ZeRO-3
+# reduce-scatters the gradients where DDP all-reduces them, so a gradient can differ in its last bits; AdamW
+# normalises every update to about lr, so a weight whose gradient is near zero can then step another way:
+# measured worst differences 2.6e-5 after 3 pretraining steps and 1.4e-4 after 3 more of CleanCLIP at lr 1e-3.
+# The bound is half of one such step; the losses agree to 1e-6 (bounded at 1e-5).
+ZERO3_WEIGHT_ATOL = 5e-4
+LOSS_ATOL = 1e-5
+
+
+@pytest.mark.slow
+def test_zero2_and_zero3_train_the_same_weights_as_ddp(small_benchmark, tmp_path):
+    """Pretraining then CleanCLIP, 3 steps each on 2 CPU ranks, under DDP, ZeRO-2 and ZeRO-3: the loss at every
+    step agrees within LOSS_ATOL; every weight after the last step is DDP's to the bit under ZeRO-2 and
+    within ZERO3_WEIGHT_ATOL under ZeRO-3."""
+    stages = ["pretrain", "cleanclip"]
+    runs = {}
+    for name, strategy in {"ddp": ["configs/strategies/ddp.yaml"], "zero2": ZERO2, "zero3": ZERO3}.items():
+        runs[name] = tmp_path / name
+        _stages(runs[name], small_benchmark, stages, strategy, 2, steps=3)
+    for stage in stages:
+        reference, losses = _state(runs["ddp"] / stage), _losses(runs["ddp"] / stage)
+        assert len(losses) == 3, losses
+        for name in ("zero2", "zero3"):
+            state = _state(runs[name] / stage)
+            assert state.keys() == reference.keys()
+            worst = max((state[k].float().reshape(-1) - reference[k].float().reshape(-1)).abs().max().item()
+                        for k in reference if reference[k].is_floating_point())
+            print(stage, name, "worst weight difference", worst, "losses", _losses(runs[name] / stage), losses)
+            assert worst <= (0.0 if name == "zero2" else ZERO3_WEIGHT_ATOL), (stage, name, worst)
+            assert _losses(runs[name] / stage) == pytest.approx(losses, abs=LOSS_ATOL), (stage, name)
+
+
+def _zero3_fit(bench, run: Path, *extra: str) -> subprocess.Popen:
+    """Pretraining on 2 ZeRO-3 CPU ranks (Lightning's own launcher), a step checkpoint every 3 of its 12 steps."""
+    return subprocess.Popen(
+        [sys.executable, "main.py", "fit", "--config", "configs/embedded/badnet.yaml",
+         *[a for f in ZERO3 for a in ("--config", f)], "--trainer.devices", "2", "--trainer.default_root_dir", str(run),
+         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
+         "--torch_threads", "1", "--checkpoint_every_n_steps", "3", "--data.init_args.embedded", "null",
+         "--data.init_args.train_shards", bench.pretrain_urls, "--data.init_args.eval.directory", bench.eval_dir,
+         "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "1",
+         "--model.init_args.optimizer.warmup_steps", "5", *extra],
+        cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+                       "MASTER_PORT": str(_free_port())},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_a_zero3_run_killed_mid_epoch_resumes_to_the_weights_of_a_straight_run(small_benchmark, tmp_path):
+    import signal
+    import time
+
+    from lightning_app.checkpointing import WHOLE
+
+    straight = _zero3_fit(small_benchmark, tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-3000:]
+
+    run = tmp_path / "killed"
+    killed = _zero3_fit(small_benchmark, run)
+    deadline = time.monotonic() + 300
+    while not list(run.glob(f"checkpoints/step*.ckpt/{WHOLE}")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)  # both ranks, mid-epoch
+    killed.wait()
+    assert not (run / "summary.json").exists(), "the run finished before it could be killed"
+
+    resumed = _zero3_fit(small_benchmark, run, "--ckpt_path", "last")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    assert _summary(run)["steps"] == _summary(tmp_path / "straight")["steps"] == 12
+    expected, got = _weights(tmp_path / "straight"), _weights(run)
+    assert expected.keys() == got.keys()
+    different = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"

@@ -52,6 +52,17 @@ STAGES: dict[str, tuple[str, str | None, list[str]]] = {
 }
 
 
+class _Shards:
+    """An embedded benchmark's shard pattern and eval directory, read from its root."""
+
+    def __init__(self, root: Path):
+        shards = sorted((root / "pretrain").glob("*.tar"))
+        if not shards:
+            raise SystemExit(f"{root}/pretrain holds no shards: build an EmbeddedBenchmark there first")
+        self.pretrain_urls = f"{root}/pretrain/{{{shards[0].stem}..{shards[-1].stem}}}.tar"
+        self.eval_dir = str(root / "eval")
+
+
 def stage_args(name: str, out: Path, bench, steps: int, devices: int, strategy: list[str], precision: str) -> list[str]:
     config, parent, own = STAGES[name]
     args = ["fit", "--config", config]
@@ -64,10 +75,9 @@ def stage_args(name: str, out: Path, bench, steps: int, devices: int, strategy: 
              # every stage on the 4 pretraining shards (2 ranks need 2); the defenses' configs poison none of them
              "--data.init_args.train_shards", bench.pretrain_urls,
              "--data.init_args.eval.directory", bench.eval_dir, "--data.init_args.batch_size", "32",
-             # in-process loading: a DataLoader worker forked from this process, which by its second stage
-             # runs gloo's and the loggers' threads, can deadlock right after the fork (issue 51's hang,
-             # seen here with py-spy: the child stuck in multiprocessing's Popen._launch)
-             "--data.init_args.num_workers", "0", "--data.init_args.eval.num_workers", "0"]
+             # one worker each, started by the forkserver (the default): a worker forked from this process,
+             # which by its second stage runs gloo's and the loggers' threads, hung right after the fork
+             "--data.init_args.num_workers", "1", "--data.init_args.eval.num_workers", "1"]
     args += ["--data.init_args.text_synonyms", "none"]  # EDA without WordNet: the tests need no apt package
     if parent is not None:
         args += ["--model.init_args.model.pretrained", str(out / parent / "checkpoints" / "last.ckpt"),
@@ -91,11 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown stages {unknown}; known: {sorted(STAGES)}")
 
-    from datamodules.embedded.benchmark import EmbeddedBenchmark
     from lightning_app.cli import BackdoorCLI
 
-    bench = EmbeddedBenchmark(root=args.bench_root, pretrain_shards=4, finetune_shards=1, samples_per_shard=200,
-                              eval_per_class=20)
+    bench = _Shards(Path(args.bench_root))
     for name in args.stages:
         start = time.perf_counter()
         try:
