@@ -1,11 +1,13 @@
 """Do 2-rank fits hang with their DataLoader workers? Runs the same short 2-rank DDP job N times beside a CPU load,
 once per worker start method, and counts the runs that did not end within the timeout:
 
-    python benchmarks/worker_hang_stress.py [--runs 30] [--methods fork forkserver] [--load 2] [--timeout 240]
+    python benchmarks/worker_hang_stress.py [--runs 30] [--methods fork forkserver] [--strategy zero2]
+        [--load 2] [--timeout 120]
 
 Each run is one process group (torchrun, 2 ranks, gloo) that fits two stages one after the other in the same
-processes (tests/helpers/fit_stages.py: BadNet pretraining, then FT from it), one data worker per rank and
-per eval loader, on the 32-px smoke tier (built on first use under data/embedded_smoke). The second stage's
+processes (tests/helpers/fit_stages.py: BadNet pretraining, then CleanCLIP from it) under DDP or DeepSpeed on
+the CPU, one data worker per rank and per eval loader, on the 32-px smoke tier (built on first use under
+data/embedded_smoke). The second stage's
 workers are started by processes that already run gloo's, TensorBoard's and tqdm's threads: with `fork`, a
 child that inherits a lock held by one of them at the instant of the fork waits on it forever. A run that
 times out has the Python stacks of its processes dumped with py-spy (`pip install py-spy`; skipped
@@ -62,18 +64,23 @@ def _dump_stacks(leader: int, log: Path) -> None:
             subprocess.run(["py-spy", "dump", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT, timeout=60)
 
 
-def run_once(bench: Path, method: str, index: int, timeout: float) -> tuple[str, float]:
+STRATEGIES = {"ddp": ["configs/strategies/ddp.yaml"],
+              "zero2": ["configs/strategies/deepspeed_zero2.yaml", "configs/strategies/cpu.yaml"],
+              "zero3": ["configs/strategies/deepspeed_zero3.yaml", "configs/strategies/cpu.yaml"]}
+
+
+def run_once(bench: Path, method: str, strategy: str, index: int, timeout: float) -> tuple[str, float]:
     """("ok" | "hang" | "failed", wall seconds) of one 2-rank, two-stage job."""
-    run = OUT / f"{method}-{index:02d}"
+    run = OUT / f"{strategy}-{method}-{index:02d}"
     shutil.rmtree(run, ignore_errors=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(_free_port()), str(REPO / "tests" / "helpers" / "fit_stages.py"), str(run), str(bench),
-               "--devices", "2", "--steps", "4", "--strategy", "configs/strategies/ddp.yaml", "--stages", "pretrain", "ft",
+               "--devices", "2", "--steps", "4", "--strategy", *STRATEGIES[strategy], "--stages", "pretrain", "cleanclip",
                f"--override=--data.init_args.worker_start_method {method}"]
     start = time.perf_counter()
     with open(f"{run}.log", "w") as log:
         job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"})
         try:
             code = job.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -88,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="runs per start method")
     parser.add_argument("--methods", nargs="+", default=["fork", "forkserver"], choices=["fork", "forkserver", "spawn"])
+    parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="zero2")
     parser.add_argument("--load", type=int, default=2, help="CPU-burning processes beside the runs")
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds after which a run counts as hung")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds after which a run counts as hung")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     bench = _bench()
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for method in args.methods:
-            outcomes = [run_once(bench, method, i, args.timeout) for i in range(args.runs)]
+            outcomes = [run_once(bench, method, args.strategy, i, args.timeout) for i in range(args.runs)]
             ended = [seconds for outcome, seconds in outcomes if outcome != "hang"]
             rows.append((method, len(outcomes), sum(o == "hang" for o, _ in outcomes),
                          sum(o == "failed" for o, _ in outcomes), statistics.median(ended) if ended else None))
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for burner in burners:
             burner.kill()
-    print(f"\n2 ranks (DDP, gloo), two stages per process, 1 worker per loader, {args.load} CPU burners, "
+    print(f"\n2 ranks ({args.strategy}, gloo), two stages per process, 1 worker per loader, {args.load} CPU burners, "
           f"timeout {args.timeout:.0f} s; logs and stacks in {OUT}")
     print("| worker start | runs | hangs | failed | median wall time (s) |")
     print("|---|---:|---:|---:|---:|")

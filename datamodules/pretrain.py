@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from datamodules.shards import check_shards_exist, count_samples, expand_shards,
 from datamodules.stream import COUNTERS, PairStream
 from datamodules.text_augment import WORDNET_MISSING, wordnet_available
 from datamodules.transforms import InputSpec, TrainSample
+from datamodules.worker_watch import ExitWithProcess
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
 log = logging.getLogger(__name__)
@@ -367,6 +369,7 @@ class ShardDataModule(LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=False,
             multiprocessing_context=self._worker_context(self.num_workers),
+            worker_init_fn=ExitWithProcess(os.getpid()),
         )
 
     def _worker_context(self, workers: int) -> Optional[str]:
@@ -394,6 +397,7 @@ class ShardDataModule(LightningDataModule):
             sampler=_RankLocalSampler(len(self.eval_set)),
             num_workers=self.eval_config.num_workers,
             multiprocessing_context=self._worker_context(self.eval_config.num_workers),
+            worker_init_fn=ExitWithProcess(os.getpid()),
         )
 
     def test_dataloader(self) -> DataLoader:

@@ -104,6 +104,14 @@ def test_every_stage_trains_under_zero3_on_two_cpu_ranks(small_benchmark, tmp_pa
     pretrained, cleaned = _weights(out / "pretrain"), _weights(out / "cleanclip")
     assert pretrained.keys() == cleaned.keys()
     assert any(not torch.equal(pretrained[k], cleaned[k]) for k in pretrained if pretrained[k].is_floating_point())
+    # and an export of the 2-rank ZeRO-3 run loads in open_clip with the weights the run trained
+    import open_clip
+
+    from lightning_app.export import export_run
+
+    export_run(out / "pretrain", tmp_path / "export")
+    exported = open_clip.create_model(f"local-dir:{tmp_path / 'export'}")
+    torch.testing.assert_close(exported.visual.conv1.weight, pretrained["model.visual.conv1.weight"], rtol=0, atol=0)
     # the patch and the mask were gathered whole before they were written (partitions would be empty)
     from safetensors.torch import load_file
 
@@ -290,3 +298,19 @@ def test_a_zero3_run_killed_mid_epoch_resumes_to_the_weights_of_a_straight_run(s
     assert expected.keys() == got.keys()
     different = [name for name in expected if not torch.equal(expected[name], got[name])]
     assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.mark.slow
+def test_deepspeed_bf16_trains_and_evaluates_a_batchnorm_model(small_benchmark, tmp_path):
+    """DeepSpeed's own bf16 (16-bit weights, fp32 master copy) casts parameters only since 0.19; the tiny RN's
+    BatchNorm with bf16 weights and fp32 running statistics failed at its first eval forward until the CLI
+    set `data_types.buffer_dtype`."""
+    out = tmp_path / "ds_bf16"
+    result = subprocess.run([sys.executable, str(HELPER), str(out), small_benchmark.root, "--precision", "bf16-mixed",
+                             "--strategy", *ZERO2, "--stages", "pretrain", "cleanclip"],
+                            cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)
+    failed = out / "failed.txt"
+    assert result.returncode == 0, (failed.read_text() if failed.exists() else result.stderr[-4000:])
+    for stage in ("pretrain", "cleanclip"):
+        _trained(out / stage, stage)
