@@ -48,17 +48,27 @@ def _bench() -> Path:
     return Path(bench.root)
 
 
-def _group_pids(leader: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "-g", str(leader)], capture_output=True, text=True).stdout
-    return [int(pid) for pid in out.split()]
+def _descendants(root: int) -> list[int]:
+    """`root` and every process below it (torchrun starts each rank in a session of its own, so a process
+    group does not hold them)."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in zip(map(int, table[::2]), map(int, table[1::2])):
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
-def _dump_stacks(leader: int, log: Path) -> None:
+def _dump_stacks(pids: list[int], log: Path) -> None:
     if shutil.which("py-spy") is None:
         log.write_text("py-spy is not installed: no stacks\n")
         return
     with open(log, "w") as out:
-        for pid in _group_pids(leader):
+        for pid in pids:
             out.write(f"===== {pid}\n")
             out.flush()
             subprocess.run(["py-spy", "dump", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT, timeout=60)
@@ -79,13 +89,18 @@ def run_once(bench: Path, method: str, strategy: str, index: int, timeout: float
                f"--override=--data.init_args.worker_start_method {method}"]
     start = time.perf_counter()
     with open(f"{run}.log", "w") as log:
-        job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"})
         try:
             code = job.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _dump_stacks(job.pid, Path(f"{run}.stacks.txt"))
-            os.killpg(job.pid, signal.SIGKILL)
+            pids = _descendants(job.pid)
+            _dump_stacks(pids, Path(f"{run}.stacks.txt"))
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             job.wait()
             return "hang", time.perf_counter() - start
     return ("ok" if code == 0 else "failed"), time.perf_counter() - start

@@ -8,14 +8,16 @@ import time
 
 from datamodules.worker_watch import ExitWithProcess, _running
 
-WATCHER = "import sys, time; from datamodules.worker_watch import ExitWithProcess; ExitWithProcess(int(sys.argv[1]))(0); time.sleep(60)"
+WATCHER = ("import sys, time; from datamodules.worker_watch import ExitWithProcess; ExitWithProcess(int(sys.argv[1]))(0); "
+           "print('watching', flush=True); time.sleep(60)")
 
 
 def test_the_watched_worker_ends_soon_after_its_owner_and_not_before():
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    worker = subprocess.Popen([sys.executable, "-c", WATCHER, str(owner.pid)])  # not the owner's child
-    try:
-        time.sleep(1.5)
+    worker = subprocess.Popen([sys.executable, "-c", WATCHER, str(owner.pid)], stdout=subprocess.PIPE, text=True)
+    try:  # (the worker is not the owner's child)
+        assert worker.stdout.readline().strip() == "watching"  # (importing the package can take a while)
+        time.sleep(1.0)
         assert worker.poll() is None  # its owner runs: it keeps working
         owner.kill()  # the owner is now a zombie until reaped below: that counts as ended
         assert worker.wait(timeout=10) == 1
