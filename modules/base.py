@@ -130,6 +130,11 @@ class CLIPModule(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def _deepspeed(self) -> DeepSpeedStrategy | None:
+        """The trainer's DeepSpeed strategy, or None (no trainer yet, or another strategy)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return strategy if isinstance(strategy, DeepSpeedStrategy) else None
+
     def gathered_weights(self):
         """A context in which this rank holds every parameter whole, for model passes and reads outside a
         training or validation step (scoring the stream, collecting targets, writing a learned patch).
@@ -137,8 +142,8 @@ class CLIPModule(LightningModule):
         Under ZeRO-3 a parameter is a partition on each rank, gathered by the engine only while it runs a
         step; outside one, a submodule's weights read by its parent (the attention pool's projections)
         or a learned patch are empty tensors. Collective: every rank must enter it. Elsewhere a no-op."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+        strategy = self._deepspeed()
+        if strategy is not None and strategy.zero_stage_3:
             import deepspeed
 
             return deepspeed.zero.GatheredParameters(list(self.parameters()), modifier_rank=None)
@@ -168,8 +173,7 @@ class CLIPModule(LightningModule):
         only, so each rank's statistics drift with its own batches, the checkpoint keeps rank zero's, and
         the other ranks evaluate their share of the eval set with statistics no saved model has. The same
         broadcast here keeps a ZeRO run equal to a DDP one and a 2-rank CA equal to the checkpoint's."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, DeepSpeedStrategy) and self.trainer.world_size > 1:
+        if self._deepspeed() is not None and self.trainer.world_size > 1:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
 
