@@ -293,12 +293,12 @@ class OracleTriggerFinder(CLIPModule):
         return out
 
     def on_train_start(self) -> None:
-        super().on_train_start()
         if self.trainer.world_size != 1:
             raise ValueError(f"the oracle finder runs on one device (one pass over the defender's data), but "
                              f"trainer.devices × num_nodes gives {self.trainer.world_size} ranks under "
                              f"{type(self.trainer.strategy).__name__}: set trainer.devices 1 and trainer.num_nodes 1 "
                              "(any strategy, ZeRO included)")
+        super().on_train_start()
         with self.gathered_weights():
             self._find()
 

@@ -76,3 +76,22 @@ def test_cluster_score_ranks_planted_look_alike_images_above_weak_clean_pairs():
     scores = cluster_scores(similarity, embeddings, seed=14)  # the 8 weak clean pairs and the 6 planted ones
     assert set(rank_keys(scores)[:6]) == set(keys[40:])
     assert set(scores) == set(keys)
+
+
+@pytest.mark.parametrize("stage", ["discovery", "oracle"])
+def test_the_one_device_stages_refuse_two_ranks_naming_the_strategy_and_the_fix(stage):
+    """UBT's discovery and the oracle finder make one pass over the defender's data: on more ranks they stop
+    before their first step with an error that says what to set."""
+    from types import SimpleNamespace
+
+    from modules import ModelConfig, OracleTriggerFinder, SuspiciousPairDiscovery
+
+    class CPUDeepSpeedStrategy:  # stands in for the strategy the message names
+        pass
+
+    tiny = ModelConfig(name="configs/models/tiny-rn32.json")
+    module = SuspiciousPairDiscovery(tiny, score="weak", overfit=False) if stage == "discovery" else OracleTriggerFinder(tiny)
+    module._trainer = SimpleNamespace(world_size=2, strategy=CPUDeepSpeedStrategy())
+    with pytest.raises(ValueError, match="trainer.devices 1.*") as refused:
+        module.score_pairs() if stage == "discovery" else module.on_train_start()
+    assert "2 ranks under CPUDeepSpeedStrategy" in str(refused.value)
