@@ -173,9 +173,16 @@ class CLIPModule(LightningModule):
         only, so each rank's statistics drift with its own batches, the checkpoint keeps rank zero's, and
         the other ranks evaluate their share of the eval set with statistics no saved model has. The same
         broadcast here keeps a ZeRO run equal to a DDP one and a 2-rank CA equal to the checkpoint's."""
-        if self._deepspeed() is not None and self.trainer.world_size > 1:
-            for buffer in self.model.buffers():
-                torch.distributed.broadcast(buffer, src=0)
+        if self._deepspeed() is None or self.trainer.world_size == 1:
+            return
+        buffers = list(self.model.buffers())
+        # one broadcast per dtype, not one per buffer; in the model's order, the same on every rank
+        for dtype in dict.fromkeys(buffer.dtype for buffer in buffers):
+            group = [buffer for buffer in buffers if buffer.dtype == dtype]
+            flat = torch.cat([buffer.reshape(-1) for buffer in group])
+            torch.distributed.broadcast(flat, src=0)
+            for buffer, synced in zip(group, flat.split([buffer.numel() for buffer in group])):
+                buffer.copy_(synced.view_as(buffer))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(self._images(images), normalize=True)
