@@ -25,8 +25,6 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     """Lightning's DeepSpeed strategy on CPU ranks (gloo); takes every `DeepSpeedStrategy` argument."""
 
-    strategy_name = "deepspeed_cpu"
-
     def __init__(self, *args, param_persistence_threshold: int = 0, **kwargs) -> None:
         """
         Args:
@@ -64,6 +62,3 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     def root_device(self) -> torch.device:
         # DeepSpeed reads `device_rank` from this index; torch moves nothing for "cpu:N".
         return torch.device("cpu", self.local_rank)
-
-    def _get_process_group_backend(self) -> str:
-        return self._process_group_backend or "gloo"
