@@ -50,24 +50,34 @@ FORKSERVER_PRELOAD = ["torch", "webdataset", "PIL.Image", "datamodules.pretrain"
 
 
 class _EpochSyncedLoader(DataLoader):
-    """The training loader. Hands the trainer's epoch to the stream before each pass (Lightning only
-    does so for samplers), and is resumable: Lightning stores `state_dict()` in checkpoints and calls
-    `load_state_dict()` on resume, after which the resumed epoch continues with the exact batches it
-    would have seen.
+    """The training loader. Hands the epoch to the stream before each pass (Lightning only does so for
+    samplers), and resumes exactly from any checkpoint: `resume_from` is the position a checkpoint
+    recorded (`ShardDataModule.load_state_dict`), consumed by the first pass after it.
+
+    The position goes through the DataModule's state, which Lightning restores from every checkpoint,
+    and not only through the loader's own `state_dict`, which it restores only from a mid-epoch one:
+    from an epoch-end checkpoint the loader's first pass is created before Lightning advances its epoch
+    counter (`FitLoop.setup_data`), so the trainer's epoch alone would replay the finished epoch.
     """
 
-    def __init__(self, dataset: PairStream, position_source, consumed: dict[str, int], **kwargs):
+    def __init__(self, dataset: PairStream, position_source, consumed: dict[str, int], resume_from, **kwargs):
         super().__init__(dataset, **kwargs)
         self._position_source = position_source
-        self._resume: Optional[dict] = None
+        self._resume_from = resume_from
         self.consumed = consumed
         """Health counts of the batches training has taken from this loader (all epochs, over resumes)."""
 
+    def _start(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on) where this pass starts; a finished epoch is the
+        start of the next one."""
+        resume = self._resume_from()
+        epoch, batches = (resume["epoch"], resume["batches"]) if resume is not None else self._position_source()
+        return (epoch + 1, 0) if batches >= len(self) else (epoch, batches)
+
     def __iter__(self):
-        epoch, _ = self._position_source()
+        epoch, skip = self._start()
         self.dataset.set_epoch(epoch)
-        resume, self._resume = self._resume, None
-        self.dataset.skip_batches = resume["batches"] if resume and resume["epoch"] == epoch else 0
+        self.dataset.skip_batches = skip
         try:
             batches = super().__iter__()  # workers copy the dataset (and skip_batches) as they start
         finally:
@@ -81,17 +91,13 @@ class _EpochSyncedLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict:
+        """What makes the loader resumable to Lightning (no "not resumable" warning on a mid-epoch resume);
+        the position itself is restored through the DataModule's state."""
         epoch, batches = self._position_source()
-        return {"epoch": epoch, "batches": batches, "health": dict(self.consumed)}
+        return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state: dict) -> None:
-        if not 0 <= state["batches"] <= len(self):
-            raise ValueError(f"checkpoint's data position {state} does not fit this loader's {len(self)} "
-                             "batches per epoch: resume with the same data, batch size, devices and workers")
-        self._resume = state
-        self.consumed.clear()
-        self.consumed.update(state["health"])
-        self.dataset.health.restore(state["health"])
+        pass
 
 
 class _RankLocalSampler(DistributedSampler):
@@ -192,6 +198,8 @@ class ShardDataModule(LightningDataModule):
         self.worker_start_method = worker_start_method
         self.train_stream: Optional[PairStream] = None
         self._consumed_health: dict[str, int] = {}
+        self._resume_position: Optional[dict] = None
+        """The training position a checkpoint recorded, until the first training pass after it starts."""
         self.eval_set: Optional[ZeroShotSet] = None
         self.poison_count = 0
         self.excluded: Optional[dict] = None
@@ -365,6 +373,7 @@ class ShardDataModule(LightningDataModule):
             self.train_stream,
             position_source=self._train_position,
             consumed=self._consumed_health,
+            resume_from=self._take_resume_position,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=False,
@@ -382,6 +391,36 @@ class ShardDataModule(LightningDataModule):
             # first batch 0.5 s against fork's 0.2 s; without the preload, 2 epochs took 24 s against 4.4 s.
             multiprocessing.set_forkserver_preload(FORKSERVER_PRELOAD)
         return self.worker_start_method
+
+    def state_dict(self) -> dict:
+        """The training stream's position (epoch, batches of it this rank trained on) and the health
+        counts of what training consumed: saved in every checkpoint, so a resume from any of them,
+        mid-epoch or at an epoch's end, continues with the batches and counts of an uninterrupted run."""
+        if self.train_stream is None:
+            return {}
+        epoch, batches = self._train_position()
+        return {"train_position": {"epoch": epoch, "batches": batches, "health": dict(self._consumed_health)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = state.get("train_position")
+        if position is None:
+            return
+        self._resume_position = position
+        self._consumed_health.clear()
+        self._consumed_health.update(position["health"])
+
+    def _take_resume_position(self) -> Optional[dict]:
+        position, self._resume_position = self._resume_position, None
+        if position is None:
+            return None
+        assert self.train_stream is not None
+        batches_per_epoch = len(self.train_stream)
+        if not 0 <= position["batches"] <= batches_per_epoch:
+            raise ValueError(f"the checkpoint's data position {position} does not fit this run's "
+                             f"{batches_per_epoch} batches per epoch: resume with the same data, batch size, "
+                             "devices and workers")
+        self.train_stream.health.restore(position["health"])
+        return position
 
     def _train_position(self) -> tuple[int, int]:
         """(epoch, batches of it this rank has trained on): where the training stream stands."""

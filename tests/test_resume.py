@@ -129,3 +129,41 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(small_be
 
     BackdoorCLI(args=_args(small_benchmark, run_dir, "--ckpt_path", "last"))
     _assert_same_weights(_weights(straight_run), _weights(run_dir))
+
+
+class _StopInValidation(Callback):
+    """Fails the run in the validation that follows training step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            raise _Preempted(f"stopped in the validation after step {self.step}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["mmcl"], indirect=True)
+@pytest.mark.parametrize(("where", "stop", "every_n_steps"), [
+    # killed right after epoch 0's checkpoint, before epoch 1's first batch: the newest checkpoint is the
+    # epoch-end one, from which Lightning restores no loader state
+    ("after_epoch_checkpoint", _StopAt(24), "5"),
+    # killed in the validation after epoch 1's last batch, whose step checkpoint (step 48) is the newest:
+    # a checkpoint at an epoch's last batch, before the epoch's validation and end
+    ("in_validation", _StopInValidation(48), "8"),
+])
+def test_resume_at_an_epoch_boundary_gives_the_weights_and_counts_of_an_uninterrupted_run(
+        small_benchmark, straight_run, tmp_path, where, stop, every_n_steps):
+    run_dir = tmp_path / "run"
+    args = _args(small_benchmark, run_dir, "--checkpoint_every_n_steps", every_n_steps)
+    cli = BackdoorCLI(args=args[1:], run=False)
+    cli.trainer.callbacks.append(stop)
+    with pytest.raises(_Preempted):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    saved = torch.load(newest_checkpoint(run_dir / "checkpoints"), map_location="cpu", weights_only=True)
+    assert saved["global_step"] == stop.step and saved["global_step"] % 24 == 0, where
+
+    BackdoorCLI(args=[*args, "--ckpt_path", "last"])
+    _assert_same_weights(_weights(straight_run), _weights(run_dir))
+    health = json.loads((straight_run / "summary.json").read_text())["data_health"]
+    assert json.loads((run_dir / "summary.json").read_text())["data_health"] == health
