@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.stream import skipped_samples
+from lightning_app.checkpointing import NonFiniteWeightsError, refuse_nonfinite_weights
 from modules.evaluation import ZeroShotEvaluation
 
 
@@ -81,10 +82,19 @@ class RunSummary(Callback):
             pl_module.log("data/skipped_samples", float(skipped_samples(health)), reduce_fx="sum", sync_dist=True)
             pl_module.log("data/lost_shards", float(health.get("lost_shards", 0)), reduce_fx="sum", sync_dist=True)
 
-    @rank_zero_only
     def on_fit_end(self, trainer, pl_module):
-        data = trainer.datamodule
+        # every rank checks its weights (its partition under ZeRO-3); a diverged model gets no summary
+        refuse_nonfinite_weights(trainer, pl_module, "summary.json")
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
+        nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        if any(k.startswith("val/") for k in nonfinite):
+            raise NonFiniteWeightsError(f"the final evaluation is not finite ({', '.join(nonfinite)}): the run "
+                                        "diverged and summary.json is not written")
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, metrics)
+
+    def _write(self, trainer, pl_module, metrics: dict) -> None:
+        data = trainer.datamodule
         trigger = getattr(data, "trigger", None)
         evaluation = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
         summary = {

@@ -5,6 +5,7 @@
   which POSIX makes atomic on one filesystem: every `.ckpt` is whole.
 - `run_checkpoints`: one `last.ckpt` (refreshed at each epoch end, so it holds the final weights),
   and with step checkpoints the newest `keep` of them, pruned by step number across resumes too.
+- `RunCheckpoint`: never writes weights holding NaN or inf (a diverged run stops instead).
 - `newest_checkpoint`: what `--ckpt_path last` means here (DeepSpeed directories only once whole). Lightning's "last" looks only for
   `*last*.ckpt` and, finding none, silently trains from scratch; a kill between writing the step
   checkpoint and refreshing `last.ckpt` leaves exactly that. We take the newest whole checkpoint.
@@ -17,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -57,17 +59,62 @@ def newest_checkpoint(directory: Path) -> Path:
     return candidates[-1]
 
 
+class DivergedError(RuntimeError):
+    """The run diverged (a NaN or inf in its loss or weights): it stops, and no result of it is written."""
+
+
+class NonFiniteWeightsError(DivergedError):
+    """The model's weights hold NaN or inf: no checkpoint or summary of them is written."""
+
+
+def nonfinite_parameters(module) -> list[str]:
+    """Names of this rank's parameters holding a NaN or inf (under ZeRO-3, of this rank's partition)."""
+    return [name for name, parameter in module.named_parameters()
+            if not torch.isfinite(getattr(parameter, "ds_tensor", parameter).detach()).all()]
+
+
+def refuse_nonfinite_weights(trainer, module, what: str) -> None:
+    """Raise on every rank when any rank's weights are not finite (collective: every rank calls it)."""
+    bad = nonfinite_parameters(module)
+    flag = torch.tensor([float(bool(bad))], device=trainer.strategy.root_device)
+    if trainer.world_size > 1:
+        flag = trainer.strategy.reduce(flag, reduce_op="sum")
+    if flag.item() > 0:
+        named = f": {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}" if bad else " on another rank"
+        raise NonFiniteWeightsError(f"the weights are not finite at step {trainer.global_step}{named}; the run "
+                                    f"diverged and {what} is not written")
+
+
+def save_marked(trainer, filepath: str, save) -> None:
+    """`save()` a checkpoint at `filepath`, refusing non-finite weights, and mark a DeepSpeed checkpoint
+    directory whole once its save returned on every rank (DeepSpeed's save ends in a barrier), so that
+    `newest_checkpoint` never resumes from a cut one. Every rank calls it."""
+    refuse_nonfinite_weights(trainer, trainer.lightning_module, f"checkpoint {filepath}")
+    marker = Path(filepath) / WHOLE
+    if trainer.is_global_zero and marker.parent.is_dir():  # last.ckpt is saved over in place: unmarked
+        marker.unlink(missing_ok=True)  # until the new save is whole (DeepSpeed's save starts with a barrier)
+    save()
+    if trainer.is_global_zero and Path(filepath).is_dir():
+        marker.touch()
+
+
+def save_step_checkpoint(trainer) -> Optional[Path]:
+    """A step checkpoint now (`stepNNNNNNN.ckpt` beside the run's others), as `StepCheckpoint` writes at a
+    batch end; None when the run writes no checkpoints."""
+    run = next((c for c in trainer.checkpoint_callbacks if isinstance(c, RunCheckpoint)), None)
+    if run is None or run.dirpath is None:
+        return None
+    path = Path(run.dirpath) / f"step{trainer.global_step:07d}.ckpt"
+    save_marked(trainer, str(path), lambda: trainer.save_checkpoint(path))
+    return path
+
+
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that marks a DeepSpeed checkpoint directory whole once its save returned on every
-    rank (DeepSpeed's save ends in a barrier), so that `newest_checkpoint` never resumes from a cut one."""
+    """ModelCheckpoint that never writes non-finite weights, and marks a DeepSpeed checkpoint directory
+    whole once written (`save_marked`)."""
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        marker = Path(filepath) / WHOLE
-        if trainer.is_global_zero and marker.parent.is_dir():  # last.ckpt is saved over in place: unmarked
-            marker.unlink(missing_ok=True)  # until the new save is whole (DeepSpeed's save starts with a barrier)
-        super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero and Path(filepath).is_dir():
-            marker.touch()
+        save_marked(trainer, filepath, lambda: super(RunCheckpoint, self)._save_checkpoint(trainer, filepath))
 
 
 class StepCheckpoint(RunCheckpoint):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,12 +22,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.run_dir import RunDir
 from lightning_app.callbacks import RunSummary
 from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
 from lightning_app.metrics_log import KeepMetricsOnResume, ResumableCSVLogger
 from lightning_app.run_guard import RunLock, refuse_changed_attack
+from lightning_app.training_guard import TrainingGuard
 from modules.base import CLIPModule
 
 
@@ -79,6 +82,10 @@ class BackdoorCLI(LightningCLI):
     def fit(self, **kwargs: Any) -> None:
         try:
             self.trainer.fit(**kwargs)
+        except SIGTERMException:
+            # before training started (setup, sanity check) Lightning's own handler stops the fit as a
+            # success; a killed run is not one. During training, TrainingGuard checkpoints and exits.
+            raise SystemExit(128 + signal.SIGTERM) from None
         finally:
             if self._run_lock is not None:
                 self._run_lock.release()
@@ -102,7 +109,7 @@ class BackdoorCLI(LightningCLI):
             callbacks.append(RichProgressBar(leave=True))
         if trainer_config.get("logger") is not False:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
-        callbacks.append(RunSummary())
+        callbacks += [TrainingGuard(), RunSummary()]
         if any(isinstance(logger, ResumableCSVLogger) for logger in kwargs.get("logger") or []):
             callbacks.append(KeepMetricsOnResume())
         kwargs["callbacks"] = callbacks

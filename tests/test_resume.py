@@ -167,3 +167,28 @@ def test_resume_at_an_epoch_boundary_gives_the_weights_and_counts_of_an_uninterr
     _assert_same_weights(_weights(straight_run), _weights(run_dir))
     health = json.loads((straight_run / "summary.json").read_text())["data_health"]
     assert json.loads((run_dir / "summary.json").read_text())["data_health"] == health
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["mmcl"], indirect=True)
+def test_sigterm_saves_a_step_checkpoint_exits_nonzero_and_resumes_exactly(small_benchmark, straight_run, tmp_path):
+    run_dir = tmp_path / "run"
+    args = _args(small_benchmark, run_dir, "--checkpoint_every_n_steps", "1000")  # no step checkpoints of its own
+    process = subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("epoch000-*.ckpt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)  # into epoch 1
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    saved = list(checkpoints.glob("step*.ckpt"))
+    assert len(saved) == 1, sorted(p.name for p in checkpoints.iterdir())
+    step = torch.load(saved[0], map_location="cpu", weights_only=True)["global_step"]
+    assert 24 < step < EPOCHS * 24 and newest_checkpoint(checkpoints) == saved[0]
+    assert not (run_dir / "summary.json").exists()
+
+    BackdoorCLI(args=[*args, "--ckpt_path", "last"])
+    _assert_same_weights(_weights(straight_run), _weights(run_dir))

@@ -1,0 +1,77 @@
+"""A diverged fit stops before its optimizer steps on a non-finite loss and leaves no checkpoint or summary;
+a preemption signal leaves a step checkpoint and a non-zero exit (the resume itself: tests/test_resume.py)."""
+
+from __future__ import annotations
+
+import signal
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightning_app.checkpointing import DivergedError, NonFiniteWeightsError, refuse_nonfinite_weights
+from lightning_app.cli import BackdoorCLI
+from lightning_app.training_guard import NonFiniteLossError, Preempted, TrainingGuard
+
+
+def _trainer(step: int = 7) -> SimpleNamespace:
+    progress = SimpleNamespace(current=SimpleNamespace(processed=3))
+    return SimpleNamespace(world_size=1, global_step=step, current_epoch=1, checkpoint_callbacks=[],
+                           strategy=SimpleNamespace(root_device=torch.device("cpu"), launcher=None),
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+
+
+def test_a_nonfinite_loss_stops_before_the_backward_pass_naming_the_step():
+    guard = TrainingGuard()
+    guard.on_before_backward(_trainer(), None, torch.tensor(2.5))  # finite: nothing happens
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(NonFiniteLossError, match="not finite at step 7 .epoch 1, batch 3"):
+            guard.on_before_backward(_trainer(), None, torch.tensor(bad))
+
+
+def test_nonfinite_weights_are_refused_naming_the_parameter():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    refuse_nonfinite_weights(_trainer(), module, "checkpoint X")  # finite: nothing happens
+    with torch.no_grad():
+        module[1].bias[0] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match=r"step 7: 1\.bias; the run diverged and checkpoint X"):
+        refuse_nonfinite_weights(_trainer(), module, "checkpoint X")
+
+
+def test_a_preemption_signal_stops_at_the_next_batch_end_with_128_plus_the_signal():
+    guard = TrainingGuard()
+    trainer = _trainer()
+    guard.on_before_backward(trainer, None, torch.tensor(1.0))
+    guard.on_train_batch_end(trainer, None, None, None, 0)  # no signal: the fit goes on
+    guard._on_signal(signal.SIGUSR1, None)
+    guard.on_before_backward(trainer, None, torch.tensor(1.0))  # the ranks agree on it here
+    with pytest.raises(Preempted) as stopped:
+        guard.on_train_batch_end(trainer, None, None, None, 0)
+    assert stopped.value.code == 128 + signal.SIGUSR1
+
+
+def test_a_signal_between_epochs_stops_at_the_next_epoch_start():
+    guard = TrainingGuard()
+    guard._on_signal(signal.SIGTERM, None)
+    with pytest.raises(Preempted) as stopped:
+        guard.on_train_epoch_start(_trainer(), None)
+    assert stopped.value.code == 128 + signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_a_diverged_fit_fails_naming_the_step_and_leaves_no_checkpoint_or_summary(small_benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    # the loss or, when a step's gradients overflow first, the weights are found non-finite: either stops it
+    with pytest.raises(DivergedError, match="not finite at step"):
+        BackdoorCLI(args=[
+            "fit", "--config", "configs/embedded/badnet.yaml", "--trainer.default_root_dir", str(run_dir),
+            "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+            "--data.init_args.embedded", "null", "--data.init_args.train_shards", small_benchmark.pretrain_urls,
+            "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.batch_size", "32",
+            "--model.init_args.optimizer.lr", "1e4", "--model.init_args.optimizer.warmup_steps", "5",
+            "--checkpoint_every_n_steps", "1",
+        ])
+    for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):  # the steps before it diverged may be kept
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(tensor).all() for tensor in state.values()), checkpoint.name
+    assert not (run_dir / "summary.json").exists()
