@@ -355,9 +355,9 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(WORDNET_MISSING)  # here, before training, not from a loader worker mid-epoch
         builder = TrainSample(spec, poisoner, augmented_views=augmented_views, seed=self.seed,
                               use_synonyms=self.text_synonyms == "wordnet")
-        sizes = shard_sizes(urls) or {url: total // len(urls) for url in urls}
         return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
-                          self.shuffle_buffer, self.max_corrupt_fraction, sizes, excluded, self.worker_start_method)
+                          self.shuffle_buffer, self.max_corrupt_fraction, shard_sizes(urls), excluded,
+                          self.worker_start_method, average_size=total // len(urls))
 
     def scoring_stream(self) -> PairStream:
         """The training pairs as training poisons them, for one scoring pass in this process: writes the

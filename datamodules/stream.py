@@ -9,10 +9,14 @@ Built on webdataset's pipeline stages. What it adds:
   sample once, less each worker's last partial batch (dropped).
 - Corrupt samples (undecodable or missing image, missing caption, unreadable tar member) are skipped,
   counted in counters shared by all workers, and logged; past `max_corrupt_fraction` the run stops.
-  A shard that cannot be opened or ends early is a lost shard: the samples it was expected to hold
-  (its img2dataset stats file, else the average shard) less those read from it count as lost samples
-  against the same fraction, so a quarter of the data unreadable stops the run instead of the epoch
-  being filled by re-reading the other shards.
+  A shard that cannot be opened, breaks, or yields fewer samples than its img2dataset stats file
+  records is a lost shard: the samples it was expected to hold (its stats file, else the average
+  shard) less those read from it count as lost samples against the same fraction, so a quarter of the
+  data unreadable stops the run instead of the epoch being filled by re-reading the other shards.
+  The count is needed because Python's tarfile reads a header cut short, a shard cut on a member
+  boundary and an empty tar as a normal end of the archive. Each shard is judged once per epoch of
+  a worker (a worker that runs short and re-reads shards does not count them again), so a shard lost
+  in each of 3 epochs counts 3, as its samples would have counted 3 times as good.
 - Each batch carries the health counts of the samples read to make it (`batch["health"]`); the
   loader adds up those of the batches training consumed, so `data_health` is exact over resumes
   (a resumed run's skipped batches are produced again but never consumed).
@@ -109,9 +113,11 @@ class PairStream(IterableDataset):
         shard_sizes: dict[str, int] | None = None,
         excluded: frozenset[str] = frozenset(),
         worker_start: str = "forkserver",
+        average_size: int | None = None,
     ):
-        """`shard_sizes`: samples expected in each shard (to count what a lost shard held); a shard not
-        in it is expected to hold the average of those that are. `excluded`: keys dropped (and counted)
+        """`shard_sizes`: samples in each shard by its img2dataset stats file, for the shards that have
+        one (a shard that yields fewer is lost); a shard without one is expected to hold `average_size`
+        (None: the average of the known sizes) if it breaks. `excluded`: keys dropped (and counted)
         before they are decoded, a data-level defense's choice (datamodules.exclusion). `worker_start`:
         how the DataLoader starts its workers (`multiprocessing_context`), which the shared counters
         must be made in."""
@@ -131,11 +137,14 @@ class PairStream(IterableDataset):
         self._failed_shards_in_a_row = 0
         self.shard_sizes = dict(shard_sizes or {})
         self.excluded = excluded
+        self.average_size = average_size
         self._read_from: dict[str, int] = {}
-        """Samples read from each shard by this process (a worker's copy)."""
-        self._lost: dict[str, str] = {}
-        """Shards of this pass that failed, with the error; `_settled`: those whose lost samples are counted."""
-        self._settled: set[str] = set()
+        """Samples read from each shard by this process (a worker's copy) in this pass."""
+        self._opened: list[str] = []
+        """Shards this pass has opened, in order; `_errors`: those that failed, with the error."""
+        self._errors: dict[str, str] = {}
+        self._judged: set[str] = set()
+        """Shards of this epoch (of this worker) already judged whole or lost."""
         self._pending: dict[str, int] = {}
         """Health counts of this worker since its last batch."""
 
@@ -172,6 +181,8 @@ class PairStream(IterableDataset):
     def _expected_size(self, url: str) -> int:
         if url in self.shard_sizes:
             return self.shard_sizes[url]
+        if self.average_size is not None:
+            return self.average_size
         sizes = list(self.shard_sizes.values())
         return round(sum(sizes) / len(sizes)) if sizes else 0
 
@@ -192,30 +203,47 @@ class PairStream(IterableDataset):
         url = self._failed_shard(exn)
         if url is None:
             self._skip("tar_error", "tar stream", repr(exn))
-        elif url not in self._lost:  # a truncated shard can raise twice
-            self._lost[url] = repr(exn)
-            self._count("lost_shards")
+        else:
+            self._errors.setdefault(url, repr(exn))  # a truncated shard can raise twice
         return True
 
-    def _settle_lost(self) -> None:
-        """Count what the shards that failed since the last call did not deliver, once the reader has
-        moved on (the sample it was assembling when a shard broke still comes out after the error)."""
-        for url, error in self._lost.items():
-            if url not in self._settled:
-                self._settled.add(url)
-                lost = max(0, self._expected_size(url) - self._read_from.get(url, 0))
-                self._count("lost_samples", lost)
-                log.warning("lost shard %s (%d expected samples unread): %s", url, lost, error)
-                self._check_fraction(url, error)
+    def _record_opened(self, shards: Iterator[dict]) -> Iterator[dict]:
+        for shard in shards:
+            self._opened.append(shard["url"])
+            yield shard
+
+    def _judge(self, url: str) -> None:
+        """Count a shard the reader has moved past as lost if it failed or yielded fewer samples than
+        its stats file records."""
+        if url in self._judged:
+            return
+        self._judged.add(url)
+        read = self._read_from.get(url, 0)
+        known = self.shard_sizes.get(url)
+        error = self._errors.get(url)
+        if error is None and (known is None or read >= known):
+            return
+        expected = self._expected_size(url)
+        lost = max(0, expected - read)
+        self._count("lost_shards")
+        self._count("lost_samples", lost)
+        cause = error or f"the tar ends after {read} of the {known} samples its stats file records (cut or empty)"
+        log.warning("lost shard %s (%d expected samples unread): %s", url, lost, cause)
+        self._check_fraction(url, cause)
+
+    def _judge_opened_before(self, url: str | None) -> None:
+        """Judge the shards opened before `url` (all, for None): the reader has moved past them (the
+        sample being assembled when a shard ended still comes out after the next shard is opened)."""
+        for opened in self._opened[: self._opened.index(url)] if url in self._opened else list(self._opened):
+            self._judge(opened)
 
     def _read(self, raws: Iterator[dict]) -> Iterator[dict]:
         for raw in raws:
             url = raw.get("__url__")
-            if len(self._settled) < len(self._lost) and url not in self._lost:
-                self._settle_lost()
+            self._judge_opened_before(url)
             self._read_from[url] = self._read_from.get(url, 0) + 1
             yield raw
-        self._settle_lost()
+        self._judge_opened_before(None)
 
     def _with_health(self, batch: dict) -> dict:
         batch["health"], self._pending = self._pending, {}
@@ -247,8 +275,10 @@ class PairStream(IterableDataset):
     def every_pair_once(self) -> Iterator[dict]:
         """One pass over all shards in this process, in shard order, unshuffled, the last batch kept
         partial: for scoring every training pair (defenses), not for training."""
+        self._read_from, self._opened, self._errors, self._judged = {}, [], {}, set()
         pipeline = wds.DataPipeline(
             partial(iter, [{"url": url} for url in self.urls]),
+            self._record_opened,
             wds.tarfile_to_samples(handler=self._on_tar_error),
             self._read,
             wds.map(self._prepare, handler=wds.reraise_exception),
@@ -260,13 +290,14 @@ class PairStream(IterableDataset):
 
     def _one_pass(self, epoch: int, worker: int) -> Iterator[dict]:
         """Worker `worker`'s share of one pass over the shards, in the order of `epoch`."""
-        self._read_from, self._lost, self._settled = {}, {}, set()
+        self._read_from, self._opened, self._errors = {}, [], {}
         rank, _, _, _ = wds.utils.pytorch_worker_info()
         shuffle_seed = hashlib.sha256(f"{self.seed}/{epoch}/{rank}/{worker}".encode()).hexdigest()
         pipeline = wds.DataPipeline(
             partial(iter, _shard_order(self.urls, self.seed, epoch, shuffle=self.shuffle_buffer > 0)),
             wds.split_by_node,
             partial(_every_nth, start=worker, step=self.num_workers),
+            self._record_opened,
             wds.tarfile_to_samples(handler=self._on_tar_error),
             self._read,
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(shuffle_seed))
@@ -281,6 +312,7 @@ class PairStream(IterableDataset):
     def _passes(self, worker: int) -> Iterator[dict]:
         epoch = self.epoch
         self.sample_builder.epoch = epoch
+        self._judged = set()
         while True:
             produced = 0
             for batch in self._one_pass(epoch, worker):

@@ -171,3 +171,41 @@ def test_every_pair_once_covers_all_pairs_including_a_partial_batch(tmp_path):
     keys = [k for b in batches for k in b["key"]]
     assert len(keys) == len(set(keys)) == 21
     assert [len(b["key"]) for b in batches] == [4, 4, 4, 4, 4, 1]
+
+
+@pytest.mark.parametrize("cut", ["inside_a_header", "on_a_member_boundary", "mid_member", "empty_tar"])
+def test_a_shard_cut_anywhere_or_empty_is_lost_by_the_count_its_stats_file_records(tmp_path, cut):
+    """Python's tarfile ends a shard cut in a header or on a member boundary, and an empty tar, without an
+    error: only the stats file's count tells. A shard is counted once, though the worker re-reads it."""
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), f"c {i}") for i in range(100)]) for s in range(4)]
+    shard = Path(urls[1])
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    first_of_sample_40 = next(m for m in members if m.name.startswith("000010040."))
+    read = 40
+    if cut == "inside_a_header":
+        shard.write_bytes(data[: first_of_sample_40.offset + 100])
+    elif cut == "on_a_member_boundary":
+        shard.write_bytes(data[: first_of_sample_40.offset])
+    elif cut == "mid_member":
+        shard.write_bytes(data[: first_of_sample_40.offset_data + 10])
+    else:
+        shard.unlink()
+        with tarfile.open(shard, "w"):
+            pass
+        read = 0
+    batches = (300 + read) + (100 + read) + 1  # a pass, then shards 0 and 1 again and a sample of shard 2
+    stream = _stream(urls, batches=batches)
+    assert len(_keys(stream)) == batches
+    health = stream.health.snapshot()
+    assert (health["lost_shards"], health["lost_samples"]) == (1, 100 - read)
+
+
+def test_without_stats_files_a_short_shard_is_not_lost(tmp_path):
+    """Shards of unequal size and no stats file (data.num_samples given): nothing to compare with."""
+    urls = [write_img2dataset_shard(tmp_path, s, [(_image(i), f"c {i}") for i in range(50 + 25 * s)]) for s in range(3)]
+    for url in urls:
+        Path(url).with_name(Path(url).stem + "_stats.json").unlink()
+    stream = _stream(urls, batches=150)
+    assert len(_keys(stream)) == 150 and stream.health.snapshot()["lost_shards"] == 0
