@@ -28,7 +28,7 @@ from datamodules.run_dir import RunDir
 from lightning_app.callbacks import RunSummary
 from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
 from lightning_app.metrics_log import KeepMetricsOnResume, ResumableCSVLogger
-from lightning_app.run_guard import RunLock, refuse_changed_attack
+from lightning_app.run_guard import RunLock, refuse_changed_attack, refuse_foreign_checkpoint
 from lightning_app.training_guard import TrainingGuard
 from modules.base import CLIPModule
 
@@ -72,6 +72,7 @@ class BackdoorCLI(LightningCLI):
                 "`--ckpt_path last`, or remove it / set another trainer.default_root_dir for a new run"
             )
         if ckpt_path is not None:
+            refuse_foreign_checkpoint(run, str(ckpt_path))
             config = self.config.get(str(self.subcommand), self.config)
             refuse_changed_attack(run, yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False)))
         if ckpt_path == "last":

@@ -7,7 +7,8 @@
   flock works across hosts where the shared filesystem forwards it (NFSv4, Lustre with `flock`);
   where it cannot, the holder recorded in the file is still reported when it is another host.
 - `refuse_changed_attack`: on resume, the run's saved `config.yaml` (what its weights were trained
-  with) against the new config, for every key that defines the attack or the data.
+  with) against the new config, for every key but those a resume may change (`RESUMABLE_CHANGES`).
+- `refuse_foreign_checkpoint`: `--ckpt_path` names one of the run's own checkpoints.
 """
 
 from __future__ import annotations
@@ -21,19 +22,23 @@ from typing import Any
 
 from datamodules.run_dir import RunDir
 
-# What a resumed run may not change: the data it streams, which pairs are poisoned and how, the
-# trigger, the architecture and the seed that orders the data.
-DEFINING_KEYS = (
-    "seed_everything",
-    "model.init_args.model.name",
-    "data.init_args.train_shards",
-    "data.init_args.embedded",
-    "data.init_args.poison",
-    "data.init_args.trigger",
-    "data.init_args.trigger_dir",
-    "data.init_args.seed",
+RESUMABLE_CHANGES = (
+    "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps",
+    "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.limit_predict_batches",
+    "trainer.val_check_interval", "trainer.check_val_every_n_epoch", "trainer.num_sanity_val_steps",
+    "trainer.log_every_n_steps", "trainer.enable_checkpointing", "trainer.enable_progress_bar",
+    "trainer.enable_model_summary", "trainer.logger", "trainer.callbacks", "trainer.profiler",
+    "trainer.default_root_dir", "trainer.detect_anomaly", "trainer.barebones", "trainer.inference_mode",
+    "trainer.enable_autolog_hparams", "trainer.model_registry", "trainer.accelerator", "trainer.strategy",
+    "trainer.plugins", "trainer.benchmark", "trainer.fast_dev_run",
+    "data.init_args.eval", "data.init_args.worker_start_method", "data.init_args.max_corrupt_fraction",
+    "torch_threads", "checkpoint_every_n_steps", "keep_step_checkpoints", "ckpt_path", "weights_only", "config",
 )
-
+"""What a resumed run may change: how long it trains, how it is evaluated, logged, checkpointed and
+launched. Every other key (the model class, its objective and recipe, the data, poison and trigger, the
+seeds, precision, devices and workers, which fix the batch order) defines what the weights are: a resume
+that changed one would train on under another recipe and rewrite the run's `config.yaml` as if the whole
+run had been made by it."""
 
 class RunLock:
     def __init__(self, run_dir: str | Path):
@@ -62,21 +67,40 @@ class RunLock:
             self._handle.close()
 
 
-def _value(config: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(config, dict):
-            return None
-        config = config.get(part)
-    return config
+def _resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
+
+
+def changed_keys(saved: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, new value) for every defining key whose value differs; a dict on one side
+    against anything else on the other is one change at its key."""
+    if prefix and _resumable(prefix):
+        return []
+    if isinstance(saved, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(saved) | set(new), key=str)
+                for change in changed_keys(saved.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]
+    return [] if saved == new else [(prefix, saved, new)]
 
 
 def refuse_changed_attack(run: RunDir, new_config: dict) -> None:
     """Raise naming every defining key whose value differs from what the run's weights were trained with."""
     if not run.config_path.exists():
         return
-    changed = [key for key in DEFINING_KEYS if _value(run.config, key) != _value(new_config, key)]
+    changed = changed_keys(run.config, new_config)
     if changed:
-        details = "; ".join(f"{key}: {_value(run.config, key)!r} → {_value(new_config, key)!r}" for key in changed)
-        raise ValueError(f"resuming {run.path} with another attack or data than its checkpoints were trained "
-                         f"with ({details}): resume with the run's own config (--config {run.config_path}) "
-                         "or start a new run directory")
+        details = "; ".join(f"{key}: {old!r} → {new!r}" for key, old, new in changed)
+        raise ValueError(f"resuming {run.path} with another model, recipe, attack or data than its checkpoints "
+                         f"were trained with ({details}): resume with the run's own config (--config "
+                         f"{run.config_path}), or start a new run directory (from these weights: "
+                         "--model.init_args.model.pretrained RUN/checkpoints/last.ckpt)")
+
+
+def refuse_foreign_checkpoint(run: RunDir, ckpt_path: str) -> None:
+    """A checkpoint path given to `--ckpt_path` must be one of this run's: resuming another run's
+    checkpoint into this directory would report its training (another attack, another recipe) as this run's."""
+    if ckpt_path in ("last", "best", "hpc", "registry") or "://" in ckpt_path:
+        return
+    if not Path(ckpt_path).resolve().is_relative_to(run.checkpoints.resolve()):
+        raise ValueError(f"--ckpt_path {ckpt_path} is not a checkpoint of this run ({run.checkpoints}): a resume "
+                         "continues its own run. To start a new run from another run's weights, set "
+                         f"--model.init_args.model.pretrained {ckpt_path}")

@@ -16,7 +16,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from datamodules.run_dir import RunDir, write_once
 from lightning_app.checkpointing import AtomicCheckpointIO, prune_step_checkpoints
 from lightning_app.cli import BackdoorCLI
-from lightning_app.run_guard import RunLock, refuse_changed_attack
+from lightning_app.run_guard import RunLock, refuse_changed_attack, refuse_foreign_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,8 +73,31 @@ def test_resume_config_check_names_every_changed_attack_key(tmp_path):
     changed = json.loads(json.dumps(saved))
     changed["data"]["init_args"]["poison"]["target"] = "star"
     changed["data"]["init_args"]["trigger"] = {"class_path": "Blended"}
-    with pytest.raises(ValueError, match=r"data.init_args.poison: .*data.init_args.trigger: "):
+    with pytest.raises(ValueError, match=r"data.init_args.poison.target: 'triangle' → 'star'; "
+                                         r"data.init_args.trigger.class_path: 'BadNet' → 'Blended'"):
         refuse_changed_attack(run, changed)
+    for key, value in (("class_path", "modules.CleanCLIP"), ("init_args", {"model": {"name": "tiny"}, "objective": "cyclip"})):
+        changed = json.loads(json.dumps(saved))
+        changed["model"][key] = value
+        with pytest.raises(ValueError, match=r"model\.(class_path|init_args\.objective): None → "):
+            refuse_changed_attack(run, changed)
+    changed = json.loads(json.dumps(saved))
+    changed["data"]["init_args"]["exclude"] = {"ranking": "r.json"}  # None (absent) against a dict
+    with pytest.raises(ValueError, match=r"data.init_args.exclude: None → \{'ranking'"):
+        refuse_changed_attack(run, changed)
+    changed = json.loads(json.dumps(saved))
+    changed["data"]["init_args"]["eval"] = {"directory": "other"}  # evaluated elsewhere: a resume may
+    refuse_changed_attack(run, {**changed, "torch_threads": 2, "checkpoint_every_n_steps": 5})
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_pretrained(tmp_path):
+    run = RunDir(tmp_path / "run")
+    refuse_foreign_checkpoint(run, "last")
+    refuse_foreign_checkpoint(run, str(tmp_path / "run" / "checkpoints" / "step0000010.ckpt"))
+    with pytest.raises(ValueError, match="not a checkpoint of this run .*model.pretrained"):
+        refuse_foreign_checkpoint(run, str(tmp_path / "other" / "checkpoints" / "last.ckpt"))
+    with pytest.raises(ValueError, match="not a checkpoint of this run"):
+        refuse_foreign_checkpoint(run, str(tmp_path / "run" / "checkpoints" / ".." / ".." / "other.ckpt"))
 
 
 def test_step_checkpoints_are_pruned_by_step_number_whoever_wrote_them(tmp_path):
@@ -138,6 +161,12 @@ def test_resume_under_another_attack_is_refused_and_the_record_kept(small_benchm
                                "--data.init_args.poison.rate", "0.2", "--data.init_args.poison.target", "star"))
     assert (run_dir / "poison" / "manifest.json").read_bytes() == manifest
     assert (run_dir / "trigger" / "trigger.json").read_bytes() == trigger
+    config = (run_dir / "config.yaml").read_bytes()
+    with pytest.raises(ValueError, match="model.init_args.objective: 'mmcl' → 'cyclip'"):
+        BackdoorCLI(args=_args(small_benchmark, run_dir, "--ckpt_path", "last", "--model.init_args.objective", "cyclip"))
+    with pytest.raises(ValueError, match="not a checkpoint of this run"):  # another run's weights, resumed as this run's
+        BackdoorCLI(args=_args(small_benchmark, tmp_path / "new", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")))
+    assert (run_dir / "config.yaml").read_bytes() == config
     # the same attack resumes, and keeps one last.ckpt and at most 2 step checkpoints over the resume
     BackdoorCLI(args=_args(small_benchmark, run_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last",
                            "--checkpoint_every_n_steps", "3"))
