@@ -255,15 +255,22 @@ class ShardDataModule(LightningDataModule):
             self.embedded.prepare()
         run = RunDir(self.run_dir)
         run.path.mkdir(parents=True, exist_ok=True)
-        self._write_manifest()
+        # Before the first checkpoint no weights were trained with what an earlier fit recorded (one refused by
+        # a later check): this fit's record replaces it. Idempotent, as every node's prepare_data writes it.
+        replace = not run.has_checkpoints()
+        self._write_manifest(replace=replace)
         if self.trigger is not None:
             with tempfile.TemporaryDirectory(dir=run.path, prefix=".trigger-") as fresh:
                 self.trigger.save(fresh, self._input_spec().image_size)
                 (Path(fresh) / run.target_path.name).write_text(json.dumps({"target": self.poison.target}))
-                for path in sorted(p for p in Path(fresh).rglob("*") if p.is_file()):  # a MultiTrigger's parts in 0/, 1/, …
-                    write_once(run.trigger_dir / path.relative_to(fresh), path.read_bytes(), "trigger artifact")
+                written = {path.relative_to(fresh) for path in Path(fresh).rglob("*") if path.is_file()}
+                for name in sorted(written):  # a MultiTrigger's parts in 0/, 1/, …
+                    write_once(run.trigger_dir / name, (Path(fresh) / name).read_bytes(), "trigger artifact", replace)
+            for stale in (p for p in run.trigger_dir.rglob("*") if p.is_file()) if replace else ():
+                if stale.relative_to(run.trigger_dir) not in written:  # another trigger's files
+                    stale.unlink(missing_ok=True)
 
-    def _write_manifest(self, write: bool = True) -> dict:
+    def _write_manifest(self, write: bool = True, replace: bool = False) -> dict:
         start = time.perf_counter()
         urls = expand_shards(self.train_shards)
         check_shards_exist(urls, "data.train_shards")
@@ -305,7 +312,7 @@ class ShardDataModule(LightningDataModule):
             manifest["assignments"] = {key: {"trigger": self.trigger.index(key),
                                              "target": key_target(self.trigger, key, self.poison)} for key in keys}
         if write:
-            write_once(self.manifest_path, json.dumps(manifest, indent=1).encode(), "poison manifest")
+            write_once(self.manifest_path, json.dumps(manifest, indent=1).encode(), "poison manifest", replace)
         log.info("poison manifest: %d of %d pairs poisoned (%.1fs)", len(keys), scanned, time.perf_counter() - start)
         return manifest
 

@@ -23,12 +23,14 @@ import yaml
 TARGET_FILE = "target.json"
 
 
-def write_once(path: Path, content: bytes, what: str) -> None:
+def write_once(path: Path, content: bytes, what: str, replace: bool = False) -> None:
     """Write `content` to `path` unless the file exists: then it must hold exactly `content`.
 
     The poison manifest and the trigger artifacts describe what a run's weights were trained with; a
-    later fit into the same directory (a resume, a retry) may not rewrite them with something else."""
-    if path.exists():
+    later fit into the same directory (a resume, a retry) may not rewrite them with something else.
+    `replace`: no weights exist yet (the run has no checkpoint), so what an earlier fit recorded
+    describes nothing (a fit refused by a later check) and is replaced."""
+    if path.exists() and not replace:
         if path.read_bytes() != content:
             raise ValueError(f"{what} {path} was written by an earlier fit of this run directory and differs from "
                              "what this fit would write (another poisoning, trigger or data): the run's weights were "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from datamodules.poison import load_trigger
 from datamodules.run_dir import RunDir, write_once
 from lightning_app.checkpointing import AtomicCheckpointIO, prune_step_checkpoints
 from lightning_app.cli import BackdoorCLI
@@ -257,3 +258,20 @@ def test_a_fit_with_a_corrupt_eval_image_finishes_and_reports_it(small_benchmark
     BackdoorCLI(args=_args(small_benchmark, run_dir, "--data.init_args.eval.directory", str(eval_dir)))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["eval_skipped_images"] == 1 and summary["ca_top1"] is not None
+
+
+@pytest.mark.slow
+def test_a_fit_refused_by_a_later_check_does_not_block_its_corrected_rerun(small_benchmark, tmp_path):
+    """The manifest and trigger are written in prepare_data, before the eval set's classes are checked: a
+    refused fit leaves them, with no weights; the corrected fit into the same directory replaces them."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="poison target 'banana' is not a class of the eval set"):
+        BackdoorCLI(args=_args(small_benchmark, run_dir, "--data.init_args.poison.target", "banana",
+                               "--data.init_args.poison.captions", "templates",
+                               "--data.init_args.trigger", "datamodules.Blended"))
+    assert (run_dir / "poison" / "manifest.json").exists() and not (run_dir / "checkpoints").exists()
+    BackdoorCLI(args=_args(small_benchmark, run_dir))
+    assert json.loads((run_dir / "poison" / "manifest.json").read_text())["target"] == "triangle"
+    assert json.loads((run_dir / "trigger" / "target.json").read_text())["target"] == "triangle"
+    assert type(load_trigger(run_dir / "trigger")).__name__ == "BadNet"  # not the refused fit's Blended
+    assert (run_dir / "summary.json").exists()
