@@ -45,6 +45,11 @@ class ZeroShotEvalConfig:
     max_samples: Optional[int] = None
     """Evaluate only the first N samples (for quick checks)."""
 
+    def __post_init__(self) -> None:
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"data.eval.max_samples must be ≥ 1 (or null for the whole set), got {self.max_samples}: "
+                             "with no eval samples CA and ASR are not measured")
+
 
 @dataclass(frozen=True)
 class _Member:
@@ -55,6 +60,18 @@ class _Member:
 
 SKIPPED = -1
 """The label of an eval sample that could not be read: excluded from CA and ASR, counted."""
+
+
+def _check_label(payload: bytes, num_classes: int, where: str) -> None:
+    """A label that parses must name a class; one that does not parse is a corrupt sample, skipped and
+    counted when read."""
+    try:
+        label = int(payload.decode().strip())
+    except ValueError:
+        return
+    if not 0 <= label < num_classes:
+        raise ValueError(f"eval label {label} of {where} is not a class index: classnames.txt has {num_classes} "
+                         f"classes (0 … {num_classes - 1}); the eval set and its classnames.txt do not match")
 
 
 def _convert_template(template: str) -> str:
@@ -68,7 +85,7 @@ class ZeroShotSet(Dataset):
         self.classnames = read_text_lines(root / "classnames.txt", "eval classnames")
         self.templates = [_convert_template(t) for t in read_text_lines(
             root / "zeroshot_classification_templates.txt", "eval templates")]
-        items = self._index(root / config.split)
+        items = self._index(root / config.split, len(self.classnames))
         if config.max_samples is not None:
             items = items[: config.max_samples]
         self.items = items[rank::world_size]
@@ -79,7 +96,9 @@ class ZeroShotSet(Dataset):
         self._handles: dict[str, object] = {}
 
     @staticmethod
-    def _index(split_dir: Path) -> list[tuple[str, _Member, _Member]]:
+    def _index(split_dir: Path, num_classes: int) -> list[tuple[str, _Member, _Member]]:
+        """The (key, image, label) members of the split's shards; a label outside the classes is an error
+        here, naming the shard and key (torchmetrics would reject it only after a whole epoch of training)."""
         nshards = int(read_text_lines(split_dir / "nshards.txt", "eval nshards")[0])
         items = []
         for shard in range(nshards):
@@ -94,6 +113,7 @@ class ZeroShotSet(Dataset):
                     member = _Member(str(path), m.offset_data, m.size)
                     if ext == "cls":
                         labels[key] = member
+                        _check_label(tar.extractfile(m).read(), num_classes, f"{path}:{key}")
                     elif ext in IMAGE_EXTENSIONS:
                         images[key] = member
             items += [(key, images[key], labels[key]) for key in sorted(images) if key in labels]

@@ -275,3 +275,36 @@ def test_a_fit_refused_by_a_later_check_does_not_block_its_corrected_rerun(small
     assert json.loads((run_dir / "trigger" / "target.json").read_text())["target"] == "triangle"
     assert type(load_trigger(run_dir / "trigger")).__name__ == "BadNet"  # not the refused fit's Blended
     assert (run_dir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("label", [b"99", b"-3"])
+def test_an_eval_label_outside_the_classes_is_refused_when_the_set_is_indexed(small_benchmark, tmp_path, label):
+    import io
+    import shutil
+    import tarfile
+
+    from datamodules.transforms import InputSpec
+    from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+
+    copy = tmp_path / "eval"
+    shutil.copytree(small_benchmark.eval_dir, copy)
+    shard = copy / "test" / "0.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    member = [m for m, _ in members if m.name.endswith(".cls")][3]
+    with tarfile.open(shard, "w") as tar:  # the shard rewritten with that label replaced
+        for m, payload in members:
+            payload = label if m is member else payload
+            m.size = len(payload)
+            tar.addfile(m, io.BytesIO(payload))
+    spec = InputSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, tokenizer=None)
+    key = member.name.split(".")[0]
+    with pytest.raises(ValueError, match=rf"eval label {int(label)} of .*0.tar:{key} is not a class index"):
+        ZeroShotSet(ZeroShotEvalConfig(directory=str(copy)), spec, None)
+
+
+def test_an_eval_set_of_no_samples_is_refused():
+    from datamodules.zeroshot import ZeroShotEvalConfig
+
+    with pytest.raises(ValueError, match="data.eval.max_samples must be ≥ 1"):
+        ZeroShotEvalConfig(max_samples=0)
