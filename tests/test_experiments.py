@@ -150,6 +150,13 @@ def test_a_config_reference_to_a_mapping_becomes_one_setting_per_leaf(tmp_path):
     (TOY.replace("    key: model.init_args.optimizer.lr\n", ""), "without a `key`"),
     (TOY.replace("rows: [attack, stage]", "rows: [attack, colour]"), "'colour'"),
     (TOY.replace("    report: false", "    reprot: false"), "unknown key"),
+    # names become path components: none may climb out of runs/ or results/
+    (TOY.replace("name: toy", "name: ../../outside"), "experiment name '../../outside' is not a safe path component"),
+    (TOY.replace("  cleanclip:\n", "  ../escape:\n").replace("reference: cleanclip", "reference: ../escape")
+     .replace("[cleanclip]", "['../escape']"), "stage name '../escape' is not a safe"),
+    (TOY.replace("      blended: {{", "      /etc: {{"), "axis 'attack' value '/etc' is not a safe"),
+    (TOY.replace("[1.0e-3, 2.0e-3]", "[1.0e-3, ..]"), "axis 'lr' value '..' is not a safe"),
+    (TOY.replace("block: toy", "block: ../toy"), "table block '../toy' is not a safe"),
 ])
 def test_a_bad_experiment_file_is_refused_naming_the_key(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):

@@ -212,6 +212,7 @@ def load_experiment(path: str | Path) -> Experiment:
     for key in ("name", "stages"):
         if key not in raw:
             raise ValueError(f"{path}: `{key}` is required")
+    _check_names(path, raw)
     stages: dict[str, StageSpec] = {}
     for name, body in raw["stages"].items():
         body = body or {}
@@ -246,6 +247,25 @@ def load_experiment(path: str | Path) -> Experiment:
         archive=f"results/{raw['name']}.jsonl")
     _check(experiment)
     return experiment
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+@-]*")
+"""Names that become path components (the experiment, its stages, axes and axis values): no separator, no
+leading dot, so that `..` or `/` cannot put a run directory or the archive outside runs/ and results/."""
+
+
+def _check_names(path: Path, raw: dict) -> None:
+    named = [("experiment name", raw["name"])]
+    named += [("stage name", name) for name in raw["stages"]]
+    for axis, body in (raw.get("axes") or {}).items():
+        values = (body or {}).get("values") or {}
+        named += [("axis name", axis)] + [(f"axis {axis!r} value", value_name(v))
+                                           for v in (values if isinstance(values, (list, dict)) else [values])]
+    named += [("table block", (body or {}).get("block")) for body in raw.get("tables") or []]
+    for what, name in named:
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            raise ValueError(f"{path}: {what} {name!r} is not a safe path component: use letters, digits and "
+                             "_ . , = + @ - (not starting with a dot); it names run directories and the archive")
 
 
 def value_name(value: Any) -> str:
