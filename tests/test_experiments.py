@@ -237,6 +237,11 @@ def test_finished_runs_are_reused_interrupted_ones_resumed_and_another_configs_r
         run_stage(runner.pipeline_stage(other))
     plan = runner.plan(experiment, only=["cleanclip"])
     assert "abd" not in plan and plan.count("attack[") == 4  # --only brings the runs it needs, not the others
+    # what the runner refuses to reuse, a report neither shows nor archives as this experiment's run
+    from lightning_app.experiments.archive import Summaries, archive_runs, load_archive
+    assert Summaries(experiment).get(other) is None and Summaries(experiment).get(attack) is not None
+    archive_runs(experiment, [attack, other])
+    assert set(load_archive(experiment.archive)) == {str(attack.run_dir)}
 
 
 def test_only_names_a_stage_of_the_experiment(tmp_path):

@@ -26,7 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from lightning_app.experiments.spec import CONFIG_REFERENCE, Experiment, StageRun, pipeline_stage
-from lightning_app.pipelines import result_sha256, summary_result_sha256, summary_sha256
+from lightning_app.pipelines import Stage, result_sha256, summary_result_sha256, summary_sha256
+
+
+def made_here_by_this_config(run: StageRun) -> bool:
+    """Whether the run directory's record (`stage.json`) says this run made it: the experiment's config,
+    fragments and overrides for it, from inputs not made again since. A directory made by another config
+    is neither reused, nor reported, nor archived as this run's. While an input is unfinished the record
+    cannot be compared (its references resolve through the inputs' configs) and is taken as it is."""
+    recorded = run.run_dir.path / "stage.json"
+    if not recorded.exists():
+        return False
+    if not all(dep.run_dir.is_finished() for dep in run.deps.values()):
+        return True
+    fingerprint = json.loads(recorded.read_text())
+    return pipeline_stage(run).made_by(fingerprint) and not Stage.remade_inputs(fingerprint)
 
 
 def load_archive(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -57,7 +71,7 @@ def archive_runs(experiment: Experiment, runs: list[StageRun]) -> Path:
         _fill_inputs_results(records)  # while the inputs' records are still the ones whose bytes they name
         for run in runs:
             fingerprint = run.run_dir.path / "stage.json"
-            if run.run_dir.is_finished() and fingerprint.exists():
+            if run.run_dir.is_finished() and made_here_by_this_config(run):
                 records[str(run.run_dir)] = {"run_dir": str(run.run_dir), "id": run.id,
                                              "stage": json.loads(fingerprint.read_text()),
                                              "summary": run.run_dir.summary(),
@@ -90,7 +104,7 @@ class Summaries:
     def _find(self, run: StageRun) -> tuple[dict, str] | None:
         key = str(run.run_dir)
         if key not in self._known:
-            if run.run_dir.is_finished():
+            if run.run_dir.is_finished() and made_here_by_this_config(run):
                 self._known[key] = (run.run_dir.summary(), "run_dir")
             else:
                 record = self.records.get(key)

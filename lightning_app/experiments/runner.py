@@ -21,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from lightning_app.experiments.archive import Summaries, archive_runs
+from lightning_app.experiments.archive import Summaries, archive_runs, made_here_by_this_config
 from lightning_app.experiments.results import collect
 from lightning_app.experiments.spec import Experiment, StageRun, expand, pipeline_stage
 from lightning_app.experiments.views import write_views
 from lightning_app.export import export_run
-from lightning_app.pipelines import REPO_ROOT, Stage, run_stage
+from lightning_app.pipelines import REPO_ROOT, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,11 @@ def status(run: StageRun) -> str:
         recorded = run.run_dir.path / "stage.json"
         if not recorded.exists():
             return "refuse (a run without stage.json)"
-        if all(dep.run_dir.is_finished() for dep in run.deps.values()):
+        if not made_here_by_this_config(run):
             fingerprint = json.loads(recorded.read_text())
             if not pipeline_stage(run).made_by(fingerprint):
                 return "refuse (made by another config or overrides)"
-            if Stage.remade_inputs(fingerprint):
-                return "refuse (an input was made again after it)"
+            return "refuse (an input was made again after it)"
         return "reuse" if run.run_dir.is_finished() else "resume"
     return "run"
 
