@@ -31,7 +31,22 @@ def _is_local(url: str) -> bool:
     return not url.startswith("pipe:") and "://" not in url
 
 
+_ANNOUNCED_PIPES: set[tuple[str, ...]] = set()
+
+
+def announce_pipes(urls: list[str], option: str) -> None:
+    """Say, once per process, that `pipe:` shards are shell commands this run executes (webdataset runs
+    each with `shell=True` when the shard is opened): trusted input, like a script, never a URL from
+    someone else. A run's config.yaml holds them too, and rerunning it runs them again."""
+    pipes = tuple(url for url in urls if url.startswith("pipe:"))
+    if pipes and pipes not in _ANNOUNCED_PIPES:
+        _ANNOUNCED_PIPES.add(pipes)
+        log.warning("%s: %d shards are `pipe:` shell commands this run executes, e.g. %r", option, len(pipes),
+                    pipes[0].removeprefix("pipe:"))
+
+
 def check_shards_exist(urls: list[str], option: str) -> None:
+    announce_pipes(urls, option)
     missing = [u for u in urls if _is_local(u) and not Path(u).exists()]
     if missing:
         raise ValueError(f"{option}: {len(missing)} of {len(urls)} shards do not exist, first: {missing[0]}")

@@ -209,3 +209,13 @@ def test_without_stats_files_a_short_shard_is_not_lost(tmp_path):
         Path(url).with_name(Path(url).stem + "_stats.json").unlink()
     stream = _stream(urls, batches=150)
     assert len(_keys(stream)) == 150 and stream.health.snapshot()["lost_shards"] == 0
+
+
+def test_pipe_shards_are_announced_as_shell_commands_once(tmp_path, caplog):
+    from datamodules.shards import check_shards_exist
+
+    urls = [f"pipe:cat {tmp_path}/{i:05d}.tar" for i in range(3)]
+    check_shards_exist(urls, "data.train_shards")
+    check_shards_exist(urls, "data.train_shards")
+    announced = [m for m in caplog.messages if "shell commands" in m]
+    assert len(announced) == 1 and f"cat {tmp_path}/00000.tar" in announced[0] and "3 shards" in announced[0]
