@@ -40,7 +40,7 @@ from datamodules.run_dir import RunDir, write_once
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions, shard_sizes
 from datamodules.stream import COUNTERS, PairStream
 from datamodules.text_augment import WORDNET_MISSING, wordnet_available
-from datamodules.transforms import InputSpec, TrainSample
+from datamodules.transforms import MAX_IMAGE_PIXELS, InputSpec, TrainSample
 from datamodules.worker_watch import ExitWithProcess
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
@@ -136,6 +136,7 @@ class ShardDataModule(LightningDataModule):
         exclude: Optional[ExcludeConfig] = None,
         text_synonyms: Literal["wordnet", "none"] = "wordnet",
         worker_start_method: Literal["forkserver", "spawn", "fork"] = "forkserver",
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         """
         Args:
@@ -161,6 +162,8 @@ class ShardDataModule(LightningDataModule):
                 single-threaded server process. "fork" copies the training process, whose gloo, logger
                 and progress threads may hold a lock at that instant; the child then waits on it forever
                 (a hung rank and an orphaned worker, seen under CPU load: benchmarks/worker_hang_stress.py).
+            max_image_pixels: A training image with more pixels is skipped and counted as a bad image, judged
+                from its header before it is decoded (PIL's own limit lets a 13000² image through).
         """
         super().__init__()
         if batch_size < 1:
@@ -172,6 +175,8 @@ class ShardDataModule(LightningDataModule):
         if eval.batch_size < 1 or eval.num_workers < 0:
             raise ValueError(f"data.eval.batch_size must be ≥ 1 and data.eval.num_workers ≥ 0, got "
                              f"{eval.batch_size} and {eval.num_workers}")
+        if max_image_pixels < 1:
+            raise ValueError(f"data.max_image_pixels must be ≥ 1, got {max_image_pixels}")
         if not 0.0 <= max_corrupt_fraction < 1.0:
             raise ValueError(f"data.max_corrupt_fraction must be in [0, 1), got {max_corrupt_fraction}")
         if trigger is not None and trigger_dir is not None:
@@ -196,6 +201,7 @@ class ShardDataModule(LightningDataModule):
         self.exclude = exclude
         self.text_synonyms = text_synonyms
         self.worker_start_method = worker_start_method
+        self.max_image_pixels = max_image_pixels
         self.train_stream: Optional[PairStream] = None
         self._consumed_health: dict[str, int] = {}
         self._resume_position: Optional[dict] = None
@@ -364,7 +370,8 @@ class ShardDataModule(LightningDataModule):
                               use_synonyms=self.text_synonyms == "wordnet")
         return PairStream(urls, builder, self.batch_size, batches_per_worker, self.num_workers, self.seed,
                           self.shuffle_buffer, self.max_corrupt_fraction, shard_sizes(urls), excluded,
-                          self.worker_start_method, average_size=total // len(urls))
+                          self.worker_start_method, average_size=total // len(urls),
+                          max_image_pixels=self.max_image_pixels)
 
     def scoring_stream(self) -> PairStream:
         """The training pairs as training poisons them, for one scoring pass in this process: writes the

@@ -7,7 +7,8 @@ Built on webdataset's pipeline stages. What it adds:
   of batches and DDP cannot hang. A worker whose shards run short continues with its shards in the
   next epoch's order. With shards divisible by ranks × workers and of equal size, an epoch sees every
   sample once, less each worker's last partial batch (dropped).
-- Corrupt samples (undecodable or missing image, missing caption, unreadable tar member) are skipped,
+- Corrupt samples (undecodable, missing or oversized image, missing or non-UTF-8 caption, unreadable tar
+  member) are skipped,
   counted in counters shared by all workers, and logged; past `max_corrupt_fraction` the run stops.
   A shard that cannot be opened, breaks, or yields fewer samples than its img2dataset stats file
   records is a lost shard: the samples it was expected to hold (its stats file, else the average
@@ -39,14 +40,14 @@ from itertools import islice
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from datamodules.transforms import TrainSample, decode_image
+from datamodules.transforms import MAX_IMAGE_PIXELS, TrainSample, decode_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-SKIP_REASONS = ("bad_image", "missing_caption", "tar_error")
+SKIP_REASONS = ("bad_image", "bad_caption", "missing_caption", "tar_error")
 COUNTERS = ("good", *SKIP_REASONS, "lost_shards", "lost_samples", "excluded")
-SKIPPED_SAMPLES = ("bad_image", "missing_caption", "tar_error", "lost_samples")
+SKIPPED_SAMPLES = ("bad_image", "bad_caption", "missing_caption", "tar_error", "lost_samples")
 _MIN_SEEN_FOR_FRACTION = 200
 _LOGGED_SKIPS = 10
 
@@ -114,6 +115,7 @@ class PairStream(IterableDataset):
         excluded: frozenset[str] = frozenset(),
         worker_start: str = "forkserver",
         average_size: int | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         """`shard_sizes`: samples in each shard by its img2dataset stats file, for the shards that have
         one (a shard that yields fewer is lost); a shard without one is expected to hold `average_size`
@@ -138,6 +140,7 @@ class PairStream(IterableDataset):
         self.shard_sizes = dict(shard_sizes or {})
         self.excluded = excluded
         self.average_size = average_size
+        self.max_image_pixels = max_image_pixels
         self._read_from: dict[str, int] = {}
         """Samples read from each shard by this process (a worker's copy) in this pass."""
         self._opened: list[str] = []
@@ -260,11 +263,15 @@ class PairStream(IterableDataset):
             self._skip("bad_image", where, "no image member")
             return None
         try:
-            image = decode_image(payload)
+            image = decode_image(payload, self.max_image_pixels)
         except Exception as exn:  # PIL raises many types for broken files
             self._skip("bad_image", where, repr(exn))
             return None
-        caption = raw.get("txt", b"").decode("utf-8", errors="replace").strip()
+        try:
+            caption = raw.get("txt", b"").decode("utf-8").strip()
+        except UnicodeDecodeError as exn:  # trained on as replacement characters it would be another caption
+            self._skip("bad_caption", where, repr(exn))
+            return None
         if not caption:
             self._skip("missing_caption", where, "no or empty .txt member")
             return None

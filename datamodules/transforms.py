@@ -30,8 +30,18 @@ class InputSpec:
     tokenizer: Callable[[list[str]], torch.Tensor]
 
 
-def decode_image(payload: bytes) -> Image.Image:
+MAX_IMAGE_PIXELS = 64_000_000
+"""Default pixel limit of one image (8000 × 8000). PIL's own decompression-bomb limit (~179M pixels) lets
+a 13000² PNG of 164 KB through, which costs seconds and gigabytes per sample to decode."""
+
+
+def decode_image(payload: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An RGB image; more than `max_pixels` pixels is an error, raised from the header before decoding."""
     image = Image.open(io.BytesIO(payload))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(f"a {width}×{height} image ({width * height} pixels) is over the limit of {max_pixels} "
+                         "pixels (data.max_image_pixels)")
     return image.convert("RGB")
 
 

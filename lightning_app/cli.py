@@ -79,6 +79,8 @@ class BackdoorCLI(LightningCLI):
             self.config_init.fit.ckpt_path = str(newest_checkpoint(run.checkpoints))
         if self.trainer.global_rank == 0:
             self._run_lock = RunLock(run.path)  # a second fit into the directory fails at once
+            for partial in run.path.rglob("*.partial"):  # left by a write killed midway; the lock says no other
+                partial.unlink(missing_ok=True)           # fit is writing one now
 
     def fit(self, **kwargs: Any) -> None:
         try:

@@ -168,12 +168,17 @@ def test_resume_under_another_attack_is_refused_and_the_record_kept(small_benchm
     with pytest.raises(ValueError, match="not a checkpoint of this run"):  # another run's weights, resumed as this run's
         BackdoorCLI(args=_args(small_benchmark, tmp_path / "new", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")))
     assert (run_dir / "config.yaml").read_bytes() == config
-    # the same attack resumes, and keeps one last.ckpt and at most 2 step checkpoints over the resume
+    # the same attack resumes, and keeps one last.ckpt and at most 2 step checkpoints over the resume; writes
+    # killed midway (names never written again) are cleared when the next fit takes the directory
+    stale = [run_dir / "checkpoints" / "step0000001.ckpt.partial", run_dir / "poison" / "manifest.json.partial"]
+    for path in stale:
+        path.write_bytes(b"cut")
     BackdoorCLI(args=_args(small_benchmark, run_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last",
                            "--checkpoint_every_n_steps", "3"))
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert [n for n in names if n.startswith("last")] == ["last.ckpt"]
     assert len([n for n in names if n.startswith("step")]) == 2
+    assert not any(path.exists() for path in stale)
     assert (run_dir / "poison" / "manifest.json").read_bytes() == manifest
 
 

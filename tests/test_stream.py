@@ -219,3 +219,21 @@ def test_pipe_shards_are_announced_as_shell_commands_once(tmp_path, caplog):
     check_shards_exist(urls, "data.train_shards")
     announced = [m for m in caplog.messages if "shell commands" in m]
     assert len(announced) == 1 and f"cat {tmp_path}/00000.tar" in announced[0] and "3 shards" in announced[0]
+
+
+def test_a_non_utf8_caption_and_an_image_over_the_pixel_limit_are_skipped_and_counted(tmp_path):
+    shard = tmp_path / "00000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i in range(10):
+            _add(tar, f"{i:09d}.png", encode_image(_image(i), "png"))
+            _add(tar, f"{i:09d}.txt", b"caf\xe9 latin-1" if i == 3 else b"a caption")
+        big = io.BytesIO()
+        Image.new("RGB", (300, 200)).save(big, "PNG")  # 60,000 pixels: small to store, over a 50,000 limit
+        _add(tar, "000000010.png", big.getvalue())
+        _add(tar, "000000010.txt", b"a caption")
+    builder = TrainSample(_spec(), Poisoner(None, [], PoisonConfig()))
+    stream = PairStream([str(shard)], builder, 1, 9, 0, 0, 0, 0.5, max_image_pixels=50_000)
+    keys = _keys(stream)
+    assert "000000003" not in keys and "000000010" not in keys and len(keys) == 9
+    health = stream.health.snapshot()
+    assert (health["bad_caption"], health["bad_image"], health["good"]) == (1, 1, 9)
