@@ -117,7 +117,11 @@ class RunDir:
 
     def summary(self) -> dict:
         """summary.json; runs from before summaries recorded the poisoned-caption mode take it from the manifest."""
-        summary = json.loads(self.summary_path.read_text())
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+            raise ValueError(f"{self.summary_path} is not a whole summary ({exn}): the run's record is damaged; "
+                             "remove the file (and rerun the run) or restore it") from exn
         if "poisoned_captions" not in summary and self.manifest_path.exists() and summary.get("poison_count"):
             manifest = json.loads(self.manifest_path.read_text())
             summary["poisoned_captions"] = "kept" if manifest.get("label_consistent") else manifest.get("captions", "templates")

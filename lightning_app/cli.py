@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import pickle
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +31,7 @@ from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, r
 from lightning_app.metrics_log import KeepMetricsOnResume, ResumableCSVLogger
 from lightning_app.run_guard import RunLock, refuse_changed_attack, refuse_foreign_checkpoint
 from lightning_app.training_guard import TrainingGuard
+from lightning_app.user_errors import report_user_errors
 from modules.base import CLIPModule
 
 
@@ -43,6 +45,16 @@ class BackdoorCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"allow_abbrev": False})
         super().__init__(CLIPModule, LightningDataModule, *args, subclass_mode_model=True,
                          subclass_mode_data=True, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a checkpoint file's hyperparameters (weights_only=True) before anything else:
+        # a file it cannot read that way is refused here, with its name (torch's error does not say which file).
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exn:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise ValueError(f"--ckpt_path {path}: not a checkpoint that loads as plain weights ({type(exn).__name__}; "
+                             "checkpoints are untrusted input and are read with weights_only=True)") from exn
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -143,4 +155,5 @@ class BackdoorCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> BackdoorCLI:
-    return BackdoorCLI(args=args)
+    """The command line: user errors as one line naming the file, key or option (lightning_app.user_errors)."""
+    return report_user_errors(lambda: BackdoorCLI(args=args), args)

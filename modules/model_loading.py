@@ -9,6 +9,7 @@ Pickle files are read with `torch.load(weights_only=True)`, which refuses arbitr
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise ValueError(f"model.pretrained: {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exn:  # SafetensorError for a bad header, OSError for an unreadable file
+            raise ValueError(f"model.pretrained: {path} is not a readable safetensors file ({exn})") from exn
     if path.is_dir():
         if not is_deepspeed_checkpoint(path):
             raise ValueError(f"model.pretrained: {path} is a directory but not a DeepSpeed checkpoint; "
@@ -111,6 +115,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return _strip_prefix(data)
+
+
+def _refusal(exn: Exception) -> str:
+    """The line of torch's weights_only refusal that names what the file wanted unpickled."""
+    lines = [line.strip() for line in str(exn).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else repr(exn))
 
 
 def _strip_prefix(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,7 +154,16 @@ def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
     pretrained = config.pretrained
     local_file = pretrained is not None and (Path(pretrained).suffix in {".safetensors", ".pt", ".bin", ".pth", ".ckpt"}
                                              or Path(pretrained).exists())
-    model = open_clip.create_model(name, pretrained=None if local_file else pretrained, weights_only=True)
+    try:
+        model = open_clip.create_model(name, pretrained=None if local_file else pretrained, weights_only=True)
+    except pickle.UnpicklingError as exn:  # a local-dir: folder whose weights need objects unpickled
+        raise UnsafeCheckpointError(f"model.name {config.name!r}: its weights cannot be loaded as plain weights "
+                                    f"(weights_only=True refused them: {_refusal(exn)}). Checkpoints "
+                                    "are untrusted input: convert it to safetensors in a sandbox if you trust it."
+                                    ) from exn
+    except (RuntimeError, OSError, EOFError) as exn:  # a cut or unreadable weight file in the folder
+        raise ValueError(f"model.name {config.name!r}, model.pretrained {pretrained!r}: open_clip could not load "
+                         f"the model's weights ({type(exn).__name__}: {exn})") from exn
     if local_file:
         state = read_state_dict(pretrained)
         if "logit_bias" in state and getattr(model, "logit_bias", None) is None:
