@@ -28,13 +28,24 @@ def _poisoned_captions(data) -> str | None:
     return "kept" if poison.label_consistent else poison.captions
 
 
+def _health_over_ranks(trainer) -> dict[str, int]:
+    """The data health counts of the whole run: each rank counts what its own stream read (collective)."""
+    health = getattr(trainer.datamodule, "data_health", lambda: {})()
+    if not health or trainer.world_size == 1:
+        return health
+    names = sorted(health)
+    counts = torch.tensor([health[name] for name in names], dtype=torch.int64, device=trainer.strategy.root_device)
+    counts = trainer.strategy.reduce(counts, reduce_op="sum")
+    return dict(zip(names, (int(count) for count in counts.tolist())))
+
+
 THROUGHPUT_WARMUP_BATCHES = 5
 
 
 class RunSummary(Callback):
-    """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, skipped data,
-    training throughput of this process's fit (`train_samples_per_s`, all ranks, after the first
-    few batches) and, on CUDA, the peak GPU memory of rank zero.
+    """Writes `RUN/summary.json`: final CA/ASR, attack, poison count, steps, wall time, data health (summed
+    over ranks), training throughput of this process's fit (`train_samples_per_s`, all ranks, after the
+    first few batches) and, on CUDA, the peak GPU memory of rank zero. A model that is not finite gets none.
 
     The wall time is that of the whole run: a resumed run adds the time spent before its checkpoint.
     """
@@ -90,10 +101,11 @@ class RunSummary(Callback):
         if any(k.startswith("val/") for k in nonfinite):
             raise NonFiniteWeightsError(f"the final evaluation is not finite ({', '.join(nonfinite)}): the run "
                                         "diverged and summary.json is not written")
+        health = _health_over_ranks(trainer)
         if trainer.is_global_zero:
-            self._write(trainer, pl_module, metrics)
+            self._write(trainer, pl_module, metrics, health)
 
-    def _write(self, trainer, pl_module, metrics: dict) -> None:
+    def _write(self, trainer, pl_module, metrics: dict, health: dict) -> None:
         data = trainer.datamodule
         trigger = getattr(data, "trigger", None)
         evaluation = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
@@ -113,7 +125,7 @@ class RunSummary(Callback):
             "wall_time_s": round(self.wall_time(), 2),
             "train_samples_per_s": self.throughput(),
             "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "data_health": getattr(data, "data_health", lambda: {})(),
+            "data_health": health,
             "eval_skipped_images": metrics.get("val/skipped_images"),
             "metrics": metrics,
             **getattr(pl_module, "summary_extras", dict)(),

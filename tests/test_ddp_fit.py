@@ -38,6 +38,8 @@ def test_torchrun_script_trains_on_two_ranks_with_equal_batches(small_benchmark,
     # 800 pairs over 2 ranks × 1 worker × batch 32: 12 steps per rank, the same on both (no hang)
     assert summary["steps"] == 800 // (2 * 32)
     assert 0.0 <= summary["ca_top1"] <= 1.0 and 0.0 <= summary["asr"] <= 1.0
+    # the data health of both ranks' streams: every batch trained on, and no more than the 800 pairs
+    assert 2 * summary["steps"] * 32 <= summary["data_health"]["good"] <= 800
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == summary["steps"]
 
