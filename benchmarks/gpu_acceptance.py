@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="per device")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, every arm on 2 CPU processes")
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES),
+                        help="the arms to run (default: all)")
     args = parser.parse_args(argv)
     import torch
 
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = torch.cuda.device_count() if cuda and not args.cpu_smoke else 2
     epoch_steps = args.steps // 2
     failures, rows = [], []
-    for name, strategy in strategies.items():
+    for name, strategy in ((name, strategies[name]) for name in args.strategies):
         run_dir = RUNS / name
         shutil.rmtree(run_dir, ignore_errors=True)
         start = time.perf_counter()
