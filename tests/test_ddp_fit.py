@@ -89,3 +89,42 @@ def test_a_rank_killed_mid_epoch_takes_the_run_down_with_a_non_zero_exit(small_b
     finally:
         if fit.poll() is None:
             os.killpg(fit.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_stops_both_ranks_at_one_step_with_a_checkpoint_and_exit_143(small_benchmark, tmp_path):
+    """Lightning's own launcher (rank 0 is the process we started, rank 1 its child): a SIGTERM to rank 0 reaches
+    rank 1, both ranks agree on the step to stop at, a step checkpoint of that step is written, and the run exits
+    128 + 15 with no summary, leaving no process behind."""
+    import time
+
+    run_dir = tmp_path / "run"
+    fit = subprocess.Popen(
+        [sys.executable, "main.py", "fit", "--config", "configs/embedded/badnet.yaml", "--trainer.accelerator", "cpu",
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "3",
+         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir), "--torch_threads", "1",
+         "--data.init_args.embedded", "null", "--data.init_args.train_shards", small_benchmark.pretrain_urls,
+         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.batch_size", "32",
+         "--data.init_args.num_workers", "1"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(run_dir.glob("checkpoints/epoch000-*.ckpt")) and fit.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fit.poll() is None, "the fit ended before it could be signalled: " + fit.stderr.read()[-2000:]
+        time.sleep(1.0)  # into epoch 1
+        os.kill(fit.pid, signal.SIGTERM)
+        _, stderr = fit.communicate(timeout=120)
+        assert fit.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        saved = list(run_dir.glob("checkpoints/step*.ckpt"))
+        assert len(saved) == 1, sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+        step = torch.load(saved[0], map_location="cpu", weights_only=True)["global_step"]
+        assert 12 < step < 36, step  # 12 steps an epoch on each of the 2 ranks: stopped inside epoch 1 or 2
+        assert not (run_dir / "summary.json").exists()
+        time.sleep(2)
+        group = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(fit.pid)], capture_output=True, text=True)
+        assert not [line for line in group.stdout.splitlines() if line.split()[1][0] != "Z"], group.stdout
+    finally:
+        if fit.poll() is None:
+            os.killpg(fit.pid, signal.SIGKILL)
