@@ -1,4 +1,5 @@
-"""Real 2-process DDP fits on CPU (gloo): launched by the shipped torchrun script; a rank killed mid-epoch."""
+"""Real 2-process DDP fits on CPU (gloo): launched by the shipped torchrun script; a rank killed mid-epoch; a
+SIGTERM to the run."""
 
 import json
 import os
@@ -44,6 +45,20 @@ def test_torchrun_script_trains_on_two_ranks_with_equal_batches(small_benchmark,
     assert ckpt["global_step"] == summary["steps"]
 
 
+def _two_rank_fit(bench, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """A 3-epoch 2-rank DDP fit through Lightning's own launcher (rank 0 is the process started here, rank 1
+    its child), in a process group of its own so that whatever is left of it can be killed whole."""
+    return subprocess.Popen(
+        [sys.executable, "main.py", "fit", "--config", "configs/embedded/badnet.yaml", "--trainer.accelerator", "cpu",
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "3",
+         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir), "--torch_threads", "1",
+         "--data.init_args.embedded", "null", "--data.init_args.train_shards", bench.pretrain_urls,
+         "--data.init_args.eval.directory", bench.eval_dir, "--data.init_args.batch_size", "32",
+         "--data.init_args.num_workers", "1", *extra],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+
 @pytest.mark.slow
 def test_a_rank_killed_mid_epoch_takes_the_run_down_with_a_non_zero_exit(small_benchmark, tmp_path):
     """SIGKILL on rank 1 of a 2-rank DDP fit (Lightning's own launcher: rank 0 is the process we started): the
@@ -53,16 +68,7 @@ def test_a_rank_killed_mid_epoch_takes_the_run_down_with_a_non_zero_exit(small_b
 
     DEAD_RANK_EXIT_S = 120
     run_dir = tmp_path / "run"
-    fit = subprocess.Popen(
-        [sys.executable, "main.py", "fit", "--config", "configs/embedded/badnet.yaml", "--trainer.accelerator", "cpu",
-         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "3",
-         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir), "--torch_threads", "1",
-         "--checkpoint_every_n_steps", "2", "--data.init_args.embedded", "null",
-         "--data.init_args.train_shards", small_benchmark.pretrain_urls,
-         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.batch_size", "32",
-         "--data.init_args.num_workers", "1"],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
+    fit = _two_rank_fit(small_benchmark, run_dir, "--checkpoint_every_n_steps", "2")
     try:
         deadline = time.monotonic() + 300
         while not any(run_dir.glob("checkpoints/step*.ckpt")) and fit.poll() is None and time.monotonic() < deadline:
@@ -99,15 +105,7 @@ def test_sigterm_to_rank_0_stops_both_ranks_at_one_step_with_a_checkpoint_and_ex
     import time
 
     run_dir = tmp_path / "run"
-    fit = subprocess.Popen(
-        [sys.executable, "main.py", "fit", "--config", "configs/embedded/badnet.yaml", "--trainer.accelerator", "cpu",
-         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "3",
-         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir), "--torch_threads", "1",
-         "--data.init_args.embedded", "null", "--data.init_args.train_shards", small_benchmark.pretrain_urls,
-         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.batch_size", "32",
-         "--data.init_args.num_workers", "1"],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
+    fit = _two_rank_fit(small_benchmark, run_dir)
     try:
         deadline = time.monotonic() + 300
         while not any(run_dir.glob("checkpoints/epoch000-*.ckpt")) and fit.poll() is None and time.monotonic() < deadline:
