@@ -1,9 +1,11 @@
 """The LightningCLI of the toolkit: `python main.py fit --config configs/embedded/badnet.yaml`.
 
 `trainer.default_root_dir` is the run directory, the single record of a run:
-    config.yaml            the resolved config (rewritten on resume)
+    config.yaml            the resolved config (rewritten on resume, which may change only how long the run
+                           trains and how it is evaluated, logged, checkpointed and launched: run_guard)
     checkpoints/last.ckpt  and per-epoch (and with --checkpoint_every_n_steps, per-step) checkpoints;
-                           `--ckpt_path last` resumes, mid-epoch with the exact batches to come
+                           `--ckpt_path last` resumes from the newest, with the exact batches to come;
+                           SIGTERM/SIGUSR1 write one at the next batch end and exit 128 + signal (training_guard)
     metrics.csv, tensorboard/   logs (a resumed fit keeps the rows up to its checkpoint)
     poison/manifest.json   the poisoned keys;  trigger/  the trigger's parameters and patterns
     summary.json           final CA/ASR, attack, poison count, steps, wall time
