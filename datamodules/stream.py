@@ -241,9 +241,12 @@ class PairStream(IterableDataset):
             self._judge(opened)
 
     def _read(self, raws: Iterator[dict]) -> Iterator[dict]:
+        current = None
         for raw in raws:
             url = raw.get("__url__")
-            self._judge_opened_before(url)
+            if url != current:  # the shards before this one are behind the reader: judged once, not per sample
+                self._judge_opened_before(url)
+                current = url
             self._read_from[url] = self._read_from.get(url, 0) + 1
             yield raw
         self._judge_opened_before(None)
