@@ -12,7 +12,8 @@ import torch
 from lightning.pytorch import Callback
 
 from datamodules.stream import skipped_samples
-from lightning_app.checkpointing import NonFiniteWeightsError, refuse_nonfinite_weights
+from lightning_app.checkpointing import DivergedError, refuse_nonfinite_weights
+from lightning_app.ranks import over_ranks
 from modules.evaluation import ZeroShotEvaluation
 
 
@@ -31,12 +32,10 @@ def _poisoned_captions(data) -> str | None:
 def _health_over_ranks(trainer) -> dict[str, int]:
     """The data health counts of the whole run: each rank counts what its own stream read (collective)."""
     health = getattr(trainer.datamodule, "data_health", lambda: {})()
-    if not health or trainer.world_size == 1:
+    if not health:
         return health
     names = sorted(health)
-    counts = torch.tensor([health[name] for name in names], dtype=torch.int64, device=trainer.strategy.root_device)
-    counts = trainer.strategy.reduce(counts, reduce_op="sum")
-    return dict(zip(names, (int(count) for count in counts.tolist())))
+    return dict(zip(names, over_ranks(trainer, [health[name] for name in names], "sum", torch.int64)))
 
 
 THROUGHPUT_WARMUP_BATCHES = 5
@@ -99,8 +98,8 @@ class RunSummary(Callback):
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
         nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
         if any(k.startswith("val/") for k in nonfinite):
-            raise NonFiniteWeightsError(f"the final evaluation is not finite ({', '.join(nonfinite)}): the run "
-                                        "diverged and summary.json is not written")
+            raise DivergedError(f"the final evaluation is not finite ({', '.join(nonfinite)}): the run "
+                                "diverged and summary.json is not written")
         health = _health_over_ranks(trainer)
         if trainer.is_global_zero:
             self._write(trainer, pl_module, metrics, health)

@@ -22,6 +22,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_app.ranks import over_ranks
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
@@ -76,10 +78,7 @@ def nonfinite_parameters(module) -> list[str]:
 def refuse_nonfinite_weights(trainer, module, what: str) -> None:
     """Raise on every rank when any rank's weights are not finite (collective: every rank calls it)."""
     bad = nonfinite_parameters(module)
-    flag = torch.tensor([float(bool(bad))], device=trainer.strategy.root_device)
-    if trainer.world_size > 1:
-        flag = trainer.strategy.reduce(flag, reduce_op="sum")
-    if flag.item() > 0:
+    if over_ranks(trainer, [len(bad)], "sum")[0] > 0:
         named = f": {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}" if bad else " on another rank"
         raise NonFiniteWeightsError(f"the weights are not finite at step {trainer.global_step}{named}; the run "
                                     f"diverged and {what} is not written")

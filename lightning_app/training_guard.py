@@ -11,9 +11,8 @@
   saves an HPC checkpoint from inside the signal handler, at no batch boundary. Requeueing is left to the
   launcher (the experiment runner resubmits).
 
-Ranks agree: the loss and signal flags are summed over ranks once per step (one small all-reduce
-beside the one Lightning already makes per step for its SIGTERM flag), so every rank stops at the
-same step.
+Ranks agree: the loss and signal flags are combined over ranks (max) once per step, one small
+all-reduce with a host sync, so every rank stops at the same step.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lightning_app.checkpointing import DivergedError, save_step_checkpoint
+from lightning_app.ranks import over_ranks
 
 log = logging.getLogger(__name__)
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -82,15 +82,12 @@ class TrainingGuard(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
 
-    def _reduce(self, trainer, nonfinite_loss: bool, device) -> tuple[bool, Optional[int]]:
-        flags = torch.tensor([float(nonfinite_loss), float(self._received or 0)], device=device)
-        if trainer.world_size > 1:
-            flags = trainer.strategy.reduce(flags, reduce_op="max")
-        nonfinite, signum = flags.tolist()
+    def _reduce(self, trainer, nonfinite_loss: bool) -> tuple[bool, Optional[int]]:
+        nonfinite, signum = over_ranks(trainer, [int(nonfinite_loss), self._received or 0], "max")
         return nonfinite > 0, int(signum) or None
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        nonfinite, self._agreed = self._reduce(trainer, not bool(torch.isfinite(loss).all()), loss.device)
+        nonfinite, self._agreed = self._reduce(trainer, not bool(torch.isfinite(loss).all()))
         if nonfinite:
             raise NonFiniteLossError(
                 f"the training loss is not finite at step {trainer.global_step} (epoch {trainer.current_epoch}, "
@@ -103,7 +100,7 @@ class TrainingGuard(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         # A signal during validation or the epoch's end: the epoch-end checkpoint is already written.
-        _, signum = self._reduce(trainer, False, trainer.strategy.root_device)
+        _, signum = self._reduce(trainer, False)
         if signum is not None:
             self._agreed = signum
             self._stop(trainer, "the newest checkpoint (this epoch's start)")
