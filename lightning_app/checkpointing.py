@@ -69,10 +69,23 @@ class NonFiniteWeightsError(DivergedError):
     """The model's weights hold NaN or inf: no checkpoint or summary of them is written."""
 
 
+def owned_values(parameter) -> torch.Tensor:
+    """The values of `parameter` this rank holds. Under ZeRO-3 that is its partition (`ds_tensor`) without
+    the padding: DeepSpeed allocates partitions with `torch.empty` and copies only the parameter's own
+    elements in, so the tail of the last partitions (or a whole partition past the end) is uninitialized
+    memory that may read as NaN and means nothing."""
+    partition = getattr(parameter, "ds_tensor", None)
+    if partition is None:
+        return parameter.detach()
+    start = parameter.ds_zero_partition_rank * partition.ds_numel
+    owned = max(0, min(parameter.ds_numel - start, partition.ds_numel))
+    return partition.detach().view(-1).narrow(0, 0, owned)
+
+
 def nonfinite_parameters(module) -> list[str]:
-    """Names of this rank's parameters holding a NaN or inf (under ZeRO-3, of this rank's partition)."""
+    """Names of this rank's parameters holding a NaN or inf (under ZeRO-3, in this rank's partition)."""
     return [name for name, parameter in module.named_parameters()
-            if not torch.isfinite(getattr(parameter, "ds_tensor", parameter).detach()).all()]
+            if not torch.isfinite(owned_values(parameter)).all()]
 
 
 def refuse_nonfinite_weights(trainer, module, what: str) -> None:

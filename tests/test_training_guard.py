@@ -38,6 +38,28 @@ def test_nonfinite_weights_are_refused_naming_the_parameter():
         refuse_nonfinite_weights(_trainer(), module, "checkpoint X")
 
 
+def _zero3_partitioned(values: list[float], rank: int, partition: list[float]) -> torch.nn.Parameter:
+    """A parameter as ZeRO-3 leaves it on `rank`: an empty `.data` and a padded partition `ds_tensor`."""
+    parameter = torch.nn.Parameter(torch.empty(0))
+    parameter.ds_numel, parameter.ds_zero_partition_rank = len(values), rank
+    parameter.ds_tensor = torch.tensor(partition)
+    parameter.ds_tensor.ds_numel = len(partition)
+    return parameter
+
+
+def test_zero3_partition_padding_is_not_judged_but_the_owned_values_are():
+    nan = float("nan")
+    module = torch.nn.Module()
+    # 5 values over 2 ranks in partitions of 3: rank 1 owns 2 values and 1 uninitialized padding slot
+    module.weight = _zero3_partitioned([1, 2, 3, 4, 5], rank=1, partition=[4.0, 5.0, nan])
+    refuse_nonfinite_weights(_trainer(), module, "checkpoint X")  # the NaN is padding: nothing happens
+    module.weight = _zero3_partitioned([1, 2, 3], rank=3, partition=[nan])  # 4 ranks: rank 3 owns nothing
+    refuse_nonfinite_weights(_trainer(), module, "checkpoint X")
+    module.weight = _zero3_partitioned([1, 2, 3, 4, 5], rank=1, partition=[4.0, nan, 0.0])
+    with pytest.raises(NonFiniteWeightsError, match="weight"):
+        refuse_nonfinite_weights(_trainer(), module, "checkpoint X")
+
+
 def test_a_preemption_signal_stops_at_the_next_batch_end_with_128_plus_the_signal():
     guard = TrainingGuard()
     trainer = _trainer()
