@@ -2,9 +2,9 @@
 
 A stage whose run directory already has `summary.json` is reused, one with a checkpoint but no
 summary (interrupted) is resumed with `--ckpt_path last`, anything else starts fresh. The stage's
-config values (a hash of the parsed YAML: comments do not count) and overrides are recorded in
-`RUN/stage.json`; a run directory made by a different config or overrides is never reused or resumed
-(the stage fails and says so). So are the runs it read (`inputs`: the run directories of the stages it
+config values (its config files and overrides merged into dotted keys, `lightning_app/config_values.py`:
+neither comments nor where a value is written count) are recorded in `RUN/stage.json`; a run directory
+made by other values is never reused or resumed (the stage fails and names the keys that differ). So are the runs it read (`inputs`: the run directories of the stages it
 depends on), by a hash of their summary.json and one of what it measured (the summary without its wall
 time and throughput): a run made from an input that has since been made again with another result (e.g.
 a finder rerun after a change of its code) is refused, not reused. An input made again with the same
@@ -23,8 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from lightning_app.config_values import config_values
 from lightning_app.report import load_summary
 
 log = logging.getLogger(__name__)
@@ -36,8 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Stage:
     label: str
     """Name of the stage in tables and plots."""
-    config: str
-    """Config file, relative to the repository root."""
+    config: str | list[str]
+    """Config file, or files merged in order (a recipe and its fragments), relative to the repository root."""
     run_dir: str
     """Run directory of this stage."""
     overrides: list[str] = field(default_factory=list)
@@ -52,16 +51,18 @@ class Stage:
     def summary(self) -> dict:
         return load_summary(Path(self.run_dir))
 
+    @property
+    def configs(self) -> list[str]:
+        """The `--config` files, in order (a stage's config may be one file or a list of fragments)."""
+        return [self.config] if isinstance(self.config, str) else list(self.config)
+
     def fingerprint(self) -> dict:
-        """What made the run: the config's values (its comments and layout may change), with the values
-        of the config fragments it names (`trigger: triggers/sig.yaml`) in place of their paths, and the
-        overrides, with the values of any fragment they name: editing a fragment changes the fingerprint."""
-        fingerprint = {"config": self.config, "config_values_sha256": _values_sha256(REPO_ROOT / self.config),
-                       "overrides": list(self.overrides)}
-        fragments = {value: _values_sha256(REPO_ROOT / value) for value in self.overrides if _is_fragment(value, REPO_ROOT)}
-        if fragments:
-            fingerprint["fragments_sha256"] = fragments
-        return fingerprint
+        """What made the run: the merged values of its config files and overrides (`config_values`), with the
+        files and overrides that wrote them for the reader. Only the values are compared: a config moved or
+        split into fragments that resolve to the same values made the same run."""
+        values = config_values(self.configs, self.overrides, REPO_ROOT)
+        values.pop(RUN_DIR_KEY, None)  # the stage's own run directory replaces it
+        return {"configs": self.configs, "overrides": list(self.overrides), "values": values}
 
     def inputs_sha256(self) -> dict[str, str]:
         """Each input's summary.json, hashed: what this run was made from."""
@@ -81,33 +82,29 @@ class Stage:
         return [run_dir for run_dir, digest in recorded.get("inputs_sha256", {}).items()
                 if summary_sha256(run_dir) != digest and summary_result_sha256(run_dir) != results.get(run_dir, "")]
 
-    def made_by(self, recorded: dict) -> bool:
-        """Whether a run directory's recorded fingerprint is this stage's, in the current form or an earlier
-        one: earlier versions hashed the config's text, or left out the fragments named by the overrides."""
-        recorded = {key: value for key, value in recorded.items() if key not in INPUT_KEYS}
-        current = self.fingerprint()
-        if recorded == current:
-            return True
-        if recorded.get("config") != self.config or recorded.get("overrides") != list(self.overrides):
-            return False
-        if "config_values_sha256" in recorded:
-            return "fragments_sha256" not in recorded and recorded["config_values_sha256"] == current["config_values_sha256"]
-        text = (REPO_ROOT / self.config).read_text()
-        return recorded.get("config_sha256") == hashlib.sha256(text.encode()).hexdigest()
+    def made_by(self, recorded: dict, except_keys: tuple[str, ...] = ()) -> bool:
+        """Whether a run directory's recorded fingerprint (`stage.json`) is this stage's: the same config
+        values, leaving out those at or under `except_keys`."""
+        def kept(values: dict) -> dict:
+            return {key: value for key, value in values.items()
+                    if not any(key == k or key.startswith(k + ".") for k in except_keys)}
+        return "values" in recorded and kept(recorded["values"]) == kept(self.fingerprint()["values"])
 
     def check_or_record_fingerprint(self) -> None:
         path = Path(self.run_dir) / "stage.json"
         current = self.fingerprint()
         if path.exists():
             recorded = json.loads(path.read_text())
+            if "values" not in recorded:
+                raise ValueError(f"{path} records its config by path (before fingerprints by value): run "
+                                 f"`python -m lightning_app.migrate_fingerprints {self.run_dir}` once")
             if not self.made_by(recorded):
-                digest = recorded.get("config_values_sha256", recorded.get("config_sha256", ""))[:12]
+                differ = sorted(key for key in set(recorded["values"]) | set(current["values"])
+                                if recorded["values"].get(key, "<unset>") != current["values"].get(key, "<unset>"))
                 raise ValueError(
-                    f"{self.run_dir} was made by {recorded['config']} {recorded['overrides']} "
-                    f"(config sha256 {digest}), not by this stage's "
-                    f"{current['config']} {current['overrides']} ({current['config_values_sha256'][:12]}): "
-                    "remove the directory to rerun it"
-                )
+                    f"{self.run_dir} was made by {recorded.get('configs')} {recorded.get('overrides')}, whose "
+                    f"values differ from this stage's {current['configs']} {current['overrides']} in "
+                    f"{', '.join(differ[:6])}{' …' if len(differ) > 6 else ''}: remove the directory to rerun it")
             remade = self.remade_inputs(recorded)
             if remade:
                 raise ValueError(f"{self.run_dir} was made from {', '.join(remade)} as it was before it was made "
@@ -131,6 +128,9 @@ class Stage:
             return {}
         return {"inputs_sha256": self.inputs_sha256(), "inputs_result_sha256": self.inputs_result_sha256()}
 
+
+RUN_DIR_KEY = "trainer.default_root_dir"
+"""Set by the stage to its run directory, whatever a config says: not a value of what made the run."""
 
 INPUT_KEYS = ("inputs_sha256", "inputs_result_sha256")
 """The keys of a stage's fingerprint that record what it was made from, not how."""
@@ -156,36 +156,13 @@ def summary_result_sha256(run_dir: str) -> str | None:
     return result_sha256(load_summary(Path(run_dir))) if (Path(run_dir) / "summary.json").exists() else None
 
 
-def _is_fragment(value: object, base: Path) -> bool:
-    return isinstance(value, str) and value.endswith((".yaml", ".yml")) and (base / value).is_file()
-
-
-def _inline_fragments(values: object, base: Path) -> object:
-    """`values` with every string that names a YAML file beside `base` (how jsonargparse resolves a
-    fragment in a config) replaced by that file's values, recursively."""
-    if isinstance(values, dict):
-        return {key: _inline_fragments(value, base) for key, value in values.items()}
-    if isinstance(values, list):
-        return [_inline_fragments(value, base) for value in values]
-    if _is_fragment(values, base):
-        path = base / values
-        return _inline_fragments(yaml.safe_load(path.read_text()), path.parent)
-    return values
-
-
-def _values_sha256(path: Path) -> str:
-    """The sha256 of a YAML file's values, with the fragments it names inlined."""
-    values = _inline_fragments(yaml.safe_load(path.read_text()), path.parent)
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
     """Run (or reuse, or resume) one stage; returns its summary."""
     stage.check_or_record_fingerprint()
     if stage.summary_path.exists():
         log.info("[%s] reusing %s", stage.label, stage.summary_path)
         return stage.summary()
-    command = [sys.executable, str(REPO_ROOT / "main.py"), "fit", "--config", stage.config,
+    command = [sys.executable, str(REPO_ROOT / "main.py"), "fit", *(arg for c in stage.configs for arg in ("--config", c)),
                "--trainer.default_root_dir", stage.run_dir, "--trainer.enable_progress_bar", "false",
                *stage.overrides]
     if any((Path(stage.run_dir) / "checkpoints").glob("*.ckpt")):

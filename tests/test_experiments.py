@@ -4,7 +4,6 @@ intervals, reuse and refusal of run directories, and (slow) a real chain run twi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import textwrap
@@ -16,7 +15,7 @@ from lightning_app.experiments import runner
 from lightning_app.experiments.results import Interval, interval
 from lightning_app.experiments.spec import command_line, expand, load_experiment, resolve, restrict_axes
 from lightning_app.experiments.views import render_table
-from lightning_app.pipelines import REPO_ROOT, run_stage
+from lightning_app.pipelines import run_stage
 
 TOY = """
 name: toy
@@ -220,10 +219,6 @@ def test_finished_runs_are_reused_interrupted_ones_resumed_and_another_configs_r
     _fake_finished(attack, runner.pipeline_stage(attack).fingerprint())
     assert runner.status(attack) == "reuse"
     assert run_stage(runner.pipeline_stage(attack)) == {"asr": 0.5, "wall_time_s": 1.0}  # nothing trained
-    legacy = {k: v for k, v in runner.pipeline_stage(attack).fingerprint().items() if k != "config_values_sha256"}
-    legacy["config_sha256"] = hashlib.sha256((REPO_ROOT / attack.config).read_bytes()).hexdigest()
-    (attack.run_dir.path / "stage.json").write_text(json.dumps(legacy))
-    assert runner.status(attack) == "reuse"  # the plan agrees with what running does with an earlier record
 
     clean.run_dir.checkpoints.mkdir(parents=True)
     (clean.run_dir.checkpoints / "last.ckpt").write_bytes(b"")
@@ -231,7 +226,8 @@ def test_finished_runs_are_reused_interrupted_ones_resumed_and_another_configs_r
     assert runner.status(clean) == "resume"
 
     other = runs["attack[attack=blended]@seed0"]
-    _fake_finished(other, {**runner.pipeline_stage(other).fingerprint(), "overrides": ["--seed_everything", "7"]})
+    made = runner.pipeline_stage(other).fingerprint()
+    _fake_finished(other, {**made, "values": {**made["values"], "seed_everything": 7}})
     assert runner.status(other).startswith("refuse")
     with pytest.raises(ValueError, match="remove the directory"):
         run_stage(runner.pipeline_stage(other))

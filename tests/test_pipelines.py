@@ -95,18 +95,31 @@ def test_a_config_comment_does_not_change_the_fingerprint_but_a_value_does(tmp_p
         run_stage(Stage("ft", str(config), str(run_dir)))
 
 
-def test_a_run_recorded_with_the_config_text_hash_is_still_reused(tmp_path):
+def test_a_run_recorded_by_config_path_is_refused_until_migrated_then_reused(tmp_path, monkeypatch):
     import hashlib
 
+    import lightning_app.migrate_fingerprints as migration
+    import lightning_app.pipelines as pipelines
+
+    monkeypatch.setattr(migration, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(pipelines, "REPO_ROOT", tmp_path)
     config = tmp_path / "ft.yaml"
     config.write_text("trainer:\n  max_epochs: 3\n")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    legacy = {"config": str(config), "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "overrides": []}
+    legacy = {"config": "ft.yaml", "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "overrides": []}
     (run_dir / "stage.json").write_text(json.dumps(legacy))
     (run_dir / "summary.json").write_text(json.dumps({"asr": 0.5}))
+    with pytest.raises(ValueError, match="migrate_fingerprints"):
+        run_stage(Stage("ft", str(config), str(run_dir)))
+    migration.main([str(tmp_path)])
+    assert json.loads((run_dir / "stage.json").read_text())["values"] == {"trainer.max_epochs": 3}
     assert run_stage(Stage("ft", str(config), str(run_dir))) == {"asr": 0.5}
-    assert "config_values_sha256" in json.loads((run_dir / "stage.json").read_text())  # upgraded in place
+    # a record whose config has changed since is not migrated into a match
+    (run_dir / "stage.json").write_text(json.dumps(legacy))
+    config.write_text("trainer:\n  max_epochs: 4\n")
+    migration.main([str(tmp_path)])
+    assert "values" not in json.loads((run_dir / "stage.json").read_text())
 
 
 def test_a_fit_that_exits_cleanly_without_a_summary_is_a_failed_stage(tmp_path, monkeypatch):
@@ -131,7 +144,7 @@ def test_editing_a_config_fragment_changes_the_fingerprint(tmp_path, monkeypatch
     inline.write_text("data:\n  init_args:\n    trigger:\n      class_path: datamodules.SIG\n      init_args: {delta: 0.235}\n")
     named, written_out = Stage("a", "sig.yaml", str(tmp_path / "r")), Stage("a", "inline.yaml", str(tmp_path / "r"))
     # a fragment named by the config counts by its values, as if written out in place
-    assert named.fingerprint()["config_values_sha256"] == written_out.fingerprint()["config_values_sha256"]
+    assert named.fingerprint()["values"] == written_out.fingerprint()["values"]
     by_override = Stage("a", "inline.yaml", str(tmp_path / "r2"), ["--data.init_args.trigger", "triggers/sig.yaml"])
     before_config, before_override = named.fingerprint(), by_override.fingerprint()
 

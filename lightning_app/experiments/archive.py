@@ -160,13 +160,10 @@ def _fill_inputs_results(records: dict[str, dict]) -> None:
 
 
 def _made_by_except_config_references(run: StageRun, recorded: dict) -> bool:
-    references = [key for key, value in run.settings.items() if isinstance(value, str) and CONFIG_REFERENCE.match(value)]
+    """`made_by`, leaving out the values this run takes from its inputs' configs (`{S.config:key}`): their
+    directories are gone, so those values cannot be read again, and they are pinned by the inputs' records."""
+    references = tuple(key for key, value in run.settings.items()
+                       if isinstance(value, str) and CONFIG_REFERENCE.match(value))
     expected = pipeline_stage(dataclasses.replace(
         run, settings={key: value for key, value in run.settings.items() if key not in references}))
-    overrides = recorded.get("overrides", [])
-    pairs = list(zip(overrides[::2], overrides[1::2]))
-    lent = [f"--{key}" for key in references]  # a mapping's reference became one flag per leaf
-    own = [item for flag, value in pairs if not any(flag == k or flag.startswith(k + ".") for k in lent)
-           for item in (flag, value)]
-    return expected.made_by({**recorded, "overrides": own})
-
+    return expected.made_by(recorded, except_keys=references)

@@ -19,8 +19,7 @@ import os
 import statistics
 from pathlib import Path
 
-import yaml
-
+from lightning_app.config_values import config_values
 from lightning_app.experiments.archive import Summaries, archive_runs, made_here_by_this_config
 from lightning_app.experiments.results import collect
 from lightning_app.experiments.spec import Experiment, StageRun, expand, pipeline_stage
@@ -179,11 +178,10 @@ def wall_time_of_stage(run: StageRun, archived: Timings) -> float | None:
 
 
 def planned_epochs(run: StageRun) -> int | None:
-    """trainer.max_epochs as the run will have it: its own setting, else its config file's (None if neither)."""
+    """trainer.max_epochs as the run will have it: its own setting, else its config files' (None if neither)."""
     if "trainer.max_epochs" in run.settings:
         return int(run.settings["trainer.max_epochs"])
-    config = yaml.safe_load((REPO_ROOT / run.config).read_text()) or {}
-    epochs = (config.get("trainer") or {}).get("max_epochs")
+    epochs = config_values(run.config).get("trainer.max_epochs")
     return int(epochs) if epochs is not None else None
 
 

@@ -67,8 +67,9 @@ CONFIG_REFERENCE = re.compile(r"^\{([A-Za-z_][\w-]*)\.config:([\w.]+)\}$")
 @dataclass
 class StageSpec:
     name: str
-    config: str
-    """The `main.py fit` config, relative to the repository root."""
+    config: str | list[str]
+    """The `main.py fit` config, relative to the repository root, or a list of them merged in order (a
+    recipe and fragments: tier, trigger, strategy)."""
     label: str
     """How tables and plots name the stage."""
     parent: str | None = None
@@ -178,7 +179,7 @@ class StageRun:
     seed: int
     axes: dict[str, str]
     """Axis name → value name, this stage's own and those inherited from its dependencies."""
-    config: str
+    config: str | list[str]
     settings: dict[str, Any]
     deps: dict[str, "StageRun"]
     """Every stage this run depends on, directly or through its dependencies, by stage name."""
@@ -293,8 +294,8 @@ def _check(experiment: Experiment) -> None:
         seen.add(name)
         configs = [stage.config] + [a.settings(v, name).get("config") for a in experiment.axes.values()
                                     if name in a.stages for v in a.values]
-        for config in filter(None, configs):
-            if not (REPO_ROOT / config).exists():
+        for config in [c for cs in filter(None, configs) for c in ([cs] if isinstance(cs, str) else cs)]:
+            if not (REPO_ROOT / config).is_file():
                 raise ValueError(f"{path}: stage {name!r}: config {config} does not exist")
         if not stage.config and not any(name in a.stages for a in experiment.axes.values()):
             raise ValueError(f"{path}: stage {name!r} has no `config`")
