@@ -24,8 +24,8 @@ from conftest import learning_benchmark_at, train_small  # noqa: E402
 
 from datamodules.poison.triggers import OptimizedPatch, save_png  # noqa: E402
 from lightning_app.cli import BackdoorCLI  # noqa: E402
-from modules.badclip import target_closeness  # noqa: E402
-from modules.model_loading import ModelConfig, build_model  # noqa: E402
+from modules.attacks.badclip import target_closeness  # noqa: E402
+from modules.core.model_loading import ModelConfig, build_model  # noqa: E402
 
 VARIANTS = {
     "published: triplet + target-caption InfoNCE": [],

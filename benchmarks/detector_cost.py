@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modules.detectors import gmm_risk, local_density_scores, reference_rows  # noqa: E402
-from modules.suspicious_set import choose_suspicious  # noqa: E402
+from modules.detection.detectors import gmm_risk, local_density_scores, reference_rows  # noqa: E402
+from modules.detection.suspicious_set import choose_suspicious  # noqa: E402
 
 
 def timed(fn) -> float:

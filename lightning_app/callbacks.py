@@ -1,4 +1,4 @@
-"""The run's `summary.json` at the end of fit (zero-shot CA/ASR are reported by modules.evaluation)."""
+"""The run's `summary.json` at the end of fit (zero-shot CA/ASR are reported by modules.core.evaluation)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lightning.pytorch import Callback
 from datamodules.stream import skipped_samples
 from lightning_app.checkpointing import DivergedError, refuse_nonfinite_weights
 from lightning_app.ranks import over_ranks
-from modules.evaluation import ZeroShotEvaluation
+from modules.core.evaluation import ZeroShotEvaluation
 
 
 def _scalar(value: Any) -> Any:

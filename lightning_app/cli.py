@@ -34,7 +34,7 @@ from lightning_app.metrics_log import KeepMetricsOnResume, ResumableCSVLogger
 from lightning_app.run_guard import RunLock, refuse_changed_attack, refuse_foreign_checkpoint
 from lightning_app.training_guard import TrainingGuard
 from lightning_app.user_errors import report_user_errors
-from modules.base import CLIPModule
+from modules.core.base import CLIPModule
 
 
 class BackdoorCLI(LightningCLI):

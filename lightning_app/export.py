@@ -20,7 +20,7 @@ from open_clip.model import get_model_preprocess_cfg
 from safetensors.torch import save_file
 
 from datamodules.run_dir import RunDir
-from modules.model_loading import ModelConfig, build_model
+from modules.core.model_loading import ModelConfig, build_model
 
 
 def _model_cfg(name: str) -> dict:

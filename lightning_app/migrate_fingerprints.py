@@ -3,7 +3,10 @@ records of `results/*.jsonl` that name a config *path* and a hash of its values 
 merged values themselves (`lightning_app/config_values.py`), so that moving or splitting a config no
 longer orphans them.
 
-A record is migrated only when it still describes the config as it is now (the same hash of the file's
+Records by value have the class paths that have since moved renamed (`RENAMED_CLASS_PATHS`: a config
+that names a class by its module, not by its `modules.X` re-export, changed when the module moved).
+
+A record by path is migrated only when it still describes the config as it is now (the same hash of the file's
 values and of the fragments its overrides name, as the old check compared); its values are then
 those of today's file with its recorded overrides. A record that no longer matches its config is left as
 it is: it described another recipe, and stays unmatched.
@@ -30,9 +33,22 @@ def _old_values_sha256(path: Path) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
+RENAMED_CLASS_PATHS = {"modules.oracle.Felzenszwalb": "modules.Felzenszwalb"}
+"""Class paths that configs named and that moved with `modules/` into role folders."""
+
+
+def _renamed(recorded: dict) -> dict | None:
+    values = {key: RENAMED_CLASS_PATHS.get(value, value) if isinstance(value, str) else value
+              for key, value in recorded["values"].items()}
+    return {**recorded, "values": values} if values != recorded["values"] else None
+
+
 def migrated(recorded: dict) -> dict | None:
-    """The record by value, or None when it is already by value or no longer matches its config."""
-    if "values" in recorded or "config" not in recorded:
+    """The record by value, or None when it is already by value with today's class paths, or no longer
+    matches its config."""
+    if "values" in recorded:
+        return _renamed(recorded)
+    if "config" not in recorded:
         return None
     path = REPO_ROOT / recorded["config"]
     if not path.is_file():

@@ -16,8 +16,8 @@ import torch
 
 from datamodules.run_dir import RunDir
 from lightning_app.report import write_block
-from modules.evaluation import zero_shot_counts
-from modules.model_loading import ModelConfig, build_model
+from modules.core.evaluation import zero_shot_counts
+from modules.core.model_loading import ModelConfig, build_model
 
 
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object]:

@@ -20,7 +20,7 @@ import torch
 from datamodules.run_dir import RunDir
 from lightning_app.per_class import add_eval_arguments, load_run_model, read_target
 from lightning_app.report import write_block
-from modules.evaluation import zero_shot_counts
+from modules.core.evaluation import zero_shot_counts
 
 IMAGE_PREFIX = "visual."
 
@@ -37,7 +37,7 @@ def put_back(model: torch.nn.Module, incoming: torch.nn.Module, image_side: bool
 
 
 def ca_asr(counts: dict) -> tuple[float, float]:
-    """Overall CA, and ASR (modules.evaluation.AttackSuccessRate)."""
+    """Overall CA, and ASR (modules.core.evaluation.AttackSuccessRate)."""
     return (counts["correct"].sum() / counts["counts"].sum()).item(), counts["asr"].compute().item()
 
 

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from datamodules.transforms import denormalise
 from lightning_app.cli import BackdoorCLI
-from modules.abd import load_patch
-from modules.adversarial import CraftingWeights, crafting_objective, paste_patch, pgd_perturb, random_positions
-from modules.losses import info_nce
-from modules.model_loading import ModelConfig, build_model
+from modules.cleaning.abd import load_patch
+from modules.core.adversarial import CraftingWeights, crafting_objective, paste_patch, pgd_perturb, random_positions
+from modules.core.losses import info_nce
+from modules.core.model_loading import ModelConfig, build_model
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

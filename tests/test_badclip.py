@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from datamodules.poison import load_trigger
 from datamodules.poison.triggers import OptimizedPatch, save_png
-from modules.badclip import BadCLIPWeights, badclip_terms, target_closeness
+from modules.attacks.badclip import BadCLIPWeights, badclip_terms, target_closeness
 
 
 def _patch_file(tmp_path, size=4, seed=0):
@@ -57,7 +57,7 @@ def test_optimised_patch_moves_patched_images_toward_the_target_more_than_a_rand
     """The surrogate is a trained small model (the session's poisoned run, whose backdoor targets
     triangle); the patch is optimised toward another class, star."""
     from lightning_app.cli import BackdoorCLI
-    from modules.model_loading import ModelConfig, build_model
+    from modules.core.model_loading import ModelConfig, build_model
 
     surrogate = small_poisoned_run[0] / "checkpoints" / "last.ckpt"
     run_dir = tmp_path / "patch"

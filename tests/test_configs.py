@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from lightning_app.cli import BackdoorCLI
-from modules.base import CLIPModule
+from modules.core.base import CLIPModule
 
 # configs/strategies/ holds trainer fragments, added to a full config with a second --config;
 # configs/*/triggers/ holds trigger fragments, given as the value of --data.init_args.trigger

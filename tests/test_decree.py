@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from datamodules.poison import MaskedPattern, load_trigger
 from datamodules.transforms import denormalise
-from modules.decree import InvertTrigger, decree_loss, mean_pairwise_similarity
-from modules.model_loading import ModelConfig
+from modules.core.model_loading import ModelConfig
+from modules.detection.decree import InvertTrigger, decree_loss, mean_pairwise_similarity
 
 
 def test_pairwise_similarity_and_loss_by_hand():

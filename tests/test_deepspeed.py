@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from lightning_app.cli import BackdoorCLI
-from modules.deepspeed_checkpoint import is_deepspeed_checkpoint, read_deepspeed_state_dict
-from modules.deepspeed_checkpoint import main as convert_main
-from modules.model_loading import ModelConfig, build_model
+from modules.core.deepspeed_checkpoint import is_deepspeed_checkpoint, read_deepspeed_state_dict
+from modules.core.deepspeed_checkpoint import main as convert_main
+from modules.core.model_loading import ModelConfig, build_model
 
 STRATEGIES = sorted(str(p) for p in Path("configs/strategies").glob("deepspeed_*.yaml"))
 HELPER = Path(__file__).parent / "helpers" / "make_zero_checkpoint.py"

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.detectors import DETECTORS, local_density_scores, reference_rows
-from modules.ubt import detection_metrics
+from modules.detection.detectors import DETECTORS, local_density_scores, reference_rows
+from modules.detection.pair_scoring import detection_metrics
 
 
 def _clusters_with_sparse_plants(seed=0, dim=16, classes=5, per_class=60, planted=8):
@@ -55,7 +55,7 @@ def test_a_reference_sample_keeps_the_ranking_of_the_planted_points():
 
 
 def test_gmm_split_finds_the_low_similarity_mode_of_a_bimodal_set():
-    from modules.detectors import gmm_risk
+    from modules.detection.detectors import gmm_risk
 
     generator = torch.Generator().manual_seed(0)
     clean = 0.30 + 0.03 * torch.randn(900, generator=generator)

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 from lightning_app.cli import BackdoorCLI
 from lightning_app.export import export_run
-from modules.evaluation import zeroshot_classifier
-from modules.model_loading import ModelConfig, build_model
+from modules.core.evaluation import zeroshot_classifier
+from modules.core.model_loading import ModelConfig, build_model
 
 OPEN_CLIP_ONLY_EVAL = textwrap.dedent("""
     import io, json, sys, tarfile

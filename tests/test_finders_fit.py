@@ -40,7 +40,7 @@ def test_the_oracle_finder_names_the_target_and_finds_the_patch(learning_benchma
     assert summary["detection"]["oracle"]["precision@100"] >= 0.6  # 30% of the pairs are poisoned
     assert (tmp_path / "oracle" / "oracle" / "trigger" / "mask.png").exists()
     # the victim set UBT can unlearn: the finder's best-ranked victim samples, as the model saw them
-    from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs
+    from modules.detection.pair_scoring import SUSPICIOUS_PAIRS, load_suspicious_pairs
 
     finding = json.loads((tmp_path / "oracle" / "oracle" / "finding.json").read_text())
     keys, images, _ = load_suspicious_pairs(tmp_path / "oracle" / "oracle" / SUSPICIOUS_PAIRS, 10_000)

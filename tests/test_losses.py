@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from modules.losses import clamped_logit_scale, cleanclip_loss, make_clip_loss, ssl_loss
+from modules.core.losses import clamped_logit_scale, cleanclip_loss, make_clip_loss, ssl_loss
 
 
 def _emb(seed, n=6, d=4):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.evaluation import AttackSuccessRate, zeroshot_classifier
+from modules.core.evaluation import AttackSuccessRate, zeroshot_classifier
 
 
 def test_asr_excludes_target_class_images():
@@ -52,8 +52,8 @@ def test_zeroshot_classifier_is_normalised_mean_of_normalised_templates():
 
 
 def test_cohesion_is_the_mean_pairwise_cosine_over_every_batch():
-    from modules.decree import mean_pairwise_similarity
-    from modules.evaluation import Cohesion
+    from modules.core.evaluation import Cohesion
+    from modules.detection.decree import mean_pairwise_similarity
 
     features = torch.randn(50, 8, generator=torch.Generator().manual_seed(0)) + 0.5
     metric = Cohesion()

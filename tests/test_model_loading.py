@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modules.model_loading import ModelConfig, UnsafeCheckpointError, build_model, read_state_dict
+from modules.core.model_loading import ModelConfig, UnsafeCheckpointError, build_model, read_state_dict
 
 TINY = "configs/models/tiny-rn32.json"
 
@@ -57,7 +57,7 @@ def test_input_spec_follows_the_model_config():
 def test_shrink_and_perturb_is_the_weighted_sum_of_the_weights_and_a_fresh_initialisation(tmp_path):
     import torch
 
-    from modules.model_loading import ModelConfig, _random_twin, build_model
+    from modules.core.model_loading import ModelConfig, _random_twin, build_model
 
     plain, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json"))
     path = tmp_path / "w.pt"
@@ -76,7 +76,7 @@ def test_shrink_and_perturb_is_the_weighted_sum_of_the_weights_and_a_fresh_initi
 def test_shrink_out_of_range_fails_naming_the_option():
     import pytest
 
-    from modules.model_loading import ModelConfig
+    from modules.core.model_loading import ModelConfig
 
     with pytest.raises(ValueError, match="model.shrink"):
         ModelConfig(shrink=1.5)

@@ -10,7 +10,7 @@ import torch
 from datamodules import BadNet, Blended, MultiTrigger, ShardDataModule
 from datamodules.poison import SIG, PoisonConfig, Poisoner, load_trigger
 from datamodules.poison.selection import names_target
-from modules.evaluation import ZeroShotEvaluation
+from modules.core.evaluation import ZeroShotEvaluation
 
 
 def _three(targets=None):

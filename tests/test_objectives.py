@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from modules.losses import cyclic_terms, make_clip_loss, make_siglip_loss
+from modules.core.losses import cyclic_terms, make_clip_loss, make_siglip_loss
 
 WORLD = 2
 BATCH = 3

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.transforms import denormalise, normalise_pixels
-from modules.model_loading import ModelConfig
-from modules.oracle import FastSAM, Felzenszwalb
-from modules.oracle_finder import (
-    OracleTriggerFinder,
+from modules.core.model_loading import ModelConfig
+from modules.detection.oracle_finder import OracleTriggerFinder
+from modules.detection.segmentation import FastSAM, Felzenszwalb
+from modules.detection.victim import (
     best_regions,
     judge_image,
     rank_victim_samples,
@@ -161,8 +161,8 @@ def test_victim_samples_rank_by_their_own_regions_transplant_rate_and_only_those
 
 
 def test_the_victim_set_for_unlearning_holds_exactly_the_best_ranked_victim_samples(tmp_path):
-    from modules.oracle_finder import write_victim_set
-    from modules.ubt import SUSPICIOUS_PAIRS, load_suspicious_pairs
+    from modules.detection.pair_scoring import SUSPICIOUS_PAIRS, load_suspicious_pairs
+    from modules.detection.victim import write_victim_set
 
     data = {f"{i:09d}": (torch.full((3, 8, 8), i, dtype=torch.uint8), f"caption {i}") for i in range(50)}
     asked = []

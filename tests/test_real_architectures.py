@@ -22,7 +22,7 @@ import torch
 from datamodules.embedded.benchmark import EmbeddedBenchmark
 from datamodules.poison import load_trigger
 from lightning_app.export import export_run
-from modules.model_loading import ModelConfig, build_model
+from modules.core.model_loading import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 2

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from datamodules.poison import MaskedPattern
-from modules.model_loading import ModelConfig
-from modules.repair import TriggerRepair, stamp_rows, stamping_trigger
+from modules.cleaning.repair import TriggerRepair, stamp_rows, stamping_trigger
+from modules.core.model_loading import ModelConfig
 
 
 def test_stamped_rows_are_a_function_of_key_and_seed_at_the_asked_share():

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.model_loading import ModelConfig
-from modules.roclip import RoCLIP, TextMemoryBank
+from modules.core.model_loading import ModelConfig
+from modules.pretraining.roclip import RoCLIP, TextMemoryBank
 
 
 def test_the_bank_returns_each_images_nearest_caption_and_forgets_the_oldest():

@@ -207,7 +207,7 @@ def test_a_weight_file_of_another_shape_is_named_with_its_first_mismatched_tenso
     import torch
     from safetensors.torch import save_file
 
-    from modules.model_loading import ModelConfig, build_model
+    from modules.core.model_loading import ModelConfig, build_model
 
     model, _ = build_model(ModelConfig(name="configs/models/tiny-rn32.json"))
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -238,7 +238,7 @@ def test_a_corrupt_eval_image_is_skipped_and_counted_not_fatal(small_benchmark, 
 
     from datamodules.transforms import InputSpec
     from datamodules.zeroshot import SKIPPED, ZeroShotEvalConfig, ZeroShotSet
-    from modules.evaluation import Cohesion, ZeroShotEvaluation
+    from modules.core.evaluation import Cohesion, ZeroShotEvaluation
 
     eval_dir, key = _corrupt_one_eval_image(Path(small_benchmark.eval_dir), tmp_path)
     spec = InputSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, tokenizer=None)

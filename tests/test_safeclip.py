@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.losses import info_nce, safeclip_loss
-from modules.model_loading import ModelConfig
-from modules.safeclip import SafeCLIP
+from modules.core.losses import info_nce, safeclip_loss
+from modules.core.model_loading import ModelConfig
+from modules.pretraining.safeclip import SafeCLIP
 
 
 def _features(n=6, d=8, seed=0):

@@ -64,7 +64,7 @@ def _summary(run: Path) -> dict:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    from modules.deepspeed_checkpoint import read_deepspeed_state_dict
+    from modules.core.deepspeed_checkpoint import read_deepspeed_state_dict
 
     return read_deepspeed_state_dict(run / "checkpoints" / "last.ckpt")
 
@@ -150,8 +150,8 @@ def test_ca_and_asr_from_two_zero3_ranks_equal_one_process_on_the_saved_model(le
     """The zero-shot pass split over 2 ranks (torchmetrics syncs its counts at compute) reports what one
     process measures on the checkpoint those ranks saved: the BatchNorm statistics included, which
     DeepSpeed, unlike DDP, does not broadcast by itself (CLIPModule._share_buffers)."""
-    from modules.evaluation import zero_shot_counts
-    from modules.model_loading import ModelConfig, build_model
+    from modules.core.evaluation import zero_shot_counts
+    from modules.core.model_loading import ModelConfig, build_model
 
     poisoned_dir, poisoned = small_poisoned_run
     run = tmp_path / "ft"
@@ -196,7 +196,7 @@ def test_every_stage_trains_under_bf16_mixed_on_the_cpu(small_benchmark, tmp_pat
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
-    from modules.deepspeed_checkpoint import is_deepspeed_checkpoint
+    from modules.core.deepspeed_checkpoint import is_deepspeed_checkpoint
 
     path = run / "checkpoints" / "last.ckpt"
     if is_deepspeed_checkpoint(path):

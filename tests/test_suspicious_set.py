@@ -1,5 +1,5 @@
-"""UBT's label-free choice of the unlearning set (modules.suspicious_set, the `dense` ranking of
-modules.ubt) on hand-made embeddings, and what the unlearning fit does when the guard refuses."""
+"""UBT's label-free choice of the unlearning set (modules.detection.suspicious_set, the `dense` ranking of
+modules.detection.pair_scoring) on hand-made embeddings, and what the unlearning fit does when the guard refuses."""
 
 import json
 from types import SimpleNamespace
@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.model_loading import ModelConfig
-from modules.suspicious_set import SetRule, choose_suspicious
-from modules.ubt import one_pass_rankings, rank_keys, save_suspicious_pairs, write_discovery
-from modules.ubt_unlearn import TokenUnlearning
+from modules.cleaning.token_unlearning import TokenUnlearning
+from modules.core.model_loading import ModelConfig
+from modules.detection.pair_scoring import one_pass_rankings, rank_keys, save_suspicious_pairs, write_discovery
+from modules.detection.suspicious_set import SetRule, choose_suspicious
 
 
 def _pairs(poisoned: int = 60, clean: int = 1500, dim: int = 32, seed: int = 0):

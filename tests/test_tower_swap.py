@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_app.tower_swap import put_back, tower_swap
-from modules.model_loading import ModelConfig, build_model
+from modules.core.model_loading import ModelConfig, build_model
 
 
 def _tiny(seed: int) -> torch.nn.Module:

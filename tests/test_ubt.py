@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.ubt import (
-    SuspiciousPairDiscovery,
+from modules.detection.discovery import SuspiciousPairDiscovery
+from modules.detection.pair_scoring import (
     cluster_scores,
     detection_metrics,
     per_pair_clip_loss,

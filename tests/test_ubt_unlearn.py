@@ -8,9 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from modules.losses import relative_squared_change
-from modules.model_loading import ModelConfig, build_model
-from modules.token_attribution import (
+from modules.cleaning.token_unlearning import TokenUnlearning
+from modules.core.freezing import freeze_all_but, token_local_parameters
+from modules.core.losses import relative_squared_change
+from modules.core.model_loading import ModelConfig, build_model
+from modules.detection.pair_scoring import load_suspicious_pairs, save_suspicious_pairs
+from modules.detection.token_attribution import (
     TokenTap,
     captured_image_tokens,
     gate,
@@ -18,8 +21,6 @@ from modules.token_attribution import (
     token_attribution,
     top_token_mask,
 )
-from modules.ubt import load_suspicious_pairs, save_suspicious_pairs
-from modules.ubt_unlearn import TokenUnlearning, freeze_all_but, token_local_parameters
 
 
 def test_attribution_is_grad_times_activation_summed_over_channels():

@@ -12,7 +12,7 @@ import torch
 from datamodules.run_dir import RunDir
 from lightning_app.cli import main
 from lightning_app.user_errors import DEBUG_ENV
-from modules.model_loading import ModelConfig, UnsafeCheckpointError, build_model, read_state_dict
+from modules.core.model_loading import ModelConfig, UnsafeCheckpointError, build_model, read_state_dict
 
 TINY = "configs/models/tiny-rn32.json"
 

@@ -19,8 +19,8 @@ os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PO
 
 import deepspeed  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from modules.model_loading import ModelConfig, build_model  # noqa: E402
-from modules.scalar_parameters import store_scalars_as_vectors  # noqa: E402
+from modules.core.model_loading import ModelConfig, build_model  # noqa: E402
+from modules.core.scalar_parameters import store_scalars_as_vectors  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]  # noqa: E305

@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
-from modules.base import CLIPModule, OptimizerConfig
-from modules.losses import SIGLIP_INIT_LOGIT_BIAS, cleanclip_loss, cyclic_terms, make_siglip_loss
-from modules.model_loading import ModelConfig
+from modules.core.base import CLIPModule, OptimizerConfig
+from modules.core.losses import SIGLIP_INIT_LOGIT_BIAS, cleanclip_loss, cyclic_terms, make_siglip_loss
+from modules.core.model_loading import ModelConfig
 
 
 class CLIPPretraining(CLIPModule):
@@ -82,30 +82,3 @@ class CLIPPretraining(CLIPModule):
             self.log(f"train/{name}", value, prog_bar=name == "loss")
         self.log("train/logit_scale", scale)
         return terms["loss"]
-
-
-class FineTune(CLIPPretraining):
-    """FT defense: the multimodal contrastive loss alone, on clean pairs (the baseline below CleanCLIP)."""
-
-    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig()):
-        """
-        Args:
-            model: The poisoned model to clean (`pretrained`: a checkpoint, weight file or tag).
-            optimizer: AdamW and the warm-up + cosine schedule.
-        """
-        super().__init__(model, optimizer, objective="mmcl")
-
-
-class CleanCLIP(CLIPPretraining):
-    """CleanCLIP defense: λ1·L_CLIP(I, T) + λ2·[L(I, AutoAugment(I)) + L(T, EDA(T))] on clean pairs."""
-
-    def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
-                 lambda_clip: float = 1.0, lambda_ss: float = 1.0):
-        """
-        Args:
-            model: The poisoned model to clean (`pretrained`: a checkpoint, weight file or tag).
-            optimizer: AdamW and the warm-up + cosine schedule.
-            lambda_clip: λ1, weight of the multimodal term on un-augmented pairs.
-            lambda_ss: λ2, weight of the unimodal self-supervised terms.
-        """
-        super().__init__(model, optimizer, objective="mmcl_ssl", ssl_weight=lambda_ss, clip_weight=lambda_clip)

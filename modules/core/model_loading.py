@@ -21,8 +21,8 @@ from open_clip.model import get_model_preprocess_cfg
 from safetensors.torch import load_file
 
 from datamodules.transforms import InputSpec
-from modules.deepspeed_checkpoint import is_deepspeed_checkpoint, read_deepspeed_state_dict
-from modules.scalar_parameters import match_scalar_shapes
+from modules.core.deepspeed_checkpoint import is_deepspeed_checkpoint, read_deepspeed_state_dict
+from modules.core.scalar_parameters import match_scalar_shapes
 
 
 @dataclass
@@ -167,7 +167,7 @@ def build_model(config: ModelConfig) -> tuple[torch.nn.Module, InputSpec]:
     if local_file:
         state = read_state_dict(pretrained)
         if "logit_bias" in state and getattr(model, "logit_bias", None) is None:
-            # a SigLIP-objective model (modules.pretrain): its learned bias comes with its weights
+            # a SigLIP-objective model (modules.pretraining.objectives): its learned bias comes with its weights
             model.logit_bias = torch.nn.Parameter(torch.zeros_like(state["logit_bias"]).reshape(1))
         state = match_scalar_shapes(state, model)
         expected = model.state_dict()

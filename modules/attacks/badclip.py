@@ -37,10 +37,10 @@ from datamodules.poison.selection import names_target, poison_score
 from datamodules.poison.triggers import save_png
 from datamodules.transforms import apply_trigger
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
-from modules.adversarial import PatchOptimisation, paste_patch, random_positions
-from modules.base import CLIPModule, OptimizerConfig, eval_mode
-from modules.losses import info_nce
-from modules.model_loading import ModelConfig
+from modules.core.adversarial import PatchOptimisation, paste_patch, random_positions
+from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
+from modules.core.losses import info_nce
+from modules.core.model_loading import ModelConfig
 
 PATCH_PNG = "patch.png"
 

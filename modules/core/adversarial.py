@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.transforms import denormalise, normalise_pixels
-from modules.losses import info_nce
+from modules.core.losses import info_nce
 
 
 @dataclass

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from modules.base import CLIPModule, OptimizerConfig
-from modules.model_loading import ModelConfig
+from modules.core.base import CLIPModule, OptimizerConfig
+from modules.core.model_loading import ModelConfig
 
 
 class TextMemoryBank:

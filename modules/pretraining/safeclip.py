@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from modules.base import CLIPModule, OptimizerConfig
-from modules.detectors import two_component_mixture
-from modules.losses import safeclip_loss
-from modules.model_loading import ModelConfig
-from modules.ubt import score_stream
+from modules.core.base import CLIPModule, OptimizerConfig
+from modules.core.losses import safeclip_loss
+from modules.core.model_loading import ModelConfig
+from modules.detection.detectors import two_component_mixture
+from modules.detection.pair_scoring import score_stream
 
 
 class SafeCLIP(CLIPModule):

@@ -30,8 +30,8 @@ import torch
 
 from datamodules.poison.triggers import MaskedPattern
 from datamodules.transforms import denormalise, normalise_pixels
-from modules.base import CLIPModule, OptimizerConfig
-from modules.model_loading import ModelConfig
+from modules.core.base import CLIPModule, OptimizerConfig
+from modules.core.model_loading import ModelConfig
 
 INVERSION_DIR = "inversion"
 

@@ -1,7 +1,7 @@
 """A DeepSpeed ZeRO checkpoint directory (what Lightning's DeepSpeedStrategy writes as `last.ckpt/`)
 as one fp32 state dict, for export and for defenses that start from the model:
 
-    python -m modules.deepspeed_checkpoint runs/cc3m/pretrain_badnet/checkpoints/last.ckpt model.safetensors
+    python -m modules.core.deepspeed_checkpoint runs/cc3m/pretrain_badnet/checkpoints/last.ckpt model.safetensors
 
 `model.pretrained` also accepts such a directory directly. DeepSpeed's `zero_to_fp32` merges the
 partitioned fp32 master weights (stages 1-3); it loads its files with `weights_only=False`, which

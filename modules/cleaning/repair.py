@@ -20,8 +20,8 @@ import torch
 from datamodules.poison import MaskedPattern, Trigger, load_trigger
 from datamodules.poison.selection import poison_score
 from datamodules.transforms import apply_trigger
-from modules.base import CLIPModule, OptimizerConfig
-from modules.model_loading import ModelConfig
+from modules.core.base import CLIPModule, OptimizerConfig
+from modules.core.model_loading import ModelConfig
 
 
 def stamp_rows(keys: list[str], fraction: float, seed: int) -> list[int]:

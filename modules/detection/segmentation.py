@@ -1,4 +1,4 @@
-"""Segmentation oracles for the trigger finder (`modules.oracle_finder`): a model-independent source of
+"""Segmentation oracles for the trigger finder (`modules.detection.oracle_finder`): a model-independent source of
 image regions, each returned as a boolean mask (H, W).
 
 - `Felzenszwalb` (default, no weights): scikit-image's graph-based segmentation (Felzenszwalb &

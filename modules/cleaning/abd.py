@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torchvision.utils import save_image
 
-from modules.adversarial import (
+from modules.cleaning.finetune import CleanCLIP
+from modules.core.adversarial import (
     CraftingWeights,
     PatchOptimisation,
     crafting_objective,
@@ -30,10 +31,9 @@ from modules.adversarial import (
     pgd_perturb,
     random_positions,
 )
-from modules.base import CLIPModule, OptimizerConfig, eval_mode
-from modules.losses import cleanclip_loss
-from modules.model_loading import ModelConfig
-from modules.pretrain import CleanCLIP
+from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
+from modules.core.losses import cleanclip_loss
+from modules.core.model_loading import ModelConfig
 
 PATCH_FILE = "patch.safetensors"
 

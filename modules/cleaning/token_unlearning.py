@@ -48,23 +48,15 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from datamodules.poison import PoisonConfig
 from datamodules.pretrain import ShardDataModule
 from datamodules.transforms import normalise_pixels
-from modules.base import CLIPModule, OptimizerConfig, eval_mode
-from modules.losses import relative_squared_change
-from modules.model_loading import ModelConfig
-from modules.suspicious_set import SetRule
-from modules.token_attribution import (
-    TokenTap,
-    captured_image_tokens,
-    image_tokens_only,
-    token_attribution,
-    top_token_mask,
-)
-from modules.ubt import (
+from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
+from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_norms_in_eval, token_local_parameters
+from modules.core.losses import relative_squared_change
+from modules.core.model_loading import ModelConfig
+from modules.detection.pair_scoring import (
     SUSPICIOUS_PAIRS,
     collect_pairs,
     count_labels,
@@ -73,6 +65,14 @@ from modules.ubt import (
     part_names_of,
     score_stream,
     write_discovery,
+)
+from modules.detection.suspicious_set import SetRule
+from modules.detection.token_attribution import (
+    TokenTap,
+    captured_image_tokens,
+    image_tokens_only,
+    token_attribution,
+    top_token_mask,
 )
 
 
@@ -90,53 +90,12 @@ class DiscoveryData:
     report_k: list[int] = field(default_factory=lambda: [100, 200, 1000])
     """The k of the detection precision@k and recall@k."""
     score: Literal["weak", "cluster", "dense"] = "weak"
-    """Which ranking picks the pairs: `weak`, `cluster` or `dense` (see modules/ubt.py and
-    modules/suspicious_set.py; `dense` reads the chosen pairs in a second pass over the shards)."""
+    """Which ranking picks the pairs: `weak`, `cluster` or `dense` (see modules/detection/discovery.py and
+    modules/detection/suspicious_set.py; `dense` reads the chosen pairs in a second pass over the shards)."""
     set_rule: SetRule = field(default_factory=SetRule)
     """How many of the ranking's top pairs to unlearn: a fixed m, or the mixture rule with its guard."""
     cluster_seed: int = 1000
     """The `cluster` score's seed: the images of this many weakest pairs make its centroid (≥ m)."""
-
-
-def freeze_all_but(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
-    """requires_grad only on parameters whose name starts with one of `prefixes`; returns their names."""
-    names = [name for name, _ in model.named_parameters()]
-    trainable = [n for n in names if any(n.startswith(p) for p in prefixes)]
-    if not trainable:
-        examples = ", ".join(sorted({n.rsplit(".", 2)[0] for n in names})[:12])
-        raise ValueError(f"model.trainable {prefixes} matches no parameter; parameter names start like: {examples}")
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in trainable)
-    return trainable
-
-
-def token_local_parameters(model: torch.nn.Module, vit_block: Optional[int] = None) -> list[str]:
-    """The parameters whose forget gradient the token gates control (see the module docstring)."""
-    if hasattr(model.visual, "attnpool"):
-        return ["token_embedding", "visual.layer4"]
-    if vit_block is None:
-        return ["token_embedding", "visual.conv1"]
-    below = ["visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre"]
-    return ["token_embedding", *below, *(f"visual.transformer.resblocks.{i}." for i in range(vit_block + 1))]
-
-
-def keep_frozen_norms_in_eval(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters()):
-            module.eval()
-
-
-@contextlib.contextmanager
-def _no_param_grads(model: torch.nn.Module):
-    """The attribution pass needs gradients w.r.t. activations only."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 class TokenUnlearning(CLIPModule):

@@ -13,10 +13,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
-from modules.evaluation import ZeroShotEvaluation, zeroshot_classifier
-from modules.losses import clamped_logit_scale, make_clip_loss
-from modules.model_loading import ModelConfig, build_model
-from modules.scalar_parameters import store_scalars_as_vectors
+from modules.core.evaluation import ZeroShotEvaluation, zeroshot_classifier
+from modules.core.losses import clamped_logit_scale, make_clip_loss
+from modules.core.model_loading import ModelConfig, build_model
+from modules.core.scalar_parameters import store_scalars_as_vectors
 
 
 @dataclass

@@ -5,7 +5,7 @@ UBT-transfer issue measured 29% poisoned among the 1,000 weakest on held-out rea
 embedded tier none of the 200 weakest is poisoned), so `weak` and `cluster`, which is seeded by them,
 pick clean pairs. What did find them on both embedded tiers is how tightly the poisoned images sit
 together: the trigger collapses their embeddings, so each one's distance to its k-th nearest
-neighbour (`kdist`, modules.detectors) is the smallest of all (`dense` = −kdist in modules.ubt).
+neighbour (`kdist`, modules.detection.detectors) is the smallest of all (`dense` = −kdist in modules.detection.pair_scoring).
 
 `choose_suspicious` turns a ranking into a set without a fixed m: a two-component mixture over the
 scores, m = the pairs whose posterior of the upper component is above one half (at most `m_max`),
@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from modules.detectors import two_component_mixture
+from modules.detection.detectors import two_component_mixture
 
 
 @dataclass

@@ -20,7 +20,7 @@ and SafeCLIP's split (Yang et al., ICML 2024), on image–caption similarity ins
 Choices of ours: Euclidean distance between *normalised* image embeddings (the geometry the model's
 similarities use; Huang et al. use the raw features), image embeddings only (their default
 modality), k counted from 1 without the sample itself. No decision reads the poison manifest: it
-only scores the rankings (modules.ubt.detection_metrics).
+only scores the rankings (modules.detection.pair_scoring.detection_metrics).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What every module shares: the base LightningModule, model loading, losses, evaluation, checkpoints."""

@@ -1,0 +1,1 @@
+"""Pretraining objectives: CLIP (MMCL, SSL, SigLIP, CyCLIP), RoCLIP, SafeCLIP."""
