@@ -9,7 +9,8 @@ import pytest
 
 from lightning_app.config_values import config_values
 from lightning_app.experiments.archive import Summaries
-from lightning_app.experiments.spec import expand, load_experiment
+from lightning_app.experiments.expansion import expand
+from lightning_app.experiments.loading import load_experiment
 from lightning_app.pipelines import REPO_ROOT
 
 ARCHIVED = ["experiments/defenses.yaml", "experiments/badclip.yaml", "experiments/objectives.yaml"]

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from lightning_app.experiments import planning as planner
 from lightning_app.experiments import runner
-from lightning_app.experiments.results import Interval, interval
-from lightning_app.experiments.spec import command_line, expand, load_experiment, resolve, restrict_axes
-from lightning_app.experiments.views import render_table
+from lightning_app.experiments.expansion import command_line, expand, pipeline_stage, resolve, restrict_axes
+from lightning_app.experiments.loading import load_experiment
+from lightning_app.experiments.statistics import Interval, interval
+from lightning_app.experiments.tables import render_table
 from lightning_app.pipelines import run_stage
 
 TOY = """
@@ -177,7 +179,8 @@ def test_intervals_on_hand_made_numbers():
 
 
 def test_a_table_whose_rows_have_fewer_seeds_than_the_experiment_says_which(tmp_path):
-    from lightning_app.experiments.views import seeds_line, write_views
+    from lightning_app.experiments.docs_blocks import write_views
+    from lightning_app.experiments.tables import seeds_line
 
     experiment = toy(tmp_path)
     run = {"ca_top1": 0.9, "asr": 0.1}
@@ -216,22 +219,22 @@ def test_finished_runs_are_reused_interrupted_ones_resumed_and_another_configs_r
     experiment = toy(tmp_path)
     runs = {run.id: run for run in expand(experiment)}
     attack, clean = runs["attack[attack=badnet]@seed0"], runs["cleanclip[attack=badnet,lr=0.001]@seed0"]
-    _fake_finished(attack, runner.pipeline_stage(attack).fingerprint())
-    assert runner.status(attack) == "reuse"
-    assert run_stage(runner.pipeline_stage(attack)) == {"asr": 0.5, "wall_time_s": 1.0}  # nothing trained
+    _fake_finished(attack, pipeline_stage(attack).fingerprint())
+    assert planner.status(attack) == "reuse"
+    assert run_stage(pipeline_stage(attack)) == {"asr": 0.5, "wall_time_s": 1.0}  # nothing trained
 
     clean.run_dir.checkpoints.mkdir(parents=True)
     (clean.run_dir.checkpoints / "last.ckpt").write_bytes(b"")
-    (clean.run_dir.path / "stage.json").write_text(json.dumps(runner.pipeline_stage(clean).fingerprint()))
-    assert runner.status(clean) == "resume"
+    (clean.run_dir.path / "stage.json").write_text(json.dumps(pipeline_stage(clean).fingerprint()))
+    assert planner.status(clean) == "resume"
 
     other = runs["attack[attack=blended]@seed0"]
-    made = runner.pipeline_stage(other).fingerprint()
+    made = pipeline_stage(other).fingerprint()
     _fake_finished(other, {**made, "values": {**made["values"], "seed_everything": 7}})
-    assert runner.status(other).startswith("refuse")
+    assert planner.status(other).startswith("refuse")
     with pytest.raises(ValueError, match="remove the directory"):
-        run_stage(runner.pipeline_stage(other))
-    plan = runner.plan(experiment, only=["cleanclip"])
+        run_stage(pipeline_stage(other))
+    plan = planner.plan(experiment, only=["cleanclip"])
     assert "abd" not in plan and plan.count("attack[") == 4  # --only brings the runs it needs, not the others
     # what the runner refuses to reuse, a report neither shows nor archives as this experiment's run
     from lightning_app.experiments.archive import Summaries, archive_runs, load_archive
@@ -279,7 +282,7 @@ def test_a_chain_runs_once_and_a_second_invocation_reuses_it(tmp_path, small_ben
     assert (Path(experiment.runs) / "chain.md").exists() and (Path(experiment.runs) / "chain.png").exists()
 
     stamp = ft.run_dir.summary_path.stat().st_mtime_ns
-    assert runner.plan(experiment).split()[0] == "reuse"
+    assert planner.plan(experiment).split()[0] == "reuse"
     runner.run_experiment(experiment, update_docs=False)
     assert ft.run_dir.summary_path.stat().st_mtime_ns == stamp
 
@@ -337,7 +340,7 @@ def test_a_stage_that_poisons_a_clean_model_takes_its_checkpoint_but_brings_its_
 
 
 def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_path):
-    from lightning_app.experiments.views import comparisons
+    from lightning_app.experiments.comparisons import comparisons
 
     experiment = toy(tmp_path, TOY.replace("    reference: cleanclip\n",
                                            "    reference: cleanclip\n    compare: [[abd, cleanclip]]\n"))
@@ -372,7 +375,7 @@ def test_comparisons_claim_an_ordering_only_where_the_intervals_separate(tmp_pat
 
 
 def test_a_detector_table_reports_the_auroc_of_its_score_between_poisoned_and_clean_models(tmp_path):
-    from lightning_app.experiments.views import detector_auroc, model_detection
+    from lightning_app.experiments.comparisons import detector_auroc, model_detection
 
     assert detector_auroc([0.01, 0.02], [0.10, 0.09], "lower") == 1.0
     assert detector_auroc([0.01, 0.20], [0.10], "lower") == 0.5
@@ -411,7 +414,8 @@ def test_where_keeps_only_the_named_values_of_an_axis():
 
 
 def test_a_table_by_axis_alone_renders_without_comparisons(tmp_path):
-    from lightning_app.experiments.views import comparisons, render_table
+    from lightning_app.experiments.comparisons import comparisons
+    from lightning_app.experiments.tables import render_table
 
     experiment = load_experiment("experiments/defenses.yaml")
     table = next(t for t in experiment.tables if t.block == "structured-attacks")
@@ -456,7 +460,9 @@ tables:
 
 
 def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says_when_none_is(tmp_path):
-    from lightning_app.experiments.views import comparisons, render_table, write_views
+    from lightning_app.experiments.comparisons import comparisons
+    from lightning_app.experiments.docs_blocks import write_views
+    from lightning_app.experiments.tables import render_table
 
     experiment = toy(tmp_path, SELECTION)
     table = experiment.tables[0]
@@ -496,7 +502,7 @@ def test_the_selection_rule_keeps_per_seed_the_best_run_under_the_bound_and_says
 
 
 def test_a_comparison_names_the_stage_by_its_label_and_its_settings_by_their_axis(tmp_path):
-    from lightning_app.experiments.views import comparisons
+    from lightning_app.experiments.comparisons import comparisons
 
     per_setting = SELECTION.replace("  cleanclip: {{config: configs/embedded/cleanclip.yaml, from: pretrain}}",
                                     "  cleanclip: {{config: configs/embedded/cleanclip.yaml, from: pretrain, label: CleanCLIP}}")
@@ -512,7 +518,8 @@ def test_a_comparison_names_the_stage_by_its_label_and_its_settings_by_their_axi
 
 
 def test_the_docs_get_the_runs_plot_as_a_figure_linked_from_each_block(tmp_path):
-    from lightning_app.experiments.views import plot_panels, write_views
+    from lightning_app.experiments.docs_blocks import write_views
+    from lightning_app.experiments.plots import plot_panels
 
     doc, figure = tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures" / "best.png"
     experiment = toy(tmp_path, SELECTION.replace("    plot: runs\n", f"    plot: runs\n    files: [{doc}]\n"
@@ -534,7 +541,7 @@ def test_the_docs_get_the_runs_plot_as_a_figure_linked_from_each_block(tmp_path)
 
 
 def test_docs_get_a_table_only_once_one_of_its_stages_has_run(tmp_path):
-    from lightning_app.experiments.views import write_views
+    from lightning_app.experiments.docs_blocks import write_views
 
     doc = tmp_path / "results.md"
     experiment = toy(tmp_path, SELECTION.replace("    plot: runs\n", f"    plot: false\n    files: [{doc}]\n"))
@@ -548,7 +555,7 @@ def test_docs_get_a_table_only_once_one_of_its_stages_has_run(tmp_path):
 
 
 def test_docs_update_refuses_to_drop_rows_or_seeds_the_docs_quote_unless_asked(tmp_path):
-    from lightning_app.experiments.views import write_views
+    from lightning_app.experiments.docs_blocks import write_views
 
     doc = tmp_path / "results.md"
     experiment = toy(tmp_path, SELECTION.replace("    plot: runs\n", f"    plot: false\n    files: [{doc}]\n"))
@@ -571,7 +578,7 @@ def test_docs_update_refuses_to_drop_rows_or_seeds_the_docs_quote_unless_asked(t
 
 def test_docs_update_of_named_blocks_leaves_the_others_and_their_quoted_rows_alone(tmp_path, capsys):
     from lightning_app.experiments.__main__ import main
-    from lightning_app.experiments.views import write_views
+    from lightning_app.experiments.docs_blocks import write_views
 
     doc = tmp_path / "results.md"
     text = SELECTION.replace("    plot: runs\n", f"    plot: false\n    files: [{doc}]\n")
@@ -608,7 +615,7 @@ UBT_STAGE = TOY.replace("    cost_includes: [craft]", textwrap.indent(textwrap.d
 
 def _finish(run, summary: dict) -> None:
     """A run directory as the runner leaves it: its fingerprint with its inputs' digests, config, summary."""
-    stage = runner.pipeline_stage(run)
+    stage = pipeline_stage(run)
     run.run_dir.path.mkdir(parents=True, exist_ok=True)
     (run.run_dir.path / "stage.json").write_text(json.dumps({**stage.fingerprint(), **stage.inputs_fingerprint()}))
     run.run_dir.config_path.write_text(
@@ -620,7 +627,7 @@ def test_the_archive_reports_runs_whose_directories_are_gone_while_it_still_matc
     import shutil
 
     from lightning_app.experiments.archive import load_archive
-    from lightning_app.experiments.results import collect
+    from lightning_app.experiments.rows import collect
 
     experiment = toy(tmp_path, UBT_STAGE)
     runs = {run.id: run for run in expand(experiment)}
@@ -641,7 +648,7 @@ def test_the_archive_reports_runs_whose_directories_are_gone_while_it_still_matc
     assert [{k: v for k, v in r.items() if k not in strip} for r in elsewhere] == \
         [{k: v for k, v in r.items() if k not in strip} for r in here]
     assert next(r for r in elsewhere if r["stage"] == "abd")["cost_s"] == 20.0  # its crafting, from the archive too
-    assert "reported from" in runner.plan(experiment, only=["ubt"])  # it runs again if asked, reported until then
+    assert "reported from" in planner.plan(experiment, only=["ubt"])  # it runs again if asked, reported until then
 
     # the experiment now asks for another recipe: that stage's record no longer describes it
     changed = toy(tmp_path, UBT_STAGE.replace("{{craft.run_dir}}/adversarial", "{{craft.run_dir}}/other"))
@@ -656,7 +663,7 @@ def test_an_input_made_again_with_the_same_result_keeps_what_was_made_from_it(tm
     import shutil
 
     from lightning_app.experiments.archive import archive_runs, load_archive
-    from lightning_app.experiments.results import collect
+    from lightning_app.experiments.rows import collect
 
     experiment = toy(tmp_path, UBT_STAGE)
     experiment.seeds = [0]
@@ -678,7 +685,7 @@ def test_an_input_made_again_with_the_same_result_keeps_what_was_made_from_it(tm
         if run is not attack:
             shutil.rmtree(run.run_dir.path)  # reported from the archive from here on
     _finish(attack, {"ca_top1": 0.9, "asr": 0.98, "wall_time_s": 12.5})  # made again: same metrics, another time
-    assert runner.status(craft) == "run"  # not refused: nothing of it is here
+    assert planner.status(craft) == "run"  # not refused: nothing of it is here
     assert {row["stage"] for row in collect(experiment, list(runs.values()))} == everything  # before archiving it
     archive_runs(experiment, [attack])
     assert load_archive(archive)[str(attack.run_dir)]["summary"]["wall_time_s"] == 12.5
@@ -782,31 +789,31 @@ def test_the_plan_estimates_its_time_from_the_same_runs_at_other_seeds(tmp_path)
     archive_runs(experiment, list(runs.values()))
     shutil.rmtree(runs["attack[attack=badnet]@seed1"].run_dir.path)  # made elsewhere: its record is in the archive
     experiment.seeds = [2]
-    assert runner.wall_time_elsewhere(next(r for r in expand(experiment) if r.id == "attack[attack=badnet]@seed2"),
-                                      runner.archived_wall_times(Summaries(experiment))) == 900.0
+    assert planner.wall_time_elsewhere(next(r for r in expand(experiment) if r.id == "attack[attack=badnet]@seed2"),
+                                      planner.archived_wall_times(Summaries(experiment))) == 900.0
     blended = next(r for r in expand(experiment) if r.id == "attack[attack=blended]@seed2")
-    assert runner.wall_time_elsewhere(blended, runner.archived_wall_times(Summaries(experiment))) is None
+    assert planner.wall_time_elsewhere(blended, planner.archived_wall_times(Summaries(experiment))) is None
     # no blended attack has finished: the attack stage's other runs (badnet's, one here, one archived) guess it
-    assert runner.wall_time_of_stage(blended, runner.archived_wall_times(Summaries(experiment))) == 900.0
+    assert planner.wall_time_of_stage(blended, planner.archived_wall_times(Summaries(experiment))) == 900.0
     # ...scaled by the epochs it will train against theirs: its config's 20, or an axis's setting
-    assert runner.planned_epochs(blended) == 20
+    assert planner.planned_epochs(blended) == 20
     longer = dataclasses.replace(blended, settings={**blended.settings, "trainer.max_epochs": 80})
-    assert runner.wall_time_of_stage(longer, runner.archived_wall_times(Summaries(experiment))) == 3600.0
-    last = runner.plan(experiment).splitlines()[-1]
-    to_run = sum(1 for line in runner.plan(experiment).splitlines() if line.startswith("run "))
+    assert planner.wall_time_of_stage(longer, planner.archived_wall_times(Summaries(experiment))) == 3600.0
+    last = planner.plan(experiment).splitlines()[-1]
+    to_run = sum(1 for line in planner.plan(experiment).splitlines() if line.startswith("run "))
     assert last == (f"to run or resume: {to_run} runs, about 30 min of fitting (each a median wall time, here or "
                     "archived: 1 from the same run at other seeds and 1 from the same stage at other axis values, a "
                     f"rougher guess), and {to_run - 2} with nothing finished to tell")
     experiment.seeds = [0]
     shutil.rmtree(tmp_path / "runs")
     experiment.archive = str(tmp_path / "none.jsonl")
-    assert runner.plan(experiment).splitlines()[-1] == \
+    assert planner.plan(experiment).splitlines()[-1] == \
         f"to run or resume: {to_run} runs, none finished at another seed to estimate its time from"
 
 
 def test_the_ca_change_is_from_the_model_a_run_was_given_not_from_its_step_0(tmp_path):
     from lightning_app.experiments.archive import Summaries
-    from lightning_app.experiments.results import result_row
+    from lightning_app.experiments.rows import result_row
 
     experiment = toy(tmp_path)
     runs = {run.id: run for run in expand(experiment)}

@@ -22,10 +22,12 @@ import logging
 import sys
 from pathlib import Path
 
-from lightning_app.experiments.results import collect
-from lightning_app.experiments.runner import plan, run_experiment
-from lightning_app.experiments.spec import expand, load_experiment, restrict_axes
-from lightning_app.experiments.views import check_blocks, write_views
+from lightning_app.experiments.docs_blocks import check_blocks, write_views
+from lightning_app.experiments.expansion import expand, restrict_axes
+from lightning_app.experiments.loading import load_experiment
+from lightning_app.experiments.planning import plan
+from lightning_app.experiments.rows import collect
+from lightning_app.experiments.runner import run_experiment
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning_app.experiments.spec import CONFIG_REFERENCE, Experiment, StageRun, pipeline_stage
+from lightning_app.experiments.expansion import pipeline_stage
+from lightning_app.experiments.schema import CONFIG_REFERENCE, Experiment, StageRun
 from lightning_app.pipelines import Stage, result_sha256, summary_result_sha256, summary_sha256
 
 

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
-import statistics
 from pathlib import Path
 
-from lightning_app.config_values import config_values
-from lightning_app.experiments.archive import Summaries, archive_runs, made_here_by_this_config
-from lightning_app.experiments.results import collect
-from lightning_app.experiments.spec import Experiment, StageRun, expand, pipeline_stage
-from lightning_app.experiments.views import write_views
+from lightning_app.experiments.archive import archive_runs
+from lightning_app.experiments.docs_blocks import write_views
+from lightning_app.experiments.expansion import expand, pipeline_stage
+from lightning_app.experiments.rows import collect
+from lightning_app.experiments.schema import Experiment, StageRun
 from lightning_app.export import export_run
 from lightning_app.pipelines import REPO_ROOT, run_stage
 
@@ -85,116 +83,6 @@ def by_chain(runs: list[StageRun]) -> list[StageRun]:
 
     seeds = list(dict.fromkeys(run.seed for run in runs))
     return sorted(runs, key=lambda run: (seeds.index(run.seed), chain(run), index[run.id]))
-
-
-def status(run: StageRun) -> str:
-    """What running would do: reuse (finished), resume (checkpoints, no summary), run, or refuse (another
-    config, or made from an input that was made again since)."""
-    if run.run_dir.is_finished() or run.run_dir.has_checkpoints():
-        recorded = run.run_dir.path / "stage.json"
-        if not recorded.exists():
-            return "refuse (a run without stage.json)"
-        if not made_here_by_this_config(run):
-            fingerprint = json.loads(recorded.read_text())
-            if not pipeline_stage(run).made_by(fingerprint):
-                return "refuse (made by another config or overrides)"
-            return "refuse (an input was made again after it)"
-        return "reuse" if run.run_dir.is_finished() else "resume"
-    return "run"
-
-
-def plan(experiment: Experiment, only: list[str] | None = None) -> str:
-    lines = []
-    summaries = Summaries(experiment)
-    to_run, same_run, same_stage, archived = 0, [], [], archived_wall_times(summaries)
-    for run in by_chain(select(experiment, expand(experiment), only)):
-        waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
-        state = status(run)
-        line = f"{state:<10} {run.id:<45} {run.run_dir}  ({run.config})"
-        if waits:
-            line += f"  after {', '.join(sorted(waits))}"
-        if summaries.source(run) == "archive":
-            line += f"  (reported from {experiment.archive} until then)"
-        lines.append(line)
-        if state in ("run", "resume"):
-            to_run += 1
-            estimate = wall_time_elsewhere(run, archived)
-            if estimate is not None:
-                same_run.append(estimate)
-            elif (estimate := wall_time_of_stage(run, archived)) is not None:
-                same_stage.append(estimate)
-    if to_run:
-        lines.append(_estimate_line(to_run, same_run, same_stage))
-    return "\n".join(lines)
-
-
-def _estimate_line(to_run: int, same_run: list[float], same_stage: list[float]) -> str:
-    unknown = to_run - len(same_run) - len(same_stage)
-    if not same_run and not same_stage:
-        return f"to run or resume: {to_run} runs, none finished at another seed to estimate its time from"
-    parts = []
-    if same_run:
-        parts.append(f"{len(same_run)} from the same run at other seeds")
-    if same_stage:
-        parts.append(f"{len(same_stage)} from the same stage at other axis values, a rougher guess")
-    line = (f"to run or resume: {to_run} runs, about {_duration(sum(same_run) + sum(same_stage))} of fitting (each "
-            f"a median wall time, here or archived: {' and '.join(parts)})")
-    return line + (f", and {unknown} with nothing finished to tell" if unknown else "")
-
-
-Timings = dict[str, dict[str, tuple[float | None, int | None]]]
-"""(wall time in seconds, epochs) of finished runs, by each run's parent directory, then its run directory."""
-
-
-def _timing(summary: dict) -> tuple[float | None, int | None]:
-    return summary.get("wall_time_s"), summary.get("epochs")
-
-
-def wall_time_elsewhere(run: StageRun, archived: Timings) -> float | None:
-    """The median wall time of the same run (stage and axis values) finished at other seeds, from the run
-    directories beside its own (runs/STAGE/AXES/seedN) and the archive's records of them (`archived`)."""
-    times = dict(archived.get(str(run.run_dir.path.parent), {}))
-    for other in run.run_dir.path.parent.glob("seed*/summary.json"):
-        times[str(other.parent)] = _timing(json.loads(other.read_text()))
-    times.pop(str(run.run_dir.path), None)
-    values = [float(t) for t, _ in times.values() if t is not None]
-    return statistics.median(values) if values else None
-
-
-def wall_time_of_stage(run: StageRun, archived: Timings) -> float | None:
-    """The median wall time of the run's stage at any axis values and seeds (runs/STAGE/*/seedN), each scaled
-    to the run's epochs where both say how many: a guess for a run that has not finished at any seed, rough
-    where an axis changes the data or the batch size."""
-    if not run.axes:
-        return None  # the stage has one run a seed, so wall_time_elsewhere already looked at all of them
-    stage_dir = run.run_dir.path.parent.parent
-    times = {key: timing for parent, records in archived.items() if Path(parent).parent == stage_dir
-             for key, timing in records.items()}
-    for other in stage_dir.glob("*/seed*/summary.json"):
-        times[str(other.parent)] = _timing(json.loads(other.read_text()))
-    epochs = planned_epochs(run)
-    values = [float(t) * (epochs / done if epochs and done else 1.0) for t, done in times.values() if t is not None]
-    return statistics.median(values) if values else None
-
-
-def planned_epochs(run: StageRun) -> int | None:
-    """trainer.max_epochs as the run will have it: its own setting, else its config files' (None if neither)."""
-    if "trainer.max_epochs" in run.settings:
-        return int(run.settings["trainer.max_epochs"])
-    epochs = config_values(run.config).get("trainer.max_epochs")
-    return int(epochs) if epochs is not None else None
-
-
-def archived_wall_times(summaries: Summaries) -> Timings:
-    archived: Timings = {}
-    for key, record in summaries.records.items():
-        archived.setdefault(str(Path(key).parent), {})[key] = _timing(record["summary"])
-    return archived
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,

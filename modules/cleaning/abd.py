@@ -64,6 +64,8 @@ class _Crafting:
 class CraftAdversarialPatch(PatchOptimisation, _Crafting, CLIPModule):
     """Crafts ABD's universal adversarial patch against a frozen (poisoned) model."""
 
+    changes_weights = False
+
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(lr=0.05, warmup_steps=1),
                  patch_size: int = 8, weights: CraftingWeights = CraftingWeights(), seed: int = 0):
         """

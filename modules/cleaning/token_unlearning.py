@@ -56,6 +56,7 @@ from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_norms_in_eval, token_local_parameters
 from modules.core.losses import relative_squared_change
 from modules.core.model_loading import ModelConfig
+from modules.core.summary_columns import SummaryColumns
 from modules.detection.pair_scoring import (
     SUSPICIOUS_PAIRS,
     collect_pairs,
@@ -100,6 +101,14 @@ class DiscoveryData:
 
 class TokenUnlearning(CLIPModule):
     """UBT stage 2; see the module docstring."""
+
+    summary_columns = CLIPModule.summary_columns + (
+        SummaryColumns("detection", "", nested=True, skip=frozenset({"num_poisoned", "num_pairs"})),
+        SummaryColumns("suspicious_set", "set_", counts=frozenset({"set_m"}), headings={
+            "set_m": "pairs unlearned", "set_true_purity": "their share poisoned",
+            "set_estimated_purity": "estimated purity", "set_guard": "guard"}),
+        SummaryColumns("unlearned_by_trigger", "unlearned_", heading="unlearned: {key}", counts=True),
+    )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  suspicious_dir: Optional[str] = "runs/embedded/ubt_detect/ubt", discover: Optional[DiscoveryData] = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
@@ -17,6 +18,7 @@ from modules.core.evaluation import ZeroShotEvaluation, zeroshot_classifier
 from modules.core.losses import clamped_logit_scale, make_clip_loss
 from modules.core.model_loading import ModelConfig, build_model
 from modules.core.scalar_parameters import store_scalars_as_vectors
+from modules.core.summary_columns import SummaryColumns
 
 
 @dataclass
@@ -98,6 +100,18 @@ def _offloads_optimizer(strategy) -> bool:
 
 class CLIPModule(LightningModule):
     needs_augmented_views = False
+    changes_weights: ClassVar[bool] = True
+    """Whether the model this module hands on differs from the one it was given (a detector's does not, so a
+    study does not plot its CA/ASR as a defense's)."""
+    summary_columns: ClassVar[tuple[SummaryColumns, ...]] = (
+        SummaryColumns("metrics", "asr_", only=("val/asr_",), strip="val/asr_", heading="ASR {key}"),
+        SummaryColumns("metrics", "cohesion_", only=("val/cohesion_",), strip="val/cohesion_",
+                       headings={"cohesion_triggered": "triggered images' mean cosine",
+                                 "cohesion_clean": "clean images' mean cosine"}),
+        SummaryColumns("excluded", "excluded_", counts=True,
+                       headings={"excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them"}),
+    )
+    """The columns this module's summary sections become in a study (`modules/core/summary_columns.py`)."""
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig()):
         """

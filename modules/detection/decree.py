@@ -32,6 +32,7 @@ from datamodules.poison.triggers import MaskedPattern
 from datamodules.transforms import denormalise, normalise_pixels
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
+from modules.core.summary_columns import SummaryColumns
 
 INVERSION_DIR = "inversion"
 
@@ -53,6 +54,11 @@ def decree_loss(features: torch.Tensor, mask: torch.Tensor, lam: float) -> dict[
 
 class InvertTrigger(CLIPModule):
     """DECREE's inversion on a frozen model; writes RUN/inversion/{inversion.json, trigger/}."""
+
+    changes_weights = False
+    summary_columns = CLIPModule.summary_columns + (
+        SummaryColumns("inversion", "inversion_", headings={"inversion_mask_fraction": "inverted mask (fraction of image)",
+                                                            "inversion_mask_l1": "inverted mask L1 (px)"}),)
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(lr=0.5, warmup_steps=1),
                  lam: float = 1.0, threshold: float = 0.99, patience: int = 5, lambda_factor: float = 1.5,

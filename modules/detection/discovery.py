@@ -39,6 +39,7 @@ import torch
 
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
+from modules.core.summary_columns import SummaryColumns
 from modules.detection.pair_scoring import (
     cluster_scores,
     one_pass_rankings,
@@ -52,6 +53,14 @@ from modules.detection.pair_scoring import (
 
 class SuspiciousPairDiscovery(CLIPModule):
     """UBT stage 1: overfit toward weak-similarity pairs, then rank the pairs; see the module docstring."""
+
+    changes_weights = False
+    summary_columns = CLIPModule.summary_columns + (
+        SummaryColumns("detection", "", nested=True, skip=frozenset({"num_poisoned", "num_pairs"})),
+        SummaryColumns("detection_cost", "cost_", headings={
+            "cost_scoring_pass_s": "scoring pass (s)", "cost_kdist_slof_dao_dense_s": "kdist, SLOF, DAO, dense (s)",
+            "cost_gmm_s": "GMM (s)", "cost_cluster_s": "cluster (s)"}),
+    )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  temperature: float = 0.05, score: Literal["after", "rise", "weak", "cluster"] = "after", top_m: int = 200,

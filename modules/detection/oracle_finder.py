@@ -72,6 +72,7 @@ from datamodules.poison import MaskedPattern
 from datamodules.transforms import denormalise, normalise_pixels
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
+from modules.core.summary_columns import SummaryColumns
 from modules.detection.pair_scoring import collect_pairs, detection_metrics
 from modules.detection.segmentation import Felzenszwalb, SegmentationOracle
 from modules.detection.victim import (
@@ -94,6 +95,20 @@ from modules.detection.victim import (
 
 class OracleTriggerFinder(CLIPModule):
     """One scoring pass: victim label, victim samples and trigger region; writes RUN/oracle/."""
+
+    changes_weights = False
+    summary_columns = CLIPModule.summary_columns + (
+        SummaryColumns("detection", "", nested=True, skip=frozenset({"num_poisoned", "num_pairs"})),
+        SummaryColumns("oracle", "oracle_", bools_as_numbers=True, counts=frozenset({
+            "oracle_pairs_examined", "oracle_candidates", "oracle_victim_set"}), headings={
+            "oracle_victim_label": "victim label found", "oracle_victim_label_correct": "found the target",
+            "oracle_confidence": "its share of candidates", "oracle_mean_iou": "IoU with the trigger",
+            "oracle_transplant_rate": "its region turns", "oracle_transplant_runner_up": "best other label's region turns",
+            "oracle_collapse": "its region's collapse", "oracle_collapse_runner_up": "best other label's collapse",
+            "oracle_pairs_examined": "images examined", "oracle_candidates": "candidate images",
+            "oracle_victim_set": "victim samples handed over",
+            "oracle_victim_set_share_poisoned": "their share poisoned"}),
+    )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  oracle: SegmentationOracle = Felzenszwalb(), small_fraction: float = 0.15, max_pairs: int = 4000,

@@ -26,6 +26,7 @@ import torch
 
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
+from modules.core.summary_columns import SummaryColumns
 
 
 class TextMemoryBank:
@@ -62,6 +63,10 @@ class TextMemoryBank:
 
 class RoCLIP(CLIPModule):
     """Pretraining with RoCLIP's nearest-caption swap on every `break_epoch`-th epoch."""
+
+    summary_columns = CLIPModule.summary_columns + (
+        SummaryColumns("roclip", "roclip_", headings={
+            "roclip_poisoned_swapped_to_poisoned": "poisoned images swapped to a poisoned caption"}),)
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  break_epoch: int = 2, bank_size: int = 21845, cross_aug: bool = False):

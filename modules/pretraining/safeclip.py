@@ -34,12 +34,24 @@ from lightning.pytorch.utilities import rank_zero_only
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.losses import safeclip_loss
 from modules.core.model_loading import ModelConfig
+from modules.core.summary_columns import SummaryColumns
 from modules.detection.detectors import two_component_mixture
 from modules.detection.pair_scoring import score_stream
 
 
 class SafeCLIP(CLIPModule):
     """Pretraining with SafeCLIP's unimodal warm-up and safe/risky split; see the module docstring."""
+
+    summary_columns = CLIPModule.summary_columns + (
+        SummaryColumns("safeclip", "safeclip_", counts=frozenset({
+            "safeclip_safe_pairs", "safeclip_poisoned_in_safe", "safeclip_first_safe_pairs",
+            "safeclip_first_poisoned_in_safe"}), headings={
+            "safeclip_safe_pairs": "pairs on the CLIP loss (last epoch)",
+            "safeclip_poisoned_in_safe": "poisoned on the CLIP loss",
+            "safeclip_first_safe_pairs": "pairs on the CLIP loss (first split)",
+            "safeclip_first_poisoned_in_safe": "poisoned among them (first split)",
+            "safeclip_scoring_s_total": "SafeCLIP's scoring passes (s)"}),
+    )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
                  warmup_epochs: int = 5, cross_epochs: int = 1, cross_lr_scale: float = 0.01,
