@@ -4,9 +4,8 @@ flat mapping of dotted keys, which is what a run's fingerprint compares (`lightn
 Files are only where values are written, so a config moved, renamed, or split into fragments that
 resolve to the same values is the same config. The merge follows what jsonargparse does with the same
 command: later files and overrides win key by key; a string naming a YAML file where a value belongs (a
-fragment, `trigger: triggers/sig.yaml`) stands for that file's values; a value that names another
-`class_path` replaces what was set under its key before (the other class's `init_args` do not carry
-over). Defaults the code supplies are not values of the config: adding an option with a default keeps
+fragment, `trigger: triggers/sig.yaml`) stands for that file's values; where a value names another
+`class_path`, the `init_args` set before carry over only where the new class takes them. Defaults the code supplies are not values of the config: adding an option with a default keeps
 every recorded run.
 
     python -m lightning_app.config_values configs/embedded/badnet.yaml --seed_everything 1   # print them
@@ -15,7 +14,10 @@ every recorded run.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,14 @@ def _inline_fragments(value: Any, base: Path) -> Any:
     return value
 
 
+SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+"""`5e-05`: YAML 1.1 (PyYAML) reads it as a string, the parser as the float its field is."""
+
+
 def _leaves(prefix: str, value: Any) -> dict[str, Any]:
     """One dotted key per leaf; a mapping's None leaves stay (in a config, null sets a value)."""
+    if isinstance(value, str) and SCIENTIFIC.match(value):
+        return {prefix: float(value)}
     if not isinstance(value, dict) or not value:
         return {prefix: value}
     out: dict[str, Any] = {}
@@ -51,15 +59,30 @@ def _leaves(prefix: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _parameters(class_path: str) -> set[str] | None:
+    """The `__init__` parameters of the class at `class_path` (None when it cannot be imported)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return set(inspect.signature(cls.__init__).parameters) - {"self"}
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+
+
 def _set(values: dict[str, Any], key: str, value: Any) -> None:
-    """Merge `value` at `key` into `values` as jsonargparse would: leaf by leaf, except that another
-    `class_path` under a key drops what was set beneath that key for the class before."""
+    """Merge `value` at `key` into `values` as jsonargparse does: leaf by leaf; where another `class_path` is
+    set under a key, the `init_args` set before carry over only where the new class takes them (a class
+    that cannot be imported keeps them all: the run would fail on it anyway)."""
     leaves = _leaves(key, value)
     for leaf, item in leaves.items():
         if leaf.endswith(".class_path") or leaf == "class_path":
             owner = leaf[: -len("class_path")]  # "data.init_args.trigger." (or "" at the top)
             if values.get(leaf) not in (None, item):
+                takes = _parameters(item)
                 for stale in [k for k in values if k.startswith(owner) and k not in leaves]:
+                    argument = stale.removeprefix(owner + "init_args.").split(".")[0]
+                    if takes is None or (stale.startswith(owner + "init_args.") and argument in takes):
+                        continue
                     del values[stale]
     for stale in [k for k in values if k.startswith(key + ".") and not isinstance(value, dict)]:
         del values[stale]  # a whole value replaces a mapping that was there

@@ -10,8 +10,9 @@ from lightning_app.cli import BackdoorCLI
 from modules.core.base import CLIPModule
 
 # configs/strategies/ holds trainer fragments, added to a full config with a second --config;
-# configs/*/triggers/ holds trigger fragments, given as the value of --data.init_args.trigger
-FRAGMENTS = ("strategies", "triggers")
+# configs/*/triggers/ holds trigger fragments, given as the value of --data.init_args.trigger;
+# configs/*/tiers/ holds a tier's data, added with further --config (tests/test_compositions.py parses them)
+FRAGMENTS = ("strategies", "triggers", "tiers")
 CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml") if p.parent.name not in FRAGMENTS)
 TRIGGERS = sorted(str(p) for p in Path("configs").rglob("triggers/*.yaml"))
 

@@ -45,7 +45,7 @@ axes:
     stages: [attack]
     values:
       badnet: {{config: configs/embedded/badnet.yaml}}
-      blended: {{config: configs/embedded/blended.yaml, data.init_args.poison.rate: 0.1}}
+      blended: {{config: configs/embedded/clean.yaml, data.init_args.poison.rate: 0.1}}
   lr:
     stages: [cleanclip]
     key: model.init_args.optimizer.lr
@@ -78,7 +78,7 @@ def test_axes_and_seeds_expand_to_the_exact_runs_with_their_dependencies(tmp_pat
     abd = by_id["abd[attack=blended]@seed1"]
     assert {name: dep.id for name, dep in abd.deps.items()} == {
         "attack": "attack[attack=blended]@seed1", "craft": "craft[attack=blended]@seed1"}
-    assert by_id["attack[attack=blended]@seed1"].config == "configs/embedded/blended.yaml"
+    assert by_id["attack[attack=blended]@seed1"].config == "configs/embedded/clean.yaml"
     assert by_id["attack[attack=blended]@seed1"].settings == {
         "data.init_args.poison.rate": 0.1, "seed_everything": 1, "data.init_args.poison.seed": 1}
     assert by_id["cleanclip[attack=badnet,lr=0.002]@seed0"].settings["model.init_args.optimizer.lr"] == 2e-3

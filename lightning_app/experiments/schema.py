@@ -27,7 +27,7 @@ configs) over the stages they name; `seeds` repeats the whole chain. `expand` tu
         stages: [attack]
         values:                          # name: a value of `key`, or a mapping of settings
           badnet: {config: configs/embedded/badnet.yaml}
-          blended: {config: configs/embedded/blended.yaml}
+          blended: {data.init_args.trigger: configs/embedded/triggers/blended.yaml}   # a setting
 
 References in settings, resolved when the stage runs (its dependencies have finished by then):
 `{S.run_dir}`, `{S.checkpoint}`, `{S.trigger_dir}` inside a string, and a whole value
