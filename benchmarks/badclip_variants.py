@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # the repository's packages, and its test fixtures
 
 from conftest import learning_benchmark_at, train_small  # noqa: E402
 

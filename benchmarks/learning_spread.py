@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # the repository's packages, and its test fixtures
 
 from conftest import learning_benchmark_at, train_small  # noqa: E402
 

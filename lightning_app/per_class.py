@@ -4,7 +4,7 @@
 
 Uses the run's `config.yaml` (model), `checkpoints/last.ckpt` and `trigger/` (or `--trigger-dir`,
 for a defense run whose trigger is its attack's), the same zero-shot classifier as the training-time
-metric. With `--block`, writes the table into docs/results.md.
+metric. With `--file F --block NAME`, writes the table into the block NAME of F.
 """
 
 from __future__ import annotations
@@ -48,7 +48,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser, trigger_default: str) ->
     parser.add_argument("--eval", default="data/embedded/eval", help="clip_benchmark-format eval directory")
     parser.add_argument("--trigger-dir", type=Path, help=f"default: {trigger_default}")
     parser.add_argument("--target", help="default: the attack's target, from TRIGGER_DIR/target.json")
-    parser.add_argument("--block", help="write the table into docs/results.md under this block name")
+    parser.add_argument("--block", help="write the table under this block name into --file")
+    parser.add_argument("--file", type=Path, help="the markdown file of --block (e.g. docs/results/analysis.md)")
+
+
+def check_block_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.block and not args.file:
+        parser.error("--block needs --file, the markdown file to write it into")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("run_dir", type=Path)
     add_eval_arguments(parser, trigger_default="RUN/trigger")
     args = parser.parse_args(argv)
+    check_block_arguments(parser, args)
     torch.set_num_threads(1)
     trigger_dir = args.trigger_dir or RunDir(args.run_dir).trigger_dir
     target = args.target or read_target(trigger_dir)
@@ -64,8 +71,8 @@ def main(argv: list[str] | None = None) -> str:
     lines += [f"| {name} | {ca:.2f} | {'target' if asr is None else f'{asr:.2f}'} |" for name, ca, asr in rows]
     table = "\n".join(lines)
     if args.block:
-        command = f"python -m lightning_app.per_class {args.run_dir} --block {args.block}"
-        write_block("docs/results.md", args.block, f"Per-class CA and ASR of `{args.run_dir}`, written by `{command}`.\n\n{table}")
+        command = f"python -m lightning_app.per_class {args.run_dir} --file {args.file} --block {args.block}"
+        write_block(args.file, args.block, f"Per-class CA and ASR of `{args.run_dir}`, written by `{command}`.\n\n{table}")
     print(table)
     return table
 

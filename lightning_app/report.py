@@ -83,7 +83,7 @@ def load_summary(run_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m lightning_app.report RUN_DIR... --file docs/results.md --block NAME [--note TEXT]`"""
+    """`python -m lightning_app.report RUN_DIR... --file docs/results/NAME.md --block NAME [--note TEXT]`"""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write a results table of run directories into a markdown file.")

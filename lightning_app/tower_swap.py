@@ -6,7 +6,7 @@ Evaluates, on the eval set with the attack's trigger (`INCOMING/trigger`, or `--
 the incoming (poisoned) model; the defended one; the defended one with its image tower (`visual.*`)
 put back to the incoming weights; and with its text side (every other parameter) put back. If putting
 back the image tower brings the backdoor back, the defense removed it there; if CA recovers, the CA
-cost is there too. With `--block`, writes the table into docs/results.md.
+cost is there too. With `--file F --block NAME`, writes the table into the block NAME of F.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from datamodules.run_dir import RunDir
-from lightning_app.per_class import add_eval_arguments, load_run_model, read_target
+from lightning_app.per_class import add_eval_arguments, check_block_arguments, load_run_model, read_target
 from lightning_app.report import write_block
 from modules.core.evaluation import zero_shot_counts
 
@@ -56,13 +56,15 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--incoming", type=Path, required=True, help="the run directory of the model it defended")
     add_eval_arguments(parser, trigger_default="INCOMING/trigger")
     args = parser.parse_args(argv)
+    check_block_arguments(parser, args)
     torch.set_num_threads(1)
     trigger_dir = args.trigger_dir or RunDir(args.incoming).trigger_dir
     rows = tower_swap(args.defended_dir, args.incoming, args.eval, trigger_dir, args.target or read_target(trigger_dir))
     table = "\n".join(["| model | CA | ASR |", "|---|---:|---:|"] + [f"| {label} | {ca:.3f} | {asr:.3f} |" for label, ca, asr in rows])
     if args.block:
-        command = f"python -m lightning_app.tower_swap {args.defended_dir} --incoming {args.incoming} --block {args.block}"
-        write_block("docs/results.md", args.block,
+        command = (f"python -m lightning_app.tower_swap {args.defended_dir} --incoming {args.incoming} "
+                   f"--file {args.file} --block {args.block}")
+        write_block(args.file, args.block,
                     f"Which tower carries the change of `{args.defended_dir}`, written by `{command}`.\n\n{table}")
     print(table)
     return table

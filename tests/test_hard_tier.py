@@ -4,7 +4,7 @@ pairs, 8 epochs) its clean CA, as a share of the way from chance to 1, is below 
 Chance differs (1/80 against 1/10), so raw CA would be lower by construction; the comparison is on
 (CA - chance) / (1 - chance). Measured once (2026-12-02): easy 0.45-0.71 CA over seeds and thread
 counts (tests/test_learning.py), i.e. 0.39-0.68 of the way; the full-size tiers under the shipped
-recipe: docs/results.md (objectives-pretraining).
+recipe: docs/results/objectives.md (objectives-pretraining).
 """
 
 import pytest

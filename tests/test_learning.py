@@ -10,7 +10,7 @@ The thresholds leave a wide margin: poisoned ASR ≥ 0.7 (0.26 below the lowest 
 (0.13 above the highest), margin ≥ 0.5, clean CA > 0.2 (chance is 0.1). The earlier recipe (target
 star, template captions, a patch fixed in a corner) gave poisoned ASR 0.34 on one machine against a
 threshold of 0.3: the embedded exploration had already shown that a star target and template
-captions make the backdoor take unevenly (docs/results.md, badnet-exploration).
+captions make the backdoor take unevenly (docs/archive/one-seed.md, badnet-exploration).
 """
 
 import pytest

@@ -96,7 +96,7 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
     print("dense", chosen, dense_summary["detection"]["dense"]["auroc"], dense_summary["ca_top1"], dense_summary["asr"])
     # Measured (2026-12-02): on this small, briefly trained model the triggered images do not collapse
     # (dense AUROC 0.29, the mixture's D 1.30), so the guard refuses and the fit trains on the retain
-    # loss alone; on the full-size embedded models they do (docs/results.md, defenses-ubt-sets).
+    # loss alone; on the full-size embedded models they do (docs/results/defenses.md, defenses-ubt-sets).
     assert dense_summary["detection"]["dense"]["auroc"] < 0.5
     assert chosen["separation"] < 2.0 and "no separate suspicious component" in chosen["guard"]
     assert chosen["m"] == 0 and dense_summary["unlearned_pairs"] == 0
@@ -108,7 +108,7 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs(learnin
     """Where the trigger collapses the poisoned images (30% poisoned, ASR ≈ 1), the mixture rule keeps a
     set of them: measured (2026-12-02) dense AUROC 0.978, D 4.4, 721 pairs in the upper component, the
     200 kept all poisoned. (Unlearning them left this small RN's ASR at 1.0: the 32-px RN has a single
-    image token; the full-size results are in docs/results.md.)"""
+    image token; the full-size results are in docs/results/.)"""
     poisoned, _ = small_poisoned_run
     run = tmp_path / "dense"
     BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(run),

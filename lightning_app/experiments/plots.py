@@ -23,6 +23,11 @@ def _save_ca_asr(fig, axes: list, title: str, path: Path) -> Path:
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("zero-shot clean accuracy, top-1")
+    for ax in axes:  # at least 0.2 of CA tall, so that a 1-point difference does not fill the height
+        low, high = ax.get_ylim()
+        if high - low < 0.2:
+            high = min(1.02, low + 0.2)
+            ax.set_ylim(high - 0.2, high)
     handles: dict[str, Any] = {}  # label → the first panel's handle, so a legend entry shows once
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):

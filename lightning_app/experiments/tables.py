@@ -5,6 +5,7 @@ to a reference stage, and a selection rule's table (per seed, the best run under
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from lightning_app.experiments.labels import column_name, group_rows, is_whole_number, run_name
 from lightning_app.experiments.schema import Experiment, TableSpec
@@ -87,11 +88,17 @@ def seeds_line(experiment: Experiment, table: TableSpec, rows: list[dict]) -> st
 
 
 def table_note(experiment: Experiment, table: TableSpec) -> str:
-    note = (f"Written by `python -m lightning_app.experiments run {experiment.path}` from the runs' summary.json "
-            f"(`results.jsonl` beside them; runs made on another machine from their records in `{experiment.archive}`): "
-            "each cell is the mean over n seeds ± the 95% t-interval's half-width "
-            "(n ≥ 3), or [min–max] for n = 2. Two rows are ordered only where their intervals do not overlap, or "
-            "where they ran on the same seeds and the interval of their per-seed difference excludes 0.")
+    """What the table is made from and how to read it: with one seed, the runs' own values; with more, the
+    intervals and the rule for an ordering. The archive is named only where there is one."""
+    source = f"Written by `python -m lightning_app.experiments run {experiment.path}` from the runs' summary.json"
+    if Path(experiment.archive).exists():
+        source += f" (runs made on another machine: from their records in `{experiment.archive}`)"
+    if len(experiment.seeds) == 1:
+        note = source + f", one seed ({experiment.seeds[0]}): each cell is that run's value, with no interval."
+    else:
+        note = (source + ": each cell is the mean over n seeds ± the 95% t-interval's half-width (n ≥ 3), or "
+                "[min–max] for n = 2. Two rows are ordered only where their intervals do not overlap, or where "
+                "they ran on the same seeds and the interval of their per-seed difference excludes 0.")
     if table.reference and "cost" in table.columns:
         note += (f" Cost: wall time (with the stages each one needs, e.g. ABD's crafting) over "
                  f"{experiment.stages[table.reference].label}'s in the same seed.")

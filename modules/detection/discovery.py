@@ -24,7 +24,7 @@ the top m of those weakest pairs by it, so one pass keeps every candidate's pixe
 need the overfitted model, at a third of the cost. The embedded configs use it, because `weak` is the
 ranking that finds the poisoned pairs there; `overfit: true` measures every ranking.
 
-Measured detection quality of each score: docs/results.md (blocks `ubt-*`). Where poisoned captions
+Measured detection quality of each score: docs/results/ubt.md and, one seed each, docs/archive/one-seed.md (blocks `ubt-*`). Where poisoned captions
 describe another picture than the triggered image (the caption-set attack), the poisoned pairs are
 the weakest-matched ones under the poisoned model, so `weak` finds them and `after` ranks them last.
 """

@@ -32,20 +32,20 @@ Choices made here, where the paper's summary leaves them open:
   image, a small object of the class rarely outweighs another image's own object. `victim_rule: count`
   (the label with the most candidates, the recovered trigger its top-scored region) was the first
   version: on the embedded BadNet models it named the target on 2 of 3 seeds, with the target's share of
-  the candidates 0.16-0.20 against 0.10 for a uniform spread (docs/results.md, defenses-oracle).
+  the candidates 0.16-0.20 against 0.10 for a uniform spread (docs/results/defenses.md, defenses-oracle).
 - `victim_rule: collapse` (default) takes each label's best region from the same transplant test and
   names the label whose region, pasted onto the defender's images, collapses their embeddings the most
   (the mean pairwise cosine similarity, DECREE's criterion): a backdoor trigger sends every stamped image
   to one point, while a region of a class (the embedded `checkerboard` texture) turns images by adding a
   feature and leaves them as varied as they were. Added after the transplant rule named `checkerboard` on
   one of three BadCLIP models, where its turn rates were near 1 for both labels (0.95 against the
-  target's 0.92; docs/results.md, badclip-oracle); `transplant` stays available and is reported beside it.
+  target's 0.92; docs/results/badclip.md, badclip-oracle); `transplant` stays available and is reported beside it.
 - the victim samples are ranked by their own region's transplant rate, not by score, and only those
   that turn at least half the images are handed to unlearning: a clean image of the victim class whose
   object is small is a candidate too, but its object does not turn other images. The score ranking
   (kept for `victim_rule: count`, which measures no transplants) handed BadCLIP's unlearning sets that
   were 15-28% poisoned, and the unlearning cost up to 7 points of CA; this ranking was added after
-  seeing that (docs/results.md, badclip-oracle).
+  seeing that (docs/results/badclip.md, badclip-oracle).
 - with `remainder_check` (default) a candidate must also lose ŷ when its small region is painted
   out (the rest of the image, its object, is labelled otherwise), and its score is
   p_region(ŷ)·p_rest(label of the rest): a clean image of the victim class whose object is small keeps
