@@ -2,7 +2,7 @@
 
     python benchmarks/learning_spread.py [--seeds 0 1 2] [--threads 1 2] [--out runs/learning_spread]
 
-Trains tests/conftest.py's small recipe (the one `tests/test_learning.py` asserts on), poisoned and
+Trains tests/conftest.py's small recipe (the one `tests/integration/test_learning.py` asserts on), poisoned and
 clean, for each seed and thread count, and prints ASR and CA of each run, the poisoned-minus-clean
 ASR margin, and the minimum and maximum of each over all runs: the evidence behind the test's
 thresholds (quoted in its docstring).

@@ -2,7 +2,7 @@
 
     python benchmarks/suite_memory.py                     # the whole suite (`python -m pytest -q`)
     python benchmarks/suite_memory.py -m "not slow"       # any pytest arguments, e.g. the fast tier
-    python benchmarks/suite_memory.py --top 15 tests/test_resume.py
+    python benchmarks/suite_memory.py --top 15 tests/integration/test_resume.py
 
 Prints the pytest process's peak (VmHWM: what a 16 GB laptop must hold), the largest process it started
 (fits run as `main.py` subprocesses, reaped, so their peaks show in the children's `ru_maxrss`), and the

@@ -1,12 +1,34 @@
-"""Shared fixtures: a small embedded benchmark built once per test session."""
+"""Shared fixtures (a small embedded benchmark built once per test session, a small poisoned run), and the
+tiers: a test's folder is its tier (tests/README.md). tests/unit/ is the fast tier; everything under
+tests/integration/ and tests/distributed/ fits a model and is marked `slow`, so `-m "not slow"` and
+`-m slow` select the tiers as the folders do."""
 
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
+
+TESTS = Path(__file__).resolve().parent
+SLOW_FOLDERS = ("integration", "distributed")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if folder in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+        elif folder != "unit":
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit/, tests/integration/ or "
+                                    "tests/distributed/ (tests/README.md)")
+        elif item.get_closest_marker("slow"):
+            raise pytest.UsageError(f"{item.nodeid} is marked slow: a test that fits a model belongs in "
+                                    "tests/integration/ (or tests/distributed/ for several processes)")
+
 
 
 def _resident_mb() -> int:

@@ -1,0 +1,124 @@
+"""UBT end to end on a small caption-set BadNet case: stage 1 ranks the planted poisoned pairs above
+the clean ones, and stage 2 unlearns at most m of them and evaluates before and after."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import train_small
+
+from lightning_app.cli import BackdoorCLI
+
+RATE = 0.1
+M = 60
+
+
+def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchmark, tmp_path):
+    poisoned = tmp_path / "poisoned"
+    caption_set = ["--data.init_args.poison.target", "triangle", "--data.init_args.poison.captions", "dataset",
+                   "--data.init_args.trigger.init_args.location", "random"]
+    train_small(learning_benchmark, poisoned, RATE, *caption_set)
+    small_data = ["--data.init_args.embedded", "null", "--data.init_args.eval.directory", learning_benchmark.eval_dir,
+                  "--data.init_args.batch_size", "64", "--trainer.enable_progress_bar", "false",
+                  "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
+                  "--data.init_args.trigger_dir", str(poisoned / "trigger")]
+
+    def detect(run, *extra):
+        BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_detect.yaml", "--trainer.default_root_dir", str(run),
+                          *small_data, "--data.init_args.train_shards", learning_benchmark.pretrain_urls,
+                          "--data.init_args.poison.rate", str(RATE), *caption_set[:4],
+                          "--model.init_args.top_m", str(M), "--model.init_args.report_k", f"[{M}]", *extra])
+        return json.loads((run / "ubt" / "detection.json").read_text()), json.loads((run / "ubt" / "suspicious.json").read_text())
+
+    detection, suspicious = detect(tmp_path / "detect")  # the shipped config: one scoring pass
+    print({score: round(d["auroc"], 3) for score, d in detection.items()})
+    assert set(detection) == {"before", "weak", "cluster", "dense", "kdist", "slof", "dao", "gmm"}
+    assert abs(detection["weak"]["num_poisoned"] - RATE * 3000) < 30  # the rate is met per key hash, not exactly
+    assert detection["weak"]["auroc"] >= 0.75  # measured 0.82 (a clean-model ranking is at 0.5)
+    assert detection["weak"][f"precision@{M}"] >= 2 * RATE
+    assert len(suspicious["keys"]) == M
+
+    # UBT's overfitting scores every ranking; its `weak` ranking is the same pass over the same model
+    overfitted, overfitted_suspicious = detect(tmp_path / "detect_overfit", "--model.init_args.overfit", "true")
+    assert set(overfitted) == {"before", "after", "rise", "weak", "cluster"}
+    assert overfitted["weak"] == detection["weak"] and overfitted_suspicious["keys"] == suspicious["keys"]
+    assert overfitted["after"] != overfitted["before"]  # the overfitting moved the model
+
+    # `cluster` picks its m from the seed of weakest pairs, and more precisely than `weak` does
+    seed = 300
+    by_cluster, cluster_suspicious = detect(tmp_path / "detect_cluster", "--model.init_args.score", "cluster",
+                                            "--model.init_args.cluster_seed", str(seed))
+    ranked = json.loads((tmp_path / "detect" / "ubt" / "ranking.json").read_text())["ranked"]
+    assert set(cluster_suspicious["keys"]) <= {row[0] for row in ranked[:seed]} and len(cluster_suspicious["keys"]) == M
+    poisoned_keys = set(json.loads((tmp_path / "detect_cluster" / "poison" / "manifest.json").read_text())["keys"])
+    precision = {name: sum(k in poisoned_keys for k in picked["keys"]) / M
+                 for name, picked in (("weak", suspicious), ("cluster", cluster_suspicious))}
+    print("cluster AUROC", round(by_cluster["cluster"]["auroc"], 3), "precision of the unlearning set", precision)
+    assert precision["weak"] == pytest.approx(detection["weak"][f"precision@{M}"])
+    assert precision["cluster"] > precision["weak"]
+    detect = tmp_path / "detect"
+
+    unlearn = tmp_path / "unlearn"
+    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_unlearn.yaml", "--trainer.default_root_dir", str(unlearn),
+                      *small_data, "--data.init_args.train_shards", learning_benchmark.finetune_urls,
+                      "--model.init_args.suspicious_dir", str(detect / "ubt"), "--model.init_args.m", "40"])
+    summary = json.loads((unlearn / "summary.json").read_text())
+    assert summary["unlearned_pairs"] == 40
+    assert summary["before"]["asr"] is not None and 0.0 <= summary["asr"] <= 1.0
+    assert summary["steps"] > 0
+
+    # both stages in one fit: the same pairs found, the same unlearning
+    one_fit = tmp_path / "one_fit"
+    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_one_fit.yaml", "--trainer.default_root_dir", str(one_fit),
+                      *small_data, "--data.init_args.train_shards", learning_benchmark.finetune_urls,
+                      "--model.init_args.discover.train_shards", learning_benchmark.pretrain_urls,
+                      "--model.init_args.discover.poison.rate", str(RATE), "--model.init_args.discover.report_k", f"[{M}]",
+                      "--model.init_args.m", "40"])
+    one_fit_summary = json.loads((one_fit / "summary.json").read_text())
+    assert json.loads((one_fit / "ubt" / "suspicious.json").read_text())["keys"] == suspicious["keys"][:40]
+    assert one_fit_summary["detection"]["weak"]["auroc"] == pytest.approx(detection["weak"]["auroc"])
+    assert one_fit_summary["unlearned_pairs"] == 40
+    print("two runs", summary["ca_top1"], summary["asr"], "one fit", one_fit_summary["ca_top1"], one_fit_summary["asr"])
+    assert one_fit_summary["asr"] == pytest.approx(summary["asr"], abs=0.02)
+    assert one_fit_summary["ca_top1"] == pytest.approx(summary["ca_top1"], abs=0.02)
+
+
+    # the label-free set: `dense` ranking, m from the mixture (at most 200), read in a second pass
+    dense = tmp_path / "dense"
+    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(dense),
+                      *small_data, "--data.init_args.train_shards", learning_benchmark.finetune_urls,
+                      "--model.init_args.discover.train_shards", learning_benchmark.pretrain_urls,
+                      "--model.init_args.discover.poison.rate", str(RATE), "--model.init_args.discover.report_k", f"[{M}]"])
+    dense_summary = json.loads((dense / "summary.json").read_text())
+    chosen = dense_summary["suspicious_set"]
+    print("dense", chosen, dense_summary["detection"]["dense"]["auroc"], dense_summary["ca_top1"], dense_summary["asr"])
+    # Measured (2026-12-02): on this small, briefly trained model the triggered images do not collapse
+    # (dense AUROC 0.29, the mixture's D 1.30), so the guard refuses and the fit trains on the retain
+    # loss alone; on the full-size embedded models they do (docs/results/defenses.md, defenses-ubt-sets).
+    assert dense_summary["detection"]["dense"]["auroc"] < 0.5
+    assert chosen["separation"] < 2.0 and "no separate suspicious component" in chosen["guard"]
+    assert chosen["m"] == 0 and dense_summary["unlearned_pairs"] == 0
+    assert dense_summary["steps"] > 0 and dense_summary["asr"] is not None
+
+
+def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs(learning_benchmark, small_poisoned_run, tmp_path):
+    """Where the trigger collapses the poisoned images (30% poisoned, ASR ≈ 1), the mixture rule keeps a
+    set of them: measured (2026-12-02) dense AUROC 0.978, D 4.4, 721 pairs in the upper component, the
+    200 kept all poisoned. (Unlearning them left this small RN's ASR at 1.0: the 32-px RN has a single
+    image token; the full-size results are in docs/results/.)"""
+    poisoned, _ = small_poisoned_run
+    run = tmp_path / "dense"
+    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(run),
+                      "--data.init_args.embedded", "null", "--data.init_args.eval.directory", learning_benchmark.eval_dir,
+                      "--data.init_args.batch_size", "64", "--trainer.enable_progress_bar", "false",
+                      "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
+                      "--data.init_args.trigger_dir", str(poisoned / "trigger"),
+                      "--data.init_args.train_shards", learning_benchmark.finetune_urls,
+                      "--model.init_args.discover.train_shards", learning_benchmark.pretrain_urls,
+                      "--model.init_args.discover.poison.rate", "0.3", "--model.init_args.discover.report_k", "[100]"])
+    summary = json.loads((run / "summary.json").read_text())
+    chosen = summary["suspicious_set"]
+    assert summary["detection"]["dense"]["auroc"] >= 0.9
+    assert chosen["guard"] is None and chosen["separation"] >= 2.0 and chosen["m"] == 200
+    assert chosen["true_purity"] >= 0.95 and summary["unlearned_pairs"] == 200
