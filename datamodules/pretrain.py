@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -40,7 +41,7 @@ from datamodules.run_dir import RunDir, write_once
 from datamodules.shards import check_shards_exist, count_samples, expand_shards, scan_captions, shard_sizes
 from datamodules.stream import COUNTERS, PairStream
 from datamodules.text_augment import WORDNET_MISSING, wordnet_available
-from datamodules.transforms import MAX_IMAGE_PIXELS, InputSpec, TrainSample
+from datamodules.transforms import MAX_IMAGE_PIXELS, InputSpec, ModelNeeds, TrainSample
 from datamodules.worker_watch import ExitWithProcess
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
@@ -115,6 +116,24 @@ class _RankLocalSampler(DistributedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """What a run's data was, for its summary.json (`ShardDataModule.record`)."""
+
+    attack: Optional[dict] = None
+    """The trigger's name and parameters (None: no trigger, no ASR)."""
+    target: Optional[str] = None
+    """The class ASR counts toward."""
+    poison_count: Optional[int] = None
+    """Training pairs poisoned."""
+    poisoned_captions: Optional[str] = None
+    """The poisoned pairs' captions: "kept" (label-consistent), "templates" or "dataset" (None: no poisoning)."""
+    excluded: Optional[dict] = None
+    """What a data-level defense dropped (count, and poisoned among them)."""
+    data_health: dict[str, int] = field(default_factory=dict)
+    """This rank's counts of the training data consumed (good, skipped, lost)."""
 
 
 class ShardDataModule(LightningDataModule):
@@ -209,6 +228,8 @@ class ShardDataModule(LightningDataModule):
         self.eval_set: Optional[ZeroShotSet] = None
         self.poison_count = 0
         self.excluded: Optional[dict] = None
+        self.model_needs: Optional[ModelNeeds] = None
+        """What the model takes and asks for (`connect`)."""
 
     @property
     def run_dir(self) -> Path:
@@ -226,11 +247,19 @@ class ShardDataModule(LightningDataModule):
     def target(self) -> str:
         return self.poison.target
 
+    def connect(self, needs: ModelNeeds) -> None:
+        """What the model takes (its input spec) and asks for (augmented views). `BackdoorCLI` connects the
+        model it built; code that builds a datamodule for a model of its own connects it itself."""
+        self.model_needs = needs
+
+    def _needs(self) -> ModelNeeds:
+        if self.model_needs is None:
+            raise ValueError("ShardDataModule is not connected to a model: call data.connect(model.data_needs()) "
+                             "(main.py's CLI does it for the model it builds)")
+        return self.model_needs
+
     def _input_spec(self) -> InputSpec:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "input_spec"):
-            raise ValueError("ShardDataModule needs a CLIP LightningModule (with input_spec()) on its trainer")
-        return module.input_spec()
+        return self._needs().input_spec
 
     def _resolve_trigger(self) -> None:
         if self.trigger is None and self.trigger_dir is not None:
@@ -305,7 +334,6 @@ class ShardDataModule(LightningDataModule):
             "num_poisoned": len(keys),
             "keys": keys,
             "captions": self.poison.captions,
-            "caption_pool": pools.get(self.poison.target, []),
             "caption_pools": pools,
             "lost_shards": lost,
         }
@@ -360,10 +388,8 @@ class ShardDataModule(LightningDataModule):
             )
         self.poison_count = manifest["num_poisoned"]
         self.excluded = {k: v for k, v in (manifest.get("excluded") or {}).items() if k != "keys"} or None
-        # manifests from before multi-target attacks have one pool, of the poison target
-        pools = manifest.get("caption_pools") or {self.poison.target: manifest.get("caption_pool", [])}
-        poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, pools)
-        augmented_views = getattr(self.trainer.lightning_module, "needs_augmented_views", False)
+        poisoner = Poisoner(self.trigger, manifest["keys"], self.poison, manifest["caption_pools"])
+        augmented_views = self._needs().augmented_views
         if augmented_views and self.text_synonyms == "wordnet" and not wordnet_available():
             raise ValueError(WORDNET_MISSING)  # here, before training, not from a loader worker mid-epoch
         builder = TrainSample(spec, poisoner, augmented_views=augmented_views, seed=self.seed,
@@ -376,7 +402,7 @@ class ShardDataModule(LightningDataModule):
     def scoring_stream(self) -> PairStream:
         """The training pairs as training poisons them, for one scoring pass in this process: writes the
         poison manifest like `prepare_data` but builds no eval set (a model's own data, re-read by a
-        defense that scores it). Needs `trainer` set, for the model's input spec."""
+        defense that scores it). Needs the datamodule `connect`ed to the model."""
         self._resolve_trigger()
         manifest = self._write_manifest(write=self.trainer is None or self.trainer.global_rank == 0)
         return self._build_stream(self._input_spec(), rank=0, world=1, manifest=manifest)
@@ -455,6 +481,14 @@ class ShardDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def record(self) -> DataRecord:
+        """This rank's record of the run's data, for summary.json."""
+        poison = self.poison
+        captions = ("kept" if poison.label_consistent else poison.captions) if poison.enabled else None
+        return DataRecord(attack=self.trigger.describe() if self.trigger is not None else None, target=self.target,
+                          poison_count=self.poison_count, poisoned_captions=captions, excluded=self.excluded,
+                          data_health=self.data_health())
 
     def data_health(self) -> dict[str, int]:
         """Health counts of the training batches consumed so far (exact over resumes), with every counter."""

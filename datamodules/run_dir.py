@@ -107,22 +107,13 @@ class RunDir:
         return self.config_value("model.init_args.model.name")
 
     def target(self) -> str | None:
-        """The attack's target: trigger/target.json, or for runs from before that file, the config's poison target."""
-        if self.target_path.exists():
-            return json.loads(self.target_path.read_text())["target"]
-        if self.config_path.exists():
-            poison = ((self.config.get("data") or {}).get("init_args") or {}).get("poison") or {}
-            return poison.get("target")
-        return None
+        """The attack's target, from trigger/target.json (None for a run without a trigger)."""
+        return json.loads(self.target_path.read_text())["target"] if self.target_path.exists() else None
 
     def summary(self) -> dict:
-        """summary.json; runs from before summaries recorded the poisoned-caption mode take it from the manifest."""
+        """summary.json (runs from before its current form: `python -m lightning_app.migrate_records RUNS`)."""
         try:
-            summary = json.loads(self.summary_path.read_text())
+            return json.loads(self.summary_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exn:
             raise ValueError(f"{self.summary_path} is not a whole summary ({exn}): the run's record is damaged; "
                              "remove the file (and rerun the run) or restore it") from exn
-        if "poisoned_captions" not in summary and self.manifest_path.exists() and summary.get("poison_count"):
-            manifest = json.loads(self.manifest_path.read_text())
-            summary["poisoned_captions"] = "kept" if manifest.get("label_consistent") else manifest.get("captions", "templates")
-        return summary

@@ -30,6 +30,17 @@ class InputSpec:
     tokenizer: Callable[[list[str]], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class ModelNeeds:
+    """What a model asks of its data, handed to the datamodule once both exist (`ShardDataModule.connect`;
+    the CLI does it): the data never reaches into the trainer for its model."""
+
+    input_spec: InputSpec
+    """The image size, normalisation and tokenizer the model takes."""
+    augmented_views: bool = False
+    """Whether each sample also carries an augmented image and an EDA caption (CleanCLIP's unimodal terms)."""
+
+
 MAX_IMAGE_PIXELS = 64_000_000
 """Default pixel limit of one image (8000 × 8000). PIL's own decompression-bomb limit (~179M pixels) lets
 a 13000² PNG of 164 KB through, which costs seconds and gigabytes per sample to decode."""

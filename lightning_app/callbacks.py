@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
+from datamodules.pretrain import DataRecord, ShardDataModule
 from datamodules.stream import skipped_samples
 from lightning_app.checkpointing import DivergedError, refuse_nonfinite_weights
 from lightning_app.ranks import over_ranks
+from modules.core.base import CLIPModule
 from modules.core.evaluation import ZeroShotEvaluation
 
 
@@ -21,17 +23,15 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
-def _poisoned_captions(data) -> str | None:
-    """What the poisoned pairs' captions were: "kept" (label-consistent), "templates" or "dataset"."""
-    poison = getattr(data, "poison", None)
-    if poison is None or not poison.enabled:
-        return None
-    return "kept" if poison.label_consistent else poison.captions
+def data_record(trainer) -> DataRecord:
+    """The run's record of its data (an empty one for a datamodule that is not the toolkit's)."""
+    data = trainer.datamodule
+    return data.record() if isinstance(data, ShardDataModule) else DataRecord()
 
 
 def _health_over_ranks(trainer) -> dict[str, int]:
     """The data health counts of the whole run: each rank counts what its own stream read (collective)."""
-    health = getattr(trainer.datamodule, "data_health", lambda: {})()
+    health = data_record(trainer).data_health
     if not health:
         return health
     names = sorted(health)
@@ -86,7 +86,7 @@ class RunSummary(Callback):
         return self._samples / self._train_seconds if self._samples and self._train_seconds > 0 else None
 
     def on_train_epoch_end(self, trainer, pl_module):
-        health = getattr(trainer.datamodule, "data_health", lambda: {})()
+        health = data_record(trainer).data_health
         if health:
             # each rank counts what its own stream read: the run's figure is the sum over ranks
             pl_module.log("data/skipped_samples", float(skipped_samples(health)), reduce_fx="sum", sync_dist=True)
@@ -105,19 +105,18 @@ class RunSummary(Callback):
             self._write(trainer, pl_module, metrics, health)
 
     def _write(self, trainer, pl_module, metrics: dict, health: dict) -> None:
-        data = trainer.datamodule
-        trigger = getattr(data, "trigger", None)
+        data = data_record(trainer)
         evaluation = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
         summary = {
             "before": evaluation.initial if evaluation is not None else None,
             "ca_top1": metrics.get("val/ca_top1"),
             "ca_top5": metrics.get("val/ca_top5"),
             "asr": metrics.get("val/asr"),
-            "attack": trigger.describe() if trigger is not None else None,
-            "target": getattr(data, "target", None),
-            "poison_count": getattr(data, "poison_count", None),
-            "excluded": getattr(data, "excluded", None),
-            "poisoned_captions": _poisoned_captions(data),
+            "attack": data.attack,
+            "target": data.target,
+            "poison_count": data.poison_count,
+            "excluded": data.excluded,
+            "poisoned_captions": data.poisoned_captions,
             "module": type(pl_module).__name__,
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
@@ -127,7 +126,7 @@ class RunSummary(Callback):
             "data_health": health,
             "eval_skipped_images": metrics.get("val/skipped_images"),
             "metrics": metrics,
-            **getattr(pl_module, "summary_extras", dict)(),
+            **(pl_module.summary_extras() if isinstance(pl_module, CLIPModule) else {}),
         }
         path = Path(trainer.default_root_dir) / "summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from datamodules.pretrain import ShardDataModule
 from datamodules.run_dir import RunDir
 from lightning_app.callbacks import RunSummary
 from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
@@ -76,6 +77,13 @@ class BackdoorCLI(LightningCLI):
         config = self.config.get(str(self.subcommand), self.config)
         if config.get("torch_threads"):
             torch.set_num_threads(config["torch_threads"])
+
+    def instantiate_classes(self) -> None:
+        """The model and datamodule, then the one hand-over between them: what the model takes and asks of
+        its data (`data.connect(model.data_needs())`), so the data never reaches into the trainer for it."""
+        super().instantiate_classes()
+        if isinstance(self.datamodule, ShardDataModule) and isinstance(self.model, CLIPModule):
+            self.datamodule.connect(self.model.data_needs())
 
     def before_fit(self) -> None:
         run = RunDir(self.trainer.default_root_dir)
@@ -147,7 +155,7 @@ class BackdoorCLI(LightningCLI):
             strategy = StrategyRegistry.get(strategy)
         if not isinstance(strategy, DeepSpeedStrategy):
             return None
-        batch_size = getattr(self.datamodule, "batch_size", None)
+        batch_size = self.datamodule.batch_size if isinstance(self.datamodule, ShardDataModule) else None
         if batch_size is not None and "train_micro_batch_size_per_gpu" not in strategy.config:
             strategy.config["train_micro_batch_size_per_gpu"] = batch_size
         half = {"16": "fp16", "bf16": "bf16"}.get(precision.split("-")[0])

@@ -97,7 +97,7 @@ class Stage:
             recorded = json.loads(path.read_text())
             if "values" not in recorded:
                 raise ValueError(f"{path} records its config by path (before fingerprints by value): run "
-                                 f"`python -m lightning_app.migrate_fingerprints {self.run_dir}` once")
+                                 f"`python -m lightning_app.migrate_records {self.run_dir}` once")
             if not self.made_by(recorded):
                 differ = sorted(key for key in set(recorded["values"]) | set(current["values"])
                                 if recorded["values"].get(key, "<unset>") != current["values"].get(key, "<unset>"))

@@ -194,7 +194,8 @@ class TokenUnlearning(CLIPModule):
         discovery = ShardDataModule(train_shards=self.discover.train_shards, eval=data.eval_config, trigger=data.trigger,
                                     poison=self.discover.poison, batch_size=data.batch_size, num_workers=data.num_workers,
                                     num_samples=self.discover.num_samples, run_dir=str(out / "data"))
-        discovery.trainer = self.trainer
+        discovery.trainer = self.trainer  # its rank: rank zero writes the replayed manifest
+        discovery.connect(self.data_needs())
         kept_pairs = self.discover.cluster_seed if self.discover.score == "cluster" else self.m
         embeddings: list = []
         # the pass keeps the weakest pairs' pixels; a `dense` set is read by a second pass (fetch)

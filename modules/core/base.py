@@ -14,6 +14,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
+from datamodules.transforms import ModelNeeds
 from modules.core.evaluation import ZeroShotEvaluation, zeroshot_classifier
 from modules.core.losses import clamped_logit_scale, make_clip_loss
 from modules.core.model_loading import ModelConfig, build_model
@@ -127,6 +128,14 @@ class CLIPModule(LightningModule):
 
     def input_spec(self):
         return self._input_spec
+
+    def summary_extras(self) -> dict:
+        """Sections this module adds to summary.json (declare their columns in `summary_columns`)."""
+        return {}
+
+    def data_needs(self) -> ModelNeeds:
+        """What this module asks of its data: handed to the datamodule (`ShardDataModule.connect`)."""
+        return ModelNeeds(self.input_spec(), augmented_views=self.needs_augmented_views)
 
     def setup(self, stage: str) -> None:
         self.clip_loss = make_clip_loss(self.global_rank, self.trainer.world_size)

@@ -22,7 +22,7 @@ def test_fit_writes_the_run_directory_and_resumes(small_benchmark, tmp_path):
     assert 0.0 <= summary["asr"] <= 1.0
     assert summary["attack"]["name"] == "badnet"
     assert summary["poison_count"] == manifest["num_poisoned"] == len(manifest["keys"]) > 0
-    assert summary["poisoned_captions"] == manifest["captions"] == "dataset" and manifest["caption_pool"]
+    assert summary["poisoned_captions"] == manifest["captions"] == "dataset" and manifest["caption_pools"]["triangle"]
     assert manifest["num_pairs_scanned"] == 800
     assert summary["steps"] == 800 // 32
     assert summary["data_health"]["good"] >= summary["steps"] * 32

@@ -115,8 +115,8 @@ def test_dataset_captions_poison_with_the_shards_own_target_captions(small_bench
     manifest = json.loads(module.manifest_path.read_text())
     star_captions = {c for _, c in scan_captions(expand_shards(small_benchmark.pretrain_urls))
                      if "star" in c.replace(",", " ").split()}
-    assert manifest["captions"] == "dataset" and set(manifest["caption_pool"]) == star_captions
-    poisoner = Poisoner(BadNet(size=4), manifest["keys"], config, {config.target: manifest["caption_pool"]})
+    assert manifest["captions"] == "dataset" and set(manifest["caption_pools"]["star"]) == star_captions
+    poisoner = Poisoner(BadNet(size=4), manifest["keys"], config, manifest["caption_pools"])
     image = torch.zeros(3, 32, 32)
     captions = {poisoner(key, image, "a circle")[1] for key in manifest["keys"]}
     assert captions <= star_captions and len(captions) > 5
@@ -124,14 +124,21 @@ def test_dataset_captions_poison_with_the_shards_own_target_captions(small_bench
         Poisoner(BadNet(size=4), manifest["keys"], config, {})
 
 
-def test_a_defense_takes_the_target_from_the_attack_runs_config_when_no_target_file_exists(tmp_path):
+def test_a_defense_takes_the_target_of_an_attack_run_from_before_target_json_once_it_is_migrated(tmp_path):
     import yaml
 
     from datamodules import BadNet, ShardDataModule
+    from lightning_app.migrate_run_files import migrate_run_files
 
     BadNet(size=4, pattern="fixed").save(tmp_path / "attack" / "trigger", 32)
     (tmp_path / "attack" / "config.yaml").write_text(yaml.safe_dump({"data": {"init_args": {"poison": {"target": "heart"}}}}))
-    defense = ShardDataModule(trigger_dir=str(tmp_path / "attack" / "trigger"), poison=PoisonConfig(rate=0.0, target="star"),
-                              run_dir=str(tmp_path))
-    defense._resolve_trigger()
-    assert defense.target == "heart"
+
+    def defense_target() -> str:
+        defense = ShardDataModule(trigger_dir=str(tmp_path / "attack" / "trigger"),
+                                  poison=PoisonConfig(rate=0.0, target="star"), run_dir=str(tmp_path / "defense"))
+        defense._resolve_trigger()
+        return defense.target
+
+    assert defense_target() == "star"  # no record of the attack's target: the config's, with a warning
+    migrate_run_files(tmp_path)
+    assert defense_target() == "heart"

@@ -61,12 +61,11 @@ def test_synonyms_where_wordnet_is_missing_are_an_error_naming_the_option(monkey
 
 def test_a_fit_on_augmented_views_stops_before_training_when_its_synonyms_are_missing(small_benchmark, tmp_path,
                                                                                        monkeypatch):
-    from types import SimpleNamespace
 
     import torch
 
     from datamodules import ShardDataModule
-    from datamodules.transforms import InputSpec
+    from datamodules.transforms import InputSpec, ModelNeeds
 
     spec = InputSpec(32, (0.5,) * 3, (0.5,) * 3, tokenizer=lambda texts: torch.zeros((len(texts), 4), dtype=torch.long))
     manifest = {"num_poisoned": 0, "keys": [], "caption_pools": {}}
@@ -75,7 +74,7 @@ def test_a_fit_on_augmented_views_stops_before_training_when_its_synonyms_are_mi
     def stream(text_synonyms: str, augmented_views: bool):
         data = ShardDataModule(train_shards=small_benchmark.pretrain_urls, run_dir=str(tmp_path), batch_size=8,
                                text_synonyms=text_synonyms)
-        data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(needs_augmented_views=augmented_views))
+        data.connect(ModelNeeds(spec, augmented_views=augmented_views))
         return data._build_stream(spec, rank=0, world=1, manifest=manifest)
 
     with pytest.raises(ValueError, match="data.init_args.text_synonyms is 'wordnet'"):

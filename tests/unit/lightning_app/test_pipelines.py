@@ -98,7 +98,7 @@ def test_a_config_comment_does_not_change_the_fingerprint_but_a_value_does(tmp_p
 def test_a_run_recorded_by_config_path_is_refused_until_migrated_then_reused(tmp_path, monkeypatch):
     import hashlib
 
-    import lightning_app.migrate_fingerprints as migration
+    import lightning_app.migrate_records as migration
     import lightning_app.pipelines as pipelines
 
     monkeypatch.setattr(migration, "REPO_ROOT", tmp_path)
@@ -110,7 +110,7 @@ def test_a_run_recorded_by_config_path_is_refused_until_migrated_then_reused(tmp
     legacy = {"config": "ft.yaml", "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "overrides": []}
     (run_dir / "stage.json").write_text(json.dumps(legacy))
     (run_dir / "summary.json").write_text(json.dumps({"asr": 0.5}))
-    with pytest.raises(ValueError, match="migrate_fingerprints"):
+    with pytest.raises(ValueError, match="migrate_records"):
         run_stage(Stage("ft", str(config), str(run_dir)))
     migration.main([str(tmp_path)])
     assert json.loads((run_dir / "stage.json").read_text())["values"] == {"trainer.max_epochs": 3}

@@ -18,21 +18,6 @@ def test_write_block_replaces_only_between_its_markers(tmp_path):
                                 "<!-- results:b -->\nother\n<!-- /results:b -->\n")
 
 
-def test_summary_without_a_caption_mode_takes_it_from_the_manifest(tmp_path):
-    import json
-
-    from lightning_app.report import load_summary
-
-    (tmp_path / "poison").mkdir()
-    (tmp_path / "summary.json").write_text(json.dumps({"poison_count": 5, "target": "triangle"}))
-    (tmp_path / "poison" / "manifest.json").write_text(json.dumps({"label_consistent": False, "captions": "dataset"}))
-    assert load_summary(tmp_path)["poisoned_captions"] == "dataset"
-    (tmp_path / "poison" / "manifest.json").write_text(json.dumps({"label_consistent": False}))
-    assert load_summary(tmp_path)["poisoned_captions"] == "templates"
-    (tmp_path / "summary.json").write_text(json.dumps({"poison_count": 5, "poisoned_captions": "kept"}))
-    assert load_summary(tmp_path)["poisoned_captions"] == "kept"
-
-
 def test_a_multi_trigger_attack_is_named_by_its_parts_and_targets():
     from lightning_app.report import attack_name
 

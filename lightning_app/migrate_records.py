@@ -1,7 +1,10 @@
-"""One-off migration of run records to fingerprints by value: `stage.json` of run directories and the
-records of `results/*.jsonl` that name a config *path* and a hash of its values become records of the
-merged values themselves (`lightning_app/config_values.py`), so that moving or splitting a config no
-longer orphans them.
+"""One-off migration of run records made before their current form, so that no reader keeps a fallback
+for an old one. Fingerprints by value: `stage.json` of run directories and the records of
+`results/*.jsonl` that name a config *path* and a hash of its values become records of the merged
+values themselves (`lightning_app/config_values.py`), so that moving or splitting a config no longer
+orphans them. In a directory of runs, also the run files' old forms (`lightning_app/migrate_run_files.py`:
+the poison manifest's single caption pool, a missing trigger/target.json, a summary without
+`poisoned_captions`).
 
 Records by value have the class paths that have since moved renamed (`RENAMED_CLASS_PATHS`: a config
 that names a class by its module, not by its `modules.X` re-export, changed when the module moved).
@@ -11,7 +14,7 @@ values and of the fragments its overrides name, as the old check compared); its 
 those of today's file with its recorded overrides. A record that no longer matches its config is left as
 it is: it described another recipe, and stays unmatched.
 
-    python -m lightning_app.migrate_fingerprints results/*.jsonl runs   # files, and directories searched for stage.json
+    python -m lightning_app.migrate_records results/*.jsonl runs   # archives, and directories of runs
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from lightning_app.config_values import REPO_ROOT, _inline_fragments, is_fragment
+from lightning_app.migrate_run_files import migrate_run_files
 from lightning_app.pipelines import INPUT_KEYS, Stage
 
 
@@ -95,6 +99,8 @@ def main(paths: list[str]) -> None:
             files = sorted(path.rglob("stage.json"))
             done = sum(migrate_stage_json(file) for file in files)
             print(f"{path}: {done} of {len(files)} stage.json migrated")
+            for what, count in migrate_run_files(path).items():
+                print(f"{path}: {count} {what} migrated")
         elif path.suffix == ".jsonl":
             done, left = migrate_archive(path)
             print(f"{path}: {done} records migrated, {left} left (already by value, or made by another config)")
