@@ -22,7 +22,8 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # the repository's pa
 
 from conftest import learning_benchmark_at, train_small  # noqa: E402
 
-from datamodules.poison.triggers import OptimizedPatch, save_png  # noqa: E402
+from datamodules.poison.patch_triggers import OptimizedPatch  # noqa: E402
+from datamodules.poison.trigger_base import save_png  # noqa: E402
 from lightning_app.cli import BackdoorCLI  # noqa: E402
 from modules.attacks.badclip import target_closeness  # noqa: E402
 from modules.core.model_loading import ModelConfig, build_model  # noqa: E402

@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -117,3 +118,21 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError) as exn:
             raise ValueError(f"{self.summary_path} is not a whole summary ({exn}): the run's record is damaged; "
                              "remove the file (and rerun the run) or restore it") from exn
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """What a run's data was, for its summary.json (`ShardDataModule.record`)."""
+
+    attack: Optional[dict] = None
+    """The trigger's name and parameters (None: no trigger, no ASR)."""
+    target: Optional[str] = None
+    """The class ASR counts toward."""
+    poison_count: Optional[int] = None
+    """Training pairs poisoned."""
+    poisoned_captions: Optional[str] = None
+    """The poisoned pairs' captions: "kept" (label-consistent), "templates" or "dataset" (None: no poisoning)."""
+    excluded: Optional[dict] = None
+    """What a data-level defense dropped (count, and poisoned among them)."""
+    data_health: dict[str, int] = field(default_factory=dict)
+    """This rank's counts of the training data consumed (good, skipped, lost)."""

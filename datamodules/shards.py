@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import tarfile
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Optional, Union
 
@@ -111,3 +113,20 @@ def read_text_lines(path: Path, option: Optional[str] = None) -> list[str]:
     if not path.exists():
         raise ValueError(f"{option or 'file'}: {path} does not exist")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def shard_order(urls: list[str], seed: int, epoch: int, shuffle: bool) -> list[dict]:
+    """The shards of an epoch, in a per-(seed, epoch) order when `shuffle` (the same on every rank)."""
+    order = list(urls)
+    if shuffle:
+        random.Random(f"{seed}/{epoch}").shuffle(order)
+    return [{"url": url} for url in order]
+
+
+def passthrough(src: Iterator) -> Iterator:
+    return src
+
+
+def every_nth(src: Iterator, start: int, step: int) -> Iterator:
+    """Shards `start`, `start + step`, ...: webdataset's split_by_worker, with the worker's role given."""
+    return islice(src, start, None, step)

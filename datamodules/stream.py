@@ -40,62 +40,18 @@ from itertools import islice
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from datamodules.shards import every_nth, passthrough, shard_order
+from datamodules.stream_health import (
+    _LOGGED_SKIPS,
+    _MIN_SEEN_FOR_FRACTION,
+    IMAGE_EXTENSIONS,
+    CorruptDataError,
+    StreamHealth,
+    skipped_samples,
+)
 from datamodules.transforms import MAX_IMAGE_PIXELS, TrainSample, decode_image
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-SKIP_REASONS = ("bad_image", "bad_caption", "missing_caption", "tar_error")
-COUNTERS = ("good", *SKIP_REASONS, "lost_shards", "lost_samples", "excluded")
-SKIPPED_SAMPLES = ("bad_image", "bad_caption", "missing_caption", "tar_error", "lost_samples")
-_MIN_SEEN_FOR_FRACTION = 200
-_LOGGED_SKIPS = 10
-
-
-class StreamHealth:
-    """Counts of good and skipped samples and of lost shards, shared by the DataLoader's worker processes."""
-
-    def __init__(self, worker_start: str = "forkserver") -> None:
-        # made in the context the workers start in: a lock from another one cannot cross into them
-        self._counts = mp.get_context(worker_start).Array("q", len(COUNTERS))
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._counts.get_lock():
-            self._counts[COUNTERS.index(name)] += n
-
-    def restore(self, counts: dict[str, int]) -> None:
-        with self._counts.get_lock():
-            for index, name in enumerate(COUNTERS):
-                self._counts[index] = counts.get(name, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._counts.get_lock():
-            values = list(self._counts)
-        return dict(zip(COUNTERS, values))
-
-
-def skipped_samples(counts: dict[str, int]) -> int:
-    return sum(counts.get(name, 0) for name in SKIPPED_SAMPLES)
-
-
-class CorruptDataError(RuntimeError):
-    pass
-
-
-def _shard_order(urls: list[str], seed: int, epoch: int, shuffle: bool) -> list[dict]:
-    order = list(urls)
-    if shuffle:
-        random.Random(f"{seed}/{epoch}").shuffle(order)
-    return [{"url": url} for url in order]
-
-
-def _passthrough(src: Iterator) -> Iterator:
-    return src
-
-
-def _every_nth(src: Iterator, start: int, step: int) -> Iterator:
-    """Shards `start`, `start + step`, ...: webdataset's split_by_worker, with the worker's role given."""
-    return islice(src, start, None, step)
 
 
 class PairStream(IterableDataset):
@@ -304,15 +260,15 @@ class PairStream(IterableDataset):
         rank, _, _, _ = wds.utils.pytorch_worker_info()
         shuffle_seed = hashlib.sha256(f"{self.seed}/{epoch}/{rank}/{worker}".encode()).hexdigest()
         pipeline = wds.DataPipeline(
-            partial(iter, _shard_order(self.urls, self.seed, epoch, shuffle=self.shuffle_buffer > 0)),
+            partial(iter, shard_order(self.urls, self.seed, epoch, shuffle=self.shuffle_buffer > 0)),
             wds.split_by_node,
-            partial(_every_nth, start=worker, step=self.num_workers),
+            partial(every_nth, start=worker, step=self.num_workers),
             self._record_opened,
             wds.tarfile_to_samples(handler=self._on_tar_error),
             self._read,
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(shuffle_seed))
             if self.shuffle_buffer > 0
-            else _passthrough,
+            else passthrough,
             wds.map(self._prepare, handler=wds.reraise_exception),
             wds.batched(self.batch_size, collation_fn=self.sample_builder.collate, partial=False),
             wds.map(self._with_health),

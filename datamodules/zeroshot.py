@@ -24,7 +24,7 @@ from torchvision.transforms import Normalize
 
 from datamodules.poison import MultiTrigger, Trigger
 from datamodules.shards import read_text_lines, sample_key
-from datamodules.stream import IMAGE_EXTENSIONS
+from datamodules.stream_health import IMAGE_EXTENSIONS
 from datamodules.transforms import InputSpec, ModelGeometry, decode_image
 
 log = logging.getLogger(__name__)

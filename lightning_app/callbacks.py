@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from datamodules.pretrain import DataRecord, ShardDataModule
-from datamodules.stream import skipped_samples
+from datamodules.pretrain import ShardDataModule
+from datamodules.run_dir import DataRecord
+from datamodules.stream_health import skipped_samples
 from lightning_app.checkpointing import DivergedError, refuse_nonfinite_weights
 from lightning_app.ranks import over_ranks
 from modules.core.base import CLIPModule

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import yaml
 
-from datamodules.stream import CorruptDataError
+from datamodules.stream_health import CorruptDataError
 from lightning_app.checkpointing import DivergedError
 
 DEBUG_ENV = "CLIP_BACKDOOR_DEBUG"

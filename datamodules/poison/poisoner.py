@@ -9,8 +9,9 @@ from typing import Optional
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
+from datamodules.poison.multi_trigger import MultiTrigger
 from datamodules.poison.selection import PoisonConfig
-from datamodules.poison.triggers import MultiTrigger, Trigger
+from datamodules.poison.trigger_base import Trigger
 
 
 def poisoned_caption(key: str, target: str, seed: int, pool: Sequence[str] = ()) -> str:

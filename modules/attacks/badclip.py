@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.poison.selection import names_target, poison_score
-from datamodules.poison.triggers import save_png
+from datamodules.poison.trigger_base import save_png
 from datamodules.transforms import apply_trigger
 from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 from modules.core.adversarial import PatchOptimisation, paste_patch, random_positions

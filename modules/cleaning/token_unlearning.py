@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,9 @@ from typing import Literal, Optional
 
 import torch
 
-from datamodules.poison import PoisonConfig
-from datamodules.pretrain import ShardDataModule
+from datamodules.poison import PoisonConfig, load_trigger
+from datamodules.run_dir import RunDir
+from datamodules.train_stream import replayed_stream
 from datamodules.transforms import normalise_pixels
 from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_norms_in_eval, token_local_parameters
@@ -191,21 +193,23 @@ class TokenUnlearning(CLIPModule):
     def _discover(self, out: Path) -> dict:
         """Stage 1 without overfitting, on the model as it comes in: keep the m pairs `discover.score` ranks first."""
         data = self.trainer.datamodule
-        discovery = ShardDataModule(train_shards=self.discover.train_shards, eval=data.eval_config, trigger=data.trigger,
-                                    poison=self.discover.poison, batch_size=data.batch_size, num_workers=data.num_workers,
-                                    num_samples=self.discover.num_samples, run_dir=str(out / "data"))
-        discovery.trainer = self.trainer  # its rank: rank zero writes the replayed manifest
-        discovery.connect(self.data_needs())
+        trigger = load_trigger(data.attack_run().trigger_dir)  # the attack's trigger, replayed on its data
+        settings = dataclasses.replace(data.stream_settings, num_samples=self.discover.num_samples)
+        manifest_path = RunDir(out / "data").manifest_path
+
+        def replayed(write: bool):
+            return replayed_stream(self.discover.train_shards, trigger, self.discover.poison, self.data_needs(),
+                                   settings, manifest_path if write and self.global_rank == 0 else None)[0]
         kept_pairs = self.discover.cluster_seed if self.discover.score == "cluster" else self.m
         embeddings: list = []
         # the pass keeps the weakest pairs' pixels; a `dense` set is read by a second pass (fetch)
         keep = None if self.discover.score == "dense" else (lambda key, s: -s)
-        similarity, kept = score_stream(self, discovery.scoring_stream(), kept_pairs, keep=keep, embeddings=embeddings)
+        similarity, kept = score_stream(self, replayed(write=True), kept_pairs, keep=keep, embeddings=embeddings)
         scores, candidates = one_pass_rankings(similarity, embeddings, self.discover.score, self.discover.cluster_seed)
         _, detection, _ = write_discovery(
-            out, scores, kept, self.discover.score, self.m, self.discover.report_k, discovery.manifest_path, candidates,
-            self.discover.set_rule, fetch=lambda keys: collect_pairs(discovery.scoring_stream(), keys, self.input_spec()),
-            part_names=part_names_of(data.trigger))
+            out, scores, kept, self.discover.score, self.m, self.discover.report_k, manifest_path, candidates,
+            self.discover.set_rule, fetch=lambda keys: collect_pairs(replayed(write=False), keys, self.input_spec()),
+            part_names=part_names_of(trigger))
         self.trainer.strategy.barrier()  # every rank reads the pairs that rank zero wrote
         return detection
 

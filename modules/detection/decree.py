@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.poison.triggers import MaskedPattern
+from datamodules.poison.patch_triggers import MaskedPattern
 from datamodules.transforms import denormalise, normalise_pixels
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig

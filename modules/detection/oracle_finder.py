@@ -19,38 +19,9 @@ written in UBT's format (`RUN/oracle/suspicious_pairs.safetensors`, `suspicious.
 `modules.UBTUnlearn` can unlearn them (`suspicious_dir: RUN/oracle`): the other repair, by the victim
 samples rather than the trigger.
 
-Choices made here, where the paper's summary leaves them open:
-- a region is shown to the model *in place*, at its own scale, on a canvas of the image's mean
-  colour (a tight crop resized to the input would enlarge a small trigger beyond the size the model
-  learnt it at);
-- "grounds" means "is labelled ŷ by the model"; the oracle's own object labels (FastSAM's prompts)
-  are not used, so a small object of the victim class is a false candidate;
-- the victim label is decided by a transplant test (`victim_rule: transplant`, default): for each
-  label, the small regions of its `verify_top` best-scored candidates are pasted, in place, onto
-  `verify_images` of the defender's images the model labels otherwise, and the label whose best region
-  turns the most of them into it wins; that region is the recovered trigger. A trigger works on any
-  image, a small object of the class rarely outweighs another image's own object. `victim_rule: count`
-  (the label with the most candidates, the recovered trigger its top-scored region) was the first
-  version: on the embedded BadNet models it named the target on 2 of 3 seeds, with the target's share of
-  the candidates 0.16-0.20 against 0.10 for a uniform spread (docs/results/defenses.md, defenses-oracle).
-- `victim_rule: collapse` (default) takes each label's best region from the same transplant test and
-  names the label whose region, pasted onto the defender's images, collapses their embeddings the most
-  (the mean pairwise cosine similarity, DECREE's criterion): a backdoor trigger sends every stamped image
-  to one point, while a region of a class (the embedded `checkerboard` texture) turns images by adding a
-  feature and leaves them as varied as they were. Added after the transplant rule named `checkerboard` on
-  one of three BadCLIP models, where its turn rates were near 1 for both labels (0.95 against the
-  target's 0.92; docs/results/badclip.md, badclip-oracle); `transplant` stays available and is reported beside it.
-- the victim samples are ranked by their own region's transplant rate, not by score, and only those
-  that turn at least half the images are handed to unlearning: a clean image of the victim class whose
-  object is small is a candidate too, but its object does not turn other images. The score ranking
-  (kept for `victim_rule: count`, which measures no transplants) handed BadCLIP's unlearning sets that
-  were 15-28% poisoned, and the unlearning cost up to 7 points of CA; this ranking was added after
-  seeing that (docs/results/badclip.md, badclip-oracle).
-- with `remainder_check` (default) a candidate must also lose ŷ when its small region is painted
-  out (the rest of the image, its object, is labelled otherwise), and its score is
-  p_region(ŷ)·p_rest(label of the rest): a clean image of the victim class whose object is small keeps
-  only background when the object is removed, which the model labels with little confidence, so it
-  scores low; `remainder_check: false` measures the area rule alone.
+The choices made where the paper's summary leaves a point open (how a region is shown to the model, what
+"grounds" means, the victim rules `transplant`, `count` and `collapse`, the ranking of the victim samples,
+the remainder check) and what each was measured against: docs/oracle_finder.md.
 
 Evaluation only (no decision reads them): AUROC and precision/recall@k of the ranking against the
 poison manifest, whether the victim label equals the attack's target, and the IoU of the recovered

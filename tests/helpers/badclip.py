@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from datamodules.poison.triggers import save_png
+from datamodules.poison.trigger_base import save_png
 
 
 def _patch_file(tmp_path, size=4, seed=0):

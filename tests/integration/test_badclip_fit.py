@@ -10,7 +10,7 @@ import json
 
 from helpers.badclip import _patch_file
 
-from datamodules.poison.triggers import OptimizedPatch
+from datamodules.poison.patch_triggers import OptimizedPatch
 from modules.attacks.badclip import target_closeness
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 from datamodules.embedded.writers import encode_image, write_img2dataset_shard
 from datamodules.poison import PoisonConfig, Poisoner
 from datamodules.shards import scan_captions, shard_sizes
-from datamodules.stream import CorruptDataError, PairStream
+from datamodules.stream import PairStream
+from datamodules.stream_health import CorruptDataError
 from datamodules.transforms import InputSpec, TrainSample
 
 

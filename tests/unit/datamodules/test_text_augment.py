@@ -75,7 +75,7 @@ def test_a_fit_on_augmented_views_stops_before_training_when_its_synonyms_are_mi
         data = ShardDataModule(train_shards=small_benchmark.pretrain_urls, run_dir=str(tmp_path), batch_size=8,
                                text_synonyms=text_synonyms)
         data.connect(ModelNeeds(spec, augmented_views=augmented_views))
-        return data._build_stream(spec, rank=0, world=1, manifest=manifest)
+        return data._build_stream(world=1, manifest=manifest)
 
     with pytest.raises(ValueError, match="data.init_args.text_synonyms is 'wordnet'"):
         stream("wordnet", augmented_views=True)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from helpers.badclip import _patch_file
 
 from datamodules.poison import load_trigger
-from datamodules.poison.triggers import OptimizedPatch
+from datamodules.poison.patch_triggers import OptimizedPatch
 from modules.attacks.badclip import BadCLIPWeights, badclip_terms
 
 
