@@ -156,8 +156,8 @@ def summary_result_sha256(run_dir: str) -> str | None:
     return result_sha256(load_summary(Path(run_dir))) if (Path(run_dir) / "summary.json").exists() else None
 
 
-def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
-    """Run (or reuse, or resume) one stage; returns its summary."""
+def run_stage(stage: Stage, log_dir: Path | None = None, env: dict | None = None) -> dict:
+    """Run (or reuse, or resume) one stage; returns its summary. `env`: the fit's environment (its devices)."""
     stage.check_or_record_fingerprint()
     if stage.summary_path.exists():
         log.info("[%s] reusing %s", stage.label, stage.summary_path)
@@ -172,7 +172,7 @@ def run_stage(stage: Stage, log_dir: Path | None = None) -> dict:
     log.info("[%s] running: %s  (log: %s)", stage.label, " ".join(command), log_path)
     start = time.perf_counter()
     with open(log_path, "w") as out:
-        result = subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"stage {stage.label!r} failed (exit {result.returncode}); see {log_path}")
     if not stage.summary_path.exists():  # Lightning ends a fit stopped by SIGTERM with exit status 0

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--where", nargs="+", default=[], metavar="AXIS=VALUES",
                         help="only these values of an axis (comma-separated), e.g. --where attack=badnet,blended")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run up to N runs at once whose dependencies have finished (every study on the machine "
+                             "shares N slots: runs/.experiments.slots/)")
+    parser.add_argument("--devices-per-job", type=int, default=1, metavar="K",
+                        help="GPUs each run gets (slot i: visible GPUs i·K..i·K+K-1, as CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of the experiment's seeds")
     parser.add_argument("--archive", action="store_true",
                         help="record the runs finished here in results/NAME.jsonl, which reports read on checkouts "
@@ -64,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
             experiment.seeds = args.seeds
         restrict_axes(experiment, args.where)
         check_blocks(experiment, args.blocks)  # before hours of runs, not after
+        if args.jobs < 1 or args.devices_per_job < 1:
+            raise ValueError(f"--jobs and --devices-per-job must be ≥ 1, got {args.jobs} and {args.devices_per_job}")
         if args.dry_run:
-            print(plan(experiment, args.only))
+            print(plan(experiment, args.only, args.jobs))
             return 0
         if args.command == "report":
             paths = write_views(experiment, collect(experiment, expand(experiment), archive=archive),
                                 args.update_docs, args.drop_rows, args.blocks)
         else:
-            run_experiment(experiment, args.only, args.update_docs, archive, args.drop_rows, args.blocks)
+            run_experiment(experiment, args.only, args.update_docs, archive, args.drop_rows, args.blocks,
+                           jobs=args.jobs, devices_per_job=args.devices_per_job)
             paths = []
     except (ValueError, RuntimeError) as exn:
         print(f"error: {exn}", file=sys.stderr)

@@ -11,6 +11,7 @@ from pathlib import Path
 from lightning_app.config_values import config_values
 from lightning_app.experiments.archive import Summaries, made_here_by_this_config
 from lightning_app.experiments.expansion import expand, pipeline_stage
+from lightning_app.experiments.pool import waves
 from lightning_app.experiments.runner import by_chain, select
 from lightning_app.experiments.schema import Experiment, StageRun
 
@@ -31,11 +32,15 @@ def status(run: StageRun) -> str:
     return "run"
 
 
-def plan(experiment: Experiment, only: list[str] | None = None) -> str:
+def plan(experiment: Experiment, only: list[str] | None = None, jobs: int = 1) -> str:
+    """Every run with what running would do to it, and the estimated time; with `jobs` > 1, the waves of
+    runs that would start together and the time at that many jobs."""
     lines = []
     summaries = Summaries(experiment)
     to_run, same_run, same_stage, archived = 0, [], [], archived_wall_times(summaries)
-    for run in by_chain(select(experiment, expand(experiment), only)):
+    estimates: dict[str, float | None] = {}
+    chain = by_chain(select(experiment, expand(experiment), only))
+    for run in chain:
         waits = [d.stage.name for d in run.deps.values() if not d.run_dir.is_finished()]
         state = status(run)
         line = f"{state:<10} {run.id:<45} {run.run_dir}  ({run.config})"
@@ -51,9 +56,25 @@ def plan(experiment: Experiment, only: list[str] | None = None) -> str:
                 same_run.append(estimate)
             elif (estimate := wall_time_of_stage(run, archived)) is not None:
                 same_stage.append(estimate)
+            estimates[run.id] = estimate
     if to_run:
         lines.append(_estimate_line(to_run, same_run, same_stage))
+    if to_run and jobs > 1:
+        lines += _waves_lines([run for run in chain if run.id in estimates], jobs, estimates)
     return "\n".join(lines)
+
+
+def _waves_lines(runs: list[StageRun], jobs: int, estimates: dict[str, float | None]) -> list[str]:
+    """The waves of runs that start together at `jobs`, and the time: each wave as long as its longest run."""
+    lines, total, known = [], 0.0, True
+    for number, wave in enumerate(waves(runs, jobs), start=1):
+        lines.append(f"wave {number}: {', '.join(wave)}")
+        times = [estimates[run_id] for run_id in wave]
+        known = known and None not in times
+        total += max((t for t in times if t is not None), default=0.0)
+    lines.append(f"at --jobs {jobs}: about {_duration(total)} in {number} waves"
+                 + ("" if known else " (runs with nothing finished to tell counted as 0)"))
+    return lines
 
 
 def _estimate_line(to_run: int, same_run: list[float], same_stage: list[float]) -> str:

@@ -1,25 +1,22 @@
-"""Running an experiment: each run a `main.py fit` in its own process and run directory, one at a
-time, reusing finished runs and resuming interrupted ones (lightning_app.pipelines), then the views.
+"""Running an experiment: each run a `main.py fit` in its own process and run directory, reusing finished runs and resuming interrupted ones (lightning_app.pipelines), then the views.
 
 Runs go one chain at a time: a seed's first run (e.g. one attack), then every run made from it, before
 the next (`by_chain`), so a study stopped part way leaves whole rows rather than a stage of every row.
 
-Only one experiment trains at a time on a machine: a second invocation waits for the first's lock
-(`runs/.experiments.lock`), so two studies started together run one after the other instead of
-sharing the cores.
+With `--jobs N`, up to N runs whose dependencies have finished run at once (`pool.py`). Every study on
+a machine shares its slots (`runs/.experiments.slots/`), so two studies started together share the
+cores or GPUs instead of oversubscribing them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 from pathlib import Path
 
 from lightning_app.experiments.archive import archive_runs
 from lightning_app.experiments.docs_blocks import write_views
 from lightning_app.experiments.expansion import expand, pipeline_stage
+from lightning_app.experiments.pool import run_pool
 from lightning_app.experiments.rows import collect
 from lightning_app.experiments.schema import Experiment, StageRun
 from lightning_app.export import export_run
@@ -27,28 +24,8 @@ from lightning_app.pipelines import REPO_ROOT, run_stage
 
 log = logging.getLogger(__name__)
 
-LOCK = REPO_ROOT / "runs" / ".experiments.lock"
-
-
-@contextlib.contextmanager
-def machine_lock(path: Path | None = None):
-    path = path or LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            log.info("another experiment is running (%s); waiting for it to finish", handle.read().strip() or "?")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+SLOTS = REPO_ROOT / "runs" / ".experiments.slots"
+"""The machine's slots (`pool.py`): every study here shares them."""
 
 
 def select(experiment: Experiment, runs: list[StageRun], only: list[str] | None) -> list[StageRun]:
@@ -86,30 +63,23 @@ def by_chain(runs: list[StageRun]) -> list[StageRun]:
 
 
 def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,
-                   archive: bool = False, drop_rows: bool = False, blocks: list[str] | None = None) -> list[dict]:
-    """Run what is not finished, then write results.jsonl and the views from every finished run (and with
-    `archive`, record each run in the experiment's results archive as it finishes).
+                   archive: bool = False, drop_rows: bool = False, blocks: list[str] | None = None,
+                   jobs: int = 1, devices_per_job: int = 1) -> list[dict]:
+    """Run what is not finished, `jobs` at a time (`pool.py`), then write results.jsonl and the views from
+    every finished run (and with `archive`, record each run in the experiment's results archive as it
+    finishes).
 
     A failed run is reported and its dependants skipped; the others go on. Raises at the end if any failed."""
     runs = expand(experiment)
-    failed: dict[str, str] = {}
-    with machine_lock():
-        for run in by_chain(select(experiment, runs, only)):
-            broken = [d.id for d in run.deps.values() if d.id in failed]
-            if broken:
-                failed[run.id] = f"skipped: {broken[0]} failed"
-                log.error("[%s] %s", run.id, failed[run.id])
-                continue
-            try:
-                run_stage(pipeline_stage(run))
-            except (RuntimeError, ValueError) as exn:
-                failed[run.id] = str(exn)
-                log.error("[%s] %s", run.id, exn)
-                continue
-            if archive or update_docs:
-                # each run as it finishes: an invocation can take hours, and a machine that is lost in them
-                # keeps what the archive holds
-                archive_runs(experiment, [run])
+
+    def finished(run: StageRun) -> None:
+        if archive or update_docs:
+            # each run as it finishes: an invocation can take hours, and a machine that is lost in them
+            # keeps what the archive holds
+            archive_runs(experiment, [run])
+
+    failed = run_pool(by_chain(select(experiment, runs, only)), jobs,
+                      lambda run, env: run_stage(pipeline_stage(run), env=env), finished, devices_per_job, SLOTS)
     rows = collect(experiment, runs, archive=archive or update_docs)
     for path in write_views(experiment, rows, update_docs, drop_rows, blocks):
         log.info("wrote %s", path)

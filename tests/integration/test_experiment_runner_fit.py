@@ -31,7 +31,7 @@ def test_a_chain_runs_once_and_a_second_invocation_reuses_it(tmp_path, small_ben
         "tables": [{"block": "chain", "rows": ["stage"], "columns": ["ca_top1", "asr", "cost"], "reference": "ft"}],
     }
     (tmp_path / "chain.yaml").write_text(yaml.safe_dump(chain))
-    monkeypatch.setattr(runner, "LOCK", tmp_path / "lock")
+    monkeypatch.setattr(runner, "SLOTS", tmp_path / "slots")
     experiment = load_experiment(tmp_path / "chain.yaml")
     rows = runner.run_experiment(experiment, update_docs=False)
     attack, ft = expand(experiment)

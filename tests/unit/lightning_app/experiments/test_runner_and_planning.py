@@ -76,13 +76,13 @@ def test_each_run_is_archived_as_it_finishes_not_when_the_invocation_ends(tmp_pa
     runs = {str(run.run_dir): run for run in expand(experiment)}
     finished = []
 
-    def fake_run_stage(stage):
+    def fake_run_stage(stage, env=None):
         if len(finished) == 2:
             raise KeyboardInterrupt  # the machine goes away during the third run
         _finish(runs[stage.run_dir], {"ca_top1": 0.9, "asr": 0.5, "wall_time_s": 1.0})
         finished.append(stage.run_dir)
 
-    monkeypatch.setattr(runner, "LOCK", tmp_path / "lock")
+    monkeypatch.setattr(runner, "SLOTS", tmp_path / "slots")
     monkeypatch.setattr(runner, "run_stage", fake_run_stage)
     with pytest.raises(KeyboardInterrupt):
         runner.run_experiment(experiment, archive=True)
