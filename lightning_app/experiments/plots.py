@@ -41,6 +41,13 @@ def _save_ca_asr(fig, axes: list, title: str, path: Path) -> Path:
     return path
 
 
+def plot_title(experiment: Experiment) -> str:
+    """What the points are: one run each (one seed), or means with their 95% intervals."""
+    if len(experiment.seeds) == 1:
+        return f"{experiment.name}: one seed ({experiment.seeds[0]}), each point a run"
+    return f"{experiment.name}: mean and 95% interval over seeds"
+
+
 def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], path: Path) -> Path | None:
     """One point per table row at its mean ASR and CA, with the 95% intervals as error bars."""
     groups = group_rows(experiment, table, rows)
@@ -64,7 +71,7 @@ def ca_vs_asr_plot(experiment: Experiment, table: TableSpec, rows: list[dict], p
         ax.errorbar([asr.mean], [ca.mean], xerr=[[asr.mean - asr.low], [asr.high - asr.mean]],
                     yerr=[[ca.mean - ca.low], [ca.high - ca.mean]], fmt=marker, color=colours[stage], capsize=3,
                     label=label)
-    return _save_ca_asr(fig, [ax], f"{experiment.name}: mean and 95% interval over seeds", path)
+    return _save_ca_asr(fig, [ax], plot_title(experiment), path)
 
 
 def plot_panels(table: TableSpec, points: list[dict]) -> tuple[str | None, list[str]]:

@@ -12,13 +12,13 @@ import pytest
 from lightning_app.experiments import pool
 
 
-def _dag() -> list[SimpleNamespace]:
-    """Two attacks, each with defenses made from it, in the runner's chain order."""
-    a1 = SimpleNamespace(id="a1", deps={})
-    a2 = SimpleNamespace(id="a2", deps={})
-    f1 = SimpleNamespace(id="f1", deps={"attack": a1})
-    c1 = SimpleNamespace(id="c1", deps={"attack": a1})
-    f2 = SimpleNamespace(id="f2", deps={"attack": a2})
+def _dag(study: str = "") -> list[SimpleNamespace]:
+    """Two attacks, each with defenses made from it, in the runner's chain order (ids prefixed by `study`)."""
+    a1 = SimpleNamespace(id=f"{study}a1", deps={})
+    a2 = SimpleNamespace(id=f"{study}a2", deps={})
+    f1 = SimpleNamespace(id=f"{study}f1", deps={"attack": a1})
+    c1 = SimpleNamespace(id=f"{study}c1", deps={"attack": a1})
+    f2 = SimpleNamespace(id=f"{study}f2", deps={"attack": a2})
     return [a1, f1, c1, a2, f2]
 
 
@@ -83,8 +83,8 @@ def test_a_failed_run_skips_its_dependants_and_not_its_siblings(tmp_path):
 
 def test_two_studies_started_together_share_the_slots(tmp_path):
     fits = _Fits(seconds=0.2)
-    studies = [threading.Thread(target=pool.run_pool, args=(_dag(), 2, fits.start, lambda run: None),
-                                kwargs={"slots": tmp_path / "slots"}) for _ in range(2)]
+    studies = [threading.Thread(target=pool.run_pool, args=(_dag(study), 2, fits.start, lambda run: None),
+                                kwargs={"slots": tmp_path / "slots"}) for study in ("one/", "two/")]
     for study in studies:
         study.start()
     for study in studies:

@@ -215,14 +215,17 @@ def test_the_ca_change_is_from_the_model_a_run_was_given_not_from_its_step_0(tmp
 
 
 def test_a_one_seed_table_reads_as_one_seed_and_names_an_archive_only_where_there_is_one(tmp_path):
+    from lightning_app.experiments.plots import plot_title
     from lightning_app.experiments.tables import table_note
 
     experiment = toy(tmp_path)
     experiment.seeds = [0]
     note = table_note(experiment, experiment.tables[0])
     assert "one seed (0)" in note and "t-interval" not in note and "records in" not in note
+    assert "one seed" in plot_title(experiment) and "interval" not in plot_title(experiment)
     experiment.seeds = [0, 1, 2]
     Path(experiment.archive).parent.mkdir(parents=True)
     Path(experiment.archive).write_text("")
     note = table_note(experiment, experiment.tables[0])
     assert "t-interval" in note and f"records in `{experiment.archive}`" in note
+    assert "95% interval over seeds" in plot_title(experiment)
