@@ -59,16 +59,9 @@ from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_n
 from modules.core.losses import relative_squared_change
 from modules.core.model_loading import ModelConfig
 from modules.core.summary_columns import SummaryColumns
-from modules.detection.pair_scoring import (
-    SUSPICIOUS_PAIRS,
-    collect_pairs,
-    count_labels,
-    load_suspicious_pairs,
-    one_pass_rankings,
-    part_names_of,
-    score_stream,
-    write_discovery,
-)
+from modules.detection.pair_scoring import (DETECTION_COLUMNS, SUSPICIOUS_PAIRS, collect_pairs, count_labels,
+                                            load_suspicious_pairs, one_pass_rankings, part_names_of, score_stream,
+                                            write_discovery)
 from modules.detection.suspicious_set import SetRule
 from modules.detection.token_attribution import (
     TokenTap,
@@ -105,7 +98,7 @@ class TokenUnlearning(CLIPModule):
     """UBT stage 2; see the module docstring."""
 
     summary_columns = CLIPModule.summary_columns + (
-        SummaryColumns("detection", "", nested=True, skip=frozenset({"num_poisoned", "num_pairs"})),
+        DETECTION_COLUMNS,
         SummaryColumns("suspicious_set", "set_", counts=frozenset({"set_m"}), headings={
             "set_m": "pairs unlearned", "set_true_purity": "their share poisoned",
             "set_estimated_purity": "estimated purity", "set_guard": "guard"}),

@@ -41,6 +41,7 @@ from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
 from modules.core.summary_columns import SummaryColumns
 from modules.detection.pair_scoring import (
+    DETECTION_COLUMNS,
     cluster_scores,
     one_pass_rankings,
     part_names_of,
@@ -56,7 +57,7 @@ class SuspiciousPairDiscovery(CLIPModule):
 
     changes_weights = False
     summary_columns = CLIPModule.summary_columns + (
-        SummaryColumns("detection", "", nested=True, skip=frozenset({"num_poisoned", "num_pairs"})),
+        DETECTION_COLUMNS,
         SummaryColumns("detection_cost", "cost_", headings={
             "cost_scoring_pass_s": "scoring pass (s)", "cost_kdist_slof_dao_dense_s": "kdist, SLOF, DAO, dense (s)",
             "cost_gmm_s": "GMM (s)", "cost_cluster_s": "cluster (s)"}),

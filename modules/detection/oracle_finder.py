@@ -44,7 +44,7 @@ from datamodules.transforms import denormalise, normalise_pixels
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
 from modules.core.summary_columns import SummaryColumns
-from modules.detection.pair_scoring import collect_pairs, detection_metrics
+from modules.detection.pair_scoring import DETECTION_COLUMNS, collect_pairs, detection_metrics
 from modules.detection.segmentation import Felzenszwalb, SegmentationOracle
 from modules.detection.victim import (
     ORACLE_DIR,
@@ -69,7 +69,7 @@ class OracleTriggerFinder(CLIPModule):
 
     changes_weights = False
     summary_columns = CLIPModule.summary_columns + (
-        SummaryColumns("detection", "", nested=True, skip=frozenset({"num_poisoned", "num_pairs"})),
+        DETECTION_COLUMNS,
         SummaryColumns("oracle", "oracle_", bools_as_numbers=True, counts=frozenset({
             "oracle_pairs_examined", "oracle_candidates", "oracle_victim_set"}), headings={
             "oracle_victim_label": "victim label found", "oracle_victim_label_correct": "found the target",

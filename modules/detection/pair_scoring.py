@@ -22,11 +22,15 @@ from datamodules.poison import MultiTrigger
 from datamodules.transforms import denormalise
 from modules.core.base import CLIPModule
 from modules.core.losses import info_nce
+from modules.core.summary_columns import SummaryColumns
 from modules.detection.detectors import DETECTORS, gmm_risk, local_density_scores, reference_rows
 from modules.detection.suspicious_set import SetRule, choose_suspicious
 
 SCORES = ("before", "after", "rise", "weak", "cluster", "dense", *DETECTORS, "gmm")
 SUSPICIOUS_PAIRS = "suspicious_pairs.safetensors"
+DETECTION_COLUMNS = SummaryColumns("detection", "", nested=True, skip=frozenset({"num_poisoned", "num_pairs"}))
+"""The columns `detection_metrics` become in a study (`<score>_auroc`, `<score>_precision@k`, ...), for every
+module that reports a ranking against the poison manifest."""
 
 
 def save_suspicious_pairs(path: Path, keys: list[str], images: torch.Tensor, captions: list[str]) -> None:
