@@ -19,8 +19,7 @@ Each step:
    L_tokens = ‖t − t₀‖² / ‖t₀‖², the relative change of the clean batch's image tokens t against
    those of the incoming model t₀ (a frozen copy of its image tower, run only up to the tokens).
 L = L_retain + λ·L_forget (+ μ·L_tokens), and only the parameters named by `trainable` (prefixes) are
-updated; the BatchNorm statistics of frozen layers stay fixed, and the suspicious passes run in eval mode (they
-do not move any running statistics).
+updated; frozen layers' BatchNorm statistics stay fixed, and the suspicious passes run in eval mode.
 
 What "through the top tokens only" controls: the gate sits at the token sites, so it restricts the
 forget gradient of the parameters *at or below* a site: the token-embedding rows of the top text
@@ -59,9 +58,17 @@ from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_n
 from modules.core.losses import relative_squared_change
 from modules.core.model_loading import ModelConfig
 from modules.core.summary_columns import SummaryColumns
-from modules.detection.pair_scoring import (DETECTION_COLUMNS, SUSPICIOUS_PAIRS, collect_pairs, count_labels,
-                                            load_suspicious_pairs, one_pass_rankings, part_names_of, score_stream,
-                                            write_discovery)
+from modules.detection.pair_scoring import (
+    DETECTION_COLUMNS,
+    SUSPICIOUS_PAIRS,
+    collect_pairs,
+    count_labels,
+    load_suspicious_pairs,
+    one_pass_rankings,
+    part_names_of,
+    score_stream,
+    write_discovery,
+)
 from modules.detection.suspicious_set import SetRule
 from modules.detection.token_attribution import (
     TokenTap,
