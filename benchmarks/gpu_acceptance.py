@@ -47,7 +47,8 @@ def _tier(cpu_smoke: bool):
                                   samples_per_shard=256, eval_per_class=10, image_size=32)
     else:
         bench = EmbeddedBenchmark(root=str(REPO / "data" / "embedded224"), pretrain_shards=8, finetune_shards=1,
-                                  samples_per_shard=1000, eval_per_class=20, image_size=224)
+                                  samples_per_shard=1000, eval_per_class=20, image_size=224,
+                                  retrieval_images=100, sketch_per_class=5, probe_per_class=5)
     bench.prepare()
     return bench
 

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from datamodules import EmbeddedBenchmark
 
     bench = EmbeddedBenchmark(root=str(REPO / "data" / "embedded224"), pretrain_shards=8, finetune_shards=1,
-                              samples_per_shard=1000, eval_per_class=20, image_size=224)
+                              samples_per_shard=1000, eval_per_class=20, image_size=224,
+                                  retrieval_images=100, sketch_per_class=5, probe_per_class=5)
     bench.prepare()
     rates = {workers: measure(bench, workers, args.batches) for workers in args.workers}
     print(f"loader at 224 px (JPEG decode, 5% BadNet poisoning, transform, tokenise), batch 64, {args.batches} batches:")

@@ -1,6 +1,7 @@
 """Data: WebDataset streaming, zero-shot eval sets, poisoning and triggers, the embedded benchmark."""
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
+from datamodules.eval_config import EvalSetConfig
 from datamodules.poison import (
     SIG,
     BadNet,
@@ -13,9 +14,9 @@ from datamodules.poison import (
     WaNet,
 )
 from datamodules.pretrain import ShardDataModule
-from datamodules.zeroshot import ZeroShotEvalConfig
 
 __all__ = [
+    "EvalSetConfig",
     "SIG",
     "BadNet",
     "Blended",
@@ -27,5 +28,4 @@ __all__ = [
     "ShardDataModule",
     "Trigger",
     "WaNet",
-    "ZeroShotEvalConfig",
 ]

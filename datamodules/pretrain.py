@@ -21,13 +21,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
+from datamodules.eval_config import EvalSetConfig, eval_set_list
+from datamodules.eval_sets import EvalSet, build_eval_set, eval_loader
 from datamodules.exclusion import ExcludeConfig
-from datamodules.loaders import EpochSyncedLoader, RankLocalSampler, TrainingPosition, worker_context
-from datamodules.poison import (
-    PoisonConfig,
-    Trigger,
-    load_trigger,
-)
+from datamodules.loaders import EpochSyncedLoader, TrainingPosition, worker_context
+from datamodules.poison import PoisonConfig, Trigger, load_trigger
 from datamodules.poison.manifest import poison_manifest
 from datamodules.poison.poisoner import poison_targets
 from datamodules.poison.triggers import attack_target, write_trigger_artifacts
@@ -38,7 +36,6 @@ from datamodules.stream_health import COUNTERS
 from datamodules.train_stream import StreamSettings, pair_stream
 from datamodules.transforms import MAX_IMAGE_PIXELS, InputSpec, ModelNeeds
 from datamodules.worker_watch import ExitWithProcess
-from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
 
 log = logging.getLogger(__name__)
 FORKSERVER_PRELOAD = ["torch", "webdataset", "PIL.Image", "datamodules.pretrain"]
@@ -49,7 +46,7 @@ class ShardDataModule(LightningDataModule):
     def __init__(
         self,
         train_shards: Union[str, list[str]] = "data/embedded/pretrain/{00000..00019}.tar",
-        eval: ZeroShotEvalConfig = ZeroShotEvalConfig(),
+        eval: Union[EvalSetConfig, list[EvalSetConfig]] = EvalSetConfig(),
         trigger: Optional[Trigger] = None,
         trigger_dir: Optional[str] = None,
         poison: PoisonConfig = PoisonConfig(),
@@ -69,7 +66,8 @@ class ShardDataModule(LightningDataModule):
         """
         Args:
             train_shards: img2dataset shards: a path, brace pattern, `::`-joined patterns, `pipe:` command, or list.
-            eval: The zero-shot eval set (clip_benchmark layout) for CA and ASR.
+            eval: The evaluation set, or a list of named sets (clip_benchmark layout: zero-shot classification or
+                retrieval); the first is the headline CA and ASR (`datamodules.eval_config`).
             trigger: The backdoor trigger; used to poison training pairs and to measure ASR. None: no ASR.
             trigger_dir: Instead of `trigger`, the `trigger/` directory of the run that poisoned the model
                 (defenses measure ASR with the attack that made the model).
@@ -100,9 +98,6 @@ class ShardDataModule(LightningDataModule):
             raise ValueError("data.train_shards is empty: name the training shards (a path, brace pattern or list)")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be ≥ 0, got {num_workers}")
-        if eval.batch_size < 1 or eval.num_workers < 0:
-            raise ValueError(f"data.eval.batch_size must be ≥ 1 and data.eval.num_workers ≥ 0, got "
-                             f"{eval.batch_size} and {eval.num_workers}")
         if max_image_pixels < 1:
             raise ValueError(f"data.max_image_pixels must be ≥ 1, got {max_image_pixels}")
         if not 0.0 <= max_corrupt_fraction < 1.0:
@@ -114,7 +109,7 @@ class ShardDataModule(LightningDataModule):
         if poison.enabled and trigger is None and trigger_dir is None:
             raise ValueError("data.poison asks for poisoned pairs but data.trigger is not set")
         self.train_shards = train_shards
-        self.eval_config = eval
+        self.eval_configs = eval_set_list(eval)
         self.trigger = trigger
         self.trigger_dir = trigger_dir
         self.poison = poison
@@ -133,7 +128,8 @@ class ShardDataModule(LightningDataModule):
         self.train_stream: Optional[PairStream] = None
         self.position = TrainingPosition()
         """Where training stands in the stream, and what it consumed: kept in every checkpoint."""
-        self.eval_set: Optional[ZeroShotSet] = None
+        self.eval_sets: list[EvalSet] = []
+        """The evaluation sets, in `data.eval`'s order; the first is the headline (`eval_set`)."""
         self.poison_count = 0
         self.excluded: Optional[dict] = None
         self.model_needs: Optional[ModelNeeds] = None
@@ -203,13 +199,14 @@ class ShardDataModule(LightningDataModule):
         spec = self._input_spec()
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        self.eval_set = ZeroShotSet(self.eval_config, spec, self.trigger, rank, world)
-        for target in poison_targets(self.trigger, self.poison) if self.trigger is not None else ():
-            if target not in self.eval_set.classnames:
-                raise ValueError(
-                    f"poison target {target!r} is not a class of the eval set "
-                    f"{self.eval_config.directory} (classnames.txt), so ASR cannot be measured"
-                )
+        self.eval_sets = [build_eval_set(config, spec, self.trigger, rank, world) for config in self.eval_configs]
+        for config, eval_set in zip(self.eval_configs, self.eval_sets):
+            for target in poison_targets(self.trigger, self.poison) if self.trigger is not None else ():
+                if eval_set.kind == "classification" and target not in eval_set.classnames:
+                    raise ValueError(
+                        f"poison target {target!r} is not a class of the eval set {eval_set.name!r} "
+                        f"({config.classnames_file()}), so ASR cannot be measured"
+                    )
         if stage == "fit":
             self.train_stream = self._build_stream(world)
 
@@ -273,18 +270,19 @@ class ShardDataModule(LightningDataModule):
             return 0, 0
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-    def val_dataloader(self) -> DataLoader:
-        assert self.eval_set is not None
-        return DataLoader(
-            self.eval_set,
-            batch_size=self.eval_config.batch_size,
-            sampler=RankLocalSampler(len(self.eval_set)),
-            num_workers=self.eval_config.num_workers,
-            multiprocessing_context=self._worker_context(self.eval_config.num_workers),
-            worker_init_fn=ExitWithProcess(os.getpid()),
-        )
+    @property
+    def eval_set(self) -> Optional[EvalSet]:
+        """The headline evaluation set (the first of `data.eval`)."""
+        return self.eval_sets[0] if self.eval_sets else None
 
-    def test_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> Union[DataLoader, list[DataLoader]]:
+        """One loader per evaluation set (Lightning's dataloader_idx is the set's place in `data.eval`)."""
+        assert self.eval_sets, "setup() builds the evaluation sets"
+        loaders = [eval_loader(eval_set, config, self._worker_context(config.num_workers))
+                   for config, eval_set in zip(self.eval_configs, self.eval_sets)]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def test_dataloader(self) -> Union[DataLoader, list[DataLoader]]:
         return self.val_dataloader()
 
     def record(self) -> DataRecord:

@@ -17,7 +17,7 @@ from datamodules.stream_health import skipped_samples
 from lightning_app.checkpointing import DivergedError, refuse_nonfinite_weights
 from lightning_app.ranks import over_ranks
 from modules.core.base import CLIPModule
-from modules.core.evaluation import ZeroShotEvaluation
+from modules.core.evaluation import Evaluation
 
 
 def _scalar(value: Any) -> Any:
@@ -107,7 +107,7 @@ class RunSummary(Callback):
 
     def _write(self, trainer, pl_module, metrics: dict, health: dict) -> None:
         data = data_record(trainer)
-        evaluation = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
+        evaluation = next((c for c in trainer.callbacks if isinstance(c, Evaluation)), None)
         summary = {
             "before": evaluation.initial if evaluation is not None else None,
             "ca_top1": metrics.get("val/ca_top1"),
@@ -126,6 +126,7 @@ class RunSummary(Callback):
             "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "data_health": health,
             "eval_skipped_images": metrics.get("val/skipped_images"),
+            "eval": evaluation.last if evaluation is not None else None,
             "metrics": metrics,
             **(pl_module.summary_extras() if isinstance(pl_module, CLIPModule) else {}),
         }

@@ -7,6 +7,11 @@ Layout under `root`:
     pretrain/NNNNN.tar   image-caption pairs for (poisoned) pretraining      (img2dataset)
     finetune/NNNNN.tar   a disjoint clean split for fine-tuning defenses      (img2dataset)
     eval/                zero-shot classification over the tier's classes     (clip_benchmark)
+    eval_sketch/         the same classes drawn as line drawings: a domain shift, ImageNet-Sketch's part
+    retrieval/           held-out images with several captions each: image-text retrieval (clip_benchmark)
+    probe/               a labelled train split for the linear probe (tested on eval/)
+The last three are built beside a benchmark that lacks them (each records its settings in `built.json`),
+so a benchmark built before they existed stays valid.
 
 Two tiers (`difficulty`): `easy`, the default, one of 10 shapes per image, on which the tiny model's
 clean CA saturates (0.99); `hard`, 80 colour-shape classes ("orange star") among smaller distractor
@@ -29,12 +34,13 @@ import numpy as np
 from PIL import Image
 
 from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, caption_for, composed_caption_for
+from datamodules.embedded.extra_sets import EXTRA_SETS, build_extra_sets
 from datamodules.embedded.shapes import CLASSNAMES, COMPOSED_CLASSNAMES, Scene, draw_composed_scene, draw_scene
 from datamodules.embedded.writers import write_clip_benchmark, write_img2dataset_shard
 
 log = logging.getLogger(__name__)
 
-_SPLIT_STREAMS = {"pretrain": 1, "finetune": 2, "eval": 3}
+_SPLIT_STREAMS = {"pretrain": 1, "finetune": 2, "eval": 3, "retrieval": 4, "eval_sketch": 5, "probe": 6}
 DIFFICULTIES = ("easy", "hard")
 
 
@@ -58,6 +64,14 @@ class EmbeddedBenchmark:
     """Side of the square images, in pixels."""
     difficulty: str = "easy"
     """`easy`: 10 shapes, one per image. `hard`: 80 colour-shape classes among distractors, noisy captions."""
+    retrieval_images: int = 1000
+    """Images of the retrieval set (`retrieval/`), each with `captions_per_image` captions."""
+    captions_per_image: int = 5
+    """Captions per retrieval image (MSCOCO has 5)."""
+    sketch_per_class: int = 50
+    """Line-drawing images per class of the domain-shift set (`eval_sketch/`)."""
+    probe_per_class: int = 50
+    """Labelled images per class of the linear probe's train split (`probe/train/`)."""
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTIES:
@@ -79,9 +93,23 @@ class EmbeddedBenchmark:
     def eval_dir(self) -> str:
         return f"{self.root}/eval"
 
+    @property
+    def sketch_dir(self) -> str:
+        return f"{self.root}/eval_sketch"
+
+    @property
+    def retrieval_dir(self) -> str:
+        return f"{self.root}/retrieval"
+
+    @property
+    def probe_dir(self) -> str:
+        return f"{self.root}/probe"
+
     def _spec(self) -> dict:
         spec = asdict(self)
         spec.pop("root")
+        for name in EXTRA_SETS:  # recorded by each extra set's own built.json
+            spec.pop(name)
         if spec["difficulty"] == "easy":  # easy benchmarks built before there were tiers stay valid
             spec.pop("difficulty")
         return spec
@@ -93,6 +121,7 @@ class EmbeddedBenchmark:
     def prepare(self) -> None:
         """Build the benchmark unless an identical one is already at `root`."""
         if self.is_built():
+            build_extra_sets(self)
             return
         root = Path(self.root)
         if (root / "benchmark.json").exists():
@@ -110,22 +139,23 @@ class EmbeddedBenchmark:
         root.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         tmp.rename(root)
+        build_extra_sets(self)
         log.info("embedded benchmark written to %s in %.1fs", root, time.perf_counter() - start)
 
-    def _rng(self, split: str, index: int) -> np.random.Generator:
+    def rng(self, split: str, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_STREAMS[split], index])
 
     def _write_pairs(self, out_dir: Path, split: str, num_shards: int) -> None:
         for shard in range(num_shards):
             pairs = []
             for i in range(self.samples_per_shard):
-                rng = self._rng(split, shard * self.samples_per_shard + i)
-                image, scene = self._draw(rng, int(rng.integers(len(self.classnames))))
+                rng = self.rng(split, shard * self.samples_per_shard + i)
+                image, scene = self.draw(rng, int(rng.integers(len(self.classnames))))
                 caption = composed_caption_for(scene, rng) if self.difficulty == "hard" else caption_for(scene, rng)
                 pairs.append((image, caption))
             write_img2dataset_shard(out_dir, shard, pairs)
 
-    def _draw(self, rng: np.random.Generator, label: int) -> tuple[Image.Image, Scene]:
+    def draw(self, rng: np.random.Generator, label: int) -> tuple[Image.Image, Scene]:
         if self.difficulty == "hard":
             color, shape = self.classnames[label].split(" ", 1)
             return draw_composed_scene(rng, color, shape, self.image_size)
@@ -135,7 +165,7 @@ class EmbeddedBenchmark:
         def samples():
             for i in range(self.eval_per_class * len(self.classnames)):
                 label = i % len(self.classnames)
-                yield self._draw(self._rng("eval", i), label)[0], label
+                yield self.draw(self.rng("eval", i), label)[0], label
 
         write_clip_benchmark(out_dir, samples(), self.classnames, ZEROSHOT_TEMPLATES)
 

@@ -232,3 +232,26 @@ def draw_composed_scene(rng: np.random.Generator, color: str, shape: str, image_
     img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + cast, 0, 255).astype(np.uint8), "RGB")
     img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
     return img, Scene(shape, color, size, background, _position_name(cx, cy, px), tuple(distractors))
+
+
+def draw_sketch(rng: np.random.Generator, shape: str, image_size: int = 32,
+                color: str | None = None) -> Image.Image:
+    """`shape` as a line drawing on paper: its outline only, in `color` (the hard tier's classes need it)
+    or in a dark pencil grey. The embedded benchmark's domain shift, playing ImageNet-Sketch's part: the
+    classes of the training images, drawn as no training image is."""
+    from PIL import ImageFilter
+
+    px = image_size * SUPERSAMPLE
+    paper = rng.integers(225, 256, size=3).astype(np.float32)
+    canvas = np.clip(paper + rng.normal(0.0, 6.0, size=(px, px, 1)), 0, 255).astype(np.uint8)
+    size = list(SIZES)[int(rng.integers(len(SIZES)))]
+    r = rng.uniform(*SIZES[size]) * px / 2 * 1.6
+    cx, cy = rng.uniform(r, px - r), rng.uniform(r, px - r)
+    silhouette = Image.new("RGB", (px, px), (0, 0, 0))
+    _paint(silhouette, shape, cx, cy, r, (255, 255, 255), rng)
+    stroke = max(3, int(round(SUPERSAMPLE * 1.5))) | 1  # an odd filter size, about 1.5 output pixels wide
+    outline = silhouette.convert("L").filter(ImageFilter.FIND_EDGES).filter(ImageFilter.MaxFilter(stroke))
+    ink = _jitter(rng, color) if color is not None else tuple(int(v) for v in rng.integers(20, 90, size=1).repeat(3))
+    img = Image.fromarray(canvas, "RGB")
+    img.paste(Image.new("RGB", img.size, ink), (0, 0), outline.point(lambda v: 255 if v > 40 else 0))
+    return img.resize((image_size, image_size), Image.Resampling.LANCZOS)

@@ -3,7 +3,9 @@
 - img2dataset (training pairs): `NNNNN.tar` with `KEY.jpg`, `KEY.txt`, `KEY.json`, keys of 9 digits
   whose first 5 are the shard id, and `NNNNN_stats.json` beside each tar.
 - clip_benchmark webdataset (zero-shot eval): `test/nshards.txt`, `test/N.tar` with `KEY.png` +
-  `KEY.cls`, `classnames.txt`, `zeroshot_classification_templates.txt` (templates use `{c}`).
+  `KEY.cls`, `classnames.txt`, `zeroshot_classification_templates.txt` (templates use `{c}`); for
+  retrieval, `KEY.png` + `KEY.txt` (the image's captions, one per line) and `dataset_type.txt` reading
+  `retrieval`.
 
 Tars are written with fixed metadata (mtime 0, no owner) so the same content gives the same bytes.
 """
@@ -70,22 +72,12 @@ def write_img2dataset_shard(out_dir: Path, shard: int, pairs: Sequence[tuple[Ima
     return path
 
 
-def write_clip_benchmark(
-    out_dir: Path,
-    samples: Iterable[tuple[Image.Image, int]],
-    classnames: Sequence[str],
-    templates: Sequence[str],
-    shard_size: int = 1000,
-    image_format: str = "png",
-) -> None:
-    """Write a zero-shot classification set in clip_benchmark's webdataset layout (split `test`)."""
-    split_dir = out_dir / "test"
+def _write_split(split_dir: Path, samples: Iterable[tuple[Image.Image, str, bytes]], shard_size: int,
+                 image_format: str) -> None:
+    """`split_dir/N.tar` of `shard_size` samples (image + one companion member each) and `nshards.txt`."""
     split_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "classnames.txt").write_text("\n".join(classnames) + "\n")
-    (out_dir / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
-    (out_dir / "dataset_type.txt").write_text("zeroshot_classification\n")
-    shard, tar, count = -1, None, 0
-    for index, (image, label) in enumerate(samples):
+    shard, tar = -1, None
+    for index, (image, companion, payload) in enumerate(samples):
         if index % shard_size == 0:
             if tar is not None:
                 tar.close()
@@ -93,8 +85,39 @@ def write_clip_benchmark(
             tar = tarfile.open(split_dir / f"{shard}.tar", "w", format=tarfile.USTAR_FORMAT)
         key = f"s{index:07d}"
         _add_member(tar, f"{key}.{image_format}", encode_image(image, image_format))
-        _add_member(tar, f"{key}.cls", str(label).encode("utf-8"))
-        count += 1
+        _add_member(tar, f"{key}.{companion}", payload)
     if tar is not None:
         tar.close()
     (split_dir / "nshards.txt").write_text(f"{shard + 1}\n")
+
+
+def write_clip_benchmark(
+    out_dir: Path,
+    samples: Iterable[tuple[Image.Image, int]],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    shard_size: int = 1000,
+    image_format: str = "png",
+    split: str = "test",
+) -> None:
+    """Write a zero-shot classification set in clip_benchmark's webdataset layout."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    (out_dir / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    (out_dir / "dataset_type.txt").write_text("zeroshot_classification\n")
+    _write_split(out_dir / split, ((image, "cls", str(label).encode("utf-8")) for image, label in samples),
+                 shard_size, image_format)
+
+
+def write_clip_benchmark_retrieval(
+    out_dir: Path,
+    samples: Iterable[tuple[Image.Image, Sequence[str]]],
+    shard_size: int = 1000,
+    image_format: str = "png",
+    split: str = "test",
+) -> None:
+    """Write an image-text retrieval set in clip_benchmark's webdataset layout (as it writes MSCOCO)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "dataset_type.txt").write_text("retrieval\n")
+    _write_split(out_dir / split, ((image, "txt", "\n".join(captions).encode("utf-8")) for image, captions in samples),
+                 shard_size, image_format)

@@ -33,10 +33,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from datamodules.eval_config import EvalSetConfig
 from datamodules.poison.selection import names_target, poison_score
 from datamodules.poison.trigger_base import save_png
 from datamodules.transforms import apply_trigger
-from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+from datamodules.zeroshot import ZeroShotSet
 from modules.core.adversarial import PatchOptimisation, paste_patch, random_positions
 from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.core.losses import info_nce
@@ -209,7 +210,7 @@ def target_closeness(model: torch.nn.Module, spec, eval_dir: str, target: str, t
     """How close `trigger` brings a model's embeddings of the eval set's non-target images to the target:
     mean cosine similarity to the text "a photo of a {target}." and to the mean target-image embedding."""
 
-    data = ZeroShotSet(ZeroShotEvalConfig(directory=eval_dir), spec, None)
+    data = ZeroShotSet(EvalSetConfig(directory=eval_dir), spec, None)
     index = data.classnames.index(target)
     items = [data[i] for i in range(len(data))]
     images = torch.stack([it["image"] for it in items if it["label"] != index])

@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
 from datamodules.transforms import ModelNeeds
-from modules.core.evaluation import ZeroShotEvaluation, zeroshot_classifier
+from modules.core.evaluation import Evaluation, zeroshot_classifier
 from modules.core.losses import clamped_logit_scale, make_clip_loss
 from modules.core.model_loading import ModelConfig, build_model
 from modules.core.scalar_parameters import store_scalars_as_vectors
@@ -99,6 +99,14 @@ def _offloads_optimizer(strategy) -> bool:
     return isinstance(strategy, DeepSpeedStrategy) and bool(strategy.config.get("zero_optimization", {}).get("offload_optimizer"))
 
 
+EVAL_HEADINGS = {
+    "ca_top1": "CA top-1", "ca_top5": "CA top-5", "asr": "ASR", "eval_seconds": "eval (s)",
+    **{f"i2t_r{k}": f"image→text R@{k}" for k in (1, 5, 10)}, **{f"t2i_r{k}": f"text→image R@{k}" for k in (1, 5, 10)},
+    **{f"asr_hit{k}": f"retrieval ASR Hit@{k}" for k in (1, 5, 10)},
+}
+"""Headings of the per-set columns of a study (`<set>/<metric>`, from summary.json's `eval` block)."""
+
+
 class CLIPModule(LightningModule):
     needs_augmented_views = False
     changes_weights: ClassVar[bool] = True
@@ -109,6 +117,7 @@ class CLIPModule(LightningModule):
         SummaryColumns("metrics", "cohesion_", only=("val/cohesion_",), strip="val/cohesion_",
                        headings={"cohesion_triggered": "triggered images' mean cosine",
                                  "cohesion_clean": "clean images' mean cosine"}),
+        SummaryColumns("eval", "", nested=True, separator="/", skip=frozenset({"kind"}), metric_headings=EVAL_HEADINGS),
         SummaryColumns("excluded", "excluded_", counts=True,
                        headings={"excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them"}),
     )
@@ -216,23 +225,31 @@ class CLIPModule(LightningModule):
     def logit_scale(self) -> torch.Tensor:
         return clamped_logit_scale(self.model.logit_scale)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        out = {"clean": self.encode_image(batch["image"]), "label": batch["label"]}
-        if batch_idx == 0:
-            # Built here, not in a callback hook: under DeepSpeed ZeRO-3 the text tower's weights are
-            # gathered only while the engine runs a step, and validation_step runs inside it.
-            eval_set = self.trainer.datamodule.eval_set
-            out["classifier"] = self.class_embeddings(eval_set.classnames, eval_set.templates)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Features of one batch of eval set `dataloader_idx` (the place in `data.eval`), for `Evaluation`:
+        the clean and triggered images' (`clean`, `triggered…`), a classification set's classifier with its
+        first batch, and a retrieval set's caption features (`text`) with their images' places."""
+        eval_set = self.trainer.datamodule.eval_sets[dataloader_idx]
+        out = {"clean": self.encode_image(batch["image"])}
         for name in batch:  # "image_triggered", or one "image_triggered_<part>" per trigger of a MultiTrigger
             if name.startswith("image_triggered"):
                 out[name.removeprefix("image_")] = self.encode_image(batch[name])
+        if eval_set.kind == "retrieval":
+            out["text"] = self.encode_text(batch["text"]) if len(batch["captions"]) else out["clean"][:0]
+            out.update(position=batch["position"], text_position=batch["text_position"], captions=batch["captions"])
+            return out
+        out["label"] = batch["label"]
+        if batch_idx == 0:
+            # Built here, not in a callback hook: under DeepSpeed ZeRO-3 the text tower's weights are
+            # gathered only while the engine runs a step, and validation_step runs inside it.
+            out["classifier"] = self.class_embeddings(eval_set.classnames, eval_set.templates)
         return out
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
-        return self.validation_step(batch, batch_idx)
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def configure_callbacks(self):
-        return [ZeroShotEvaluation()]
+        return [Evaluation()]
 
     def on_train_start(self) -> None:
         total = int(self.trainer.estimated_stepping_batches)

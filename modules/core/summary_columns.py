@@ -28,7 +28,11 @@ class SummaryColumns:
     """Columns that count things, printed as whole numbers (True: every column of the section)."""
     nested: bool = False
     """The section maps a name to a mapping of values (`detection`: score → metric → value): one column
-    `<prefix><name>_<metric>` per value."""
+    `<prefix><name><separator><metric>` per value."""
+    separator: str = "_"
+    """Between a nested section's name and metric in its columns."""
+    metric_headings: dict[str, str] = field(default_factory=dict)
+    """Nested sections: metric → heading; the column `<name><separator><metric>` is headed "heading (name)"."""
     only: tuple[str, ...] = ()
     """Keep only keys starting with one of these (and strip `strip` from them); all keys when empty."""
     strip: str = ""
@@ -44,6 +48,10 @@ class SummaryColumns:
             return self.headings[column]
         if self.heading is not None and self.prefix and column.startswith(self.prefix):
             return self.heading.format(key=column.removeprefix(self.prefix))
+        if self.metric_headings and column.startswith(self.prefix):
+            name, separator, metric = column.removeprefix(self.prefix).rpartition(self.separator)
+            if separator and metric in self.metric_headings:
+                return f"{self.metric_headings[metric]} ({name})"
         return None
 
     def counts_in(self, column: str) -> bool:
@@ -61,7 +69,8 @@ class SummaryColumns:
                 continue
             key = key.removeprefix(self.strip)
             if self.nested:
-                out.update({f"{self.prefix}{key}_{name}": inner for name, inner in value.items() if name not in self.skip})
+                out.update({f"{self.prefix}{key}{self.separator}{name}": inner for name, inner in value.items()
+                            if name not in self.skip})
             else:
                 out[f"{self.prefix}{key}"] = float(value) if self.bools_as_numbers and isinstance(value, bool) else value
         return out

@@ -9,7 +9,8 @@ import textwrap
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+from datamodules.eval_config import EvalSetConfig
+from datamodules.zeroshot import ZeroShotSet
 from lightning_app.cli import BackdoorCLI
 from lightning_app.export import export_run
 from modules.core.evaluation import zeroshot_classifier
@@ -77,7 +78,7 @@ def _our_predictions(run_dir, eval_dir):
     model, spec = build_model(ModelConfig("configs/models/tiny-rn32.json",
                                           pretrained=str(run_dir / "checkpoints" / "last.ckpt")))
     model.eval()
-    eval_set = ZeroShotSet(ZeroShotEvalConfig(directory=eval_dir), spec, trigger=None)
+    eval_set = ZeroShotSet(EvalSetConfig(directory=eval_dir), spec, trigger=None)
     with torch.no_grad():
         weights = zeroshot_classifier(lambda t: model.encode_text(t, normalize=True), spec.tokenizer,
                                       eval_set.classnames, eval_set.templates, torch.device("cpu"))

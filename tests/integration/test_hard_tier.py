@@ -14,7 +14,8 @@ from datamodules.embedded.benchmark import EmbeddedBenchmark
 
 def test_the_hard_tier_leaves_the_same_recipe_further_from_saturation(small_clean_run, tmp_path):
     hard = EmbeddedBenchmark(root=str(tmp_path / "hard"), pretrain_shards=6, finetune_shards=1, samples_per_shard=500,
-                             eval_per_class=5, difficulty="hard")
+                             eval_per_class=5, difficulty="hard", retrieval_images=20,
+                             sketch_per_class=1, probe_per_class=1)
     hard.prepare()
     hard_run = train_small(hard, tmp_path / "run", 0.0, "--data.init_args.poison.target", "red triangle")
 

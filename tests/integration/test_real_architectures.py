@@ -32,7 +32,8 @@ PATCH = 16  # BadNet's 16x16 patch of the CC3M recipes, in pixels of the 224-px 
 @pytest.fixture(scope="module")
 def bench224(tmp_path_factory) -> EmbeddedBenchmark:
     bench = EmbeddedBenchmark(root=str(tmp_path_factory.mktemp("bench224") / "embedded224"), pretrain_shards=1,
-                              finetune_shards=1, samples_per_shard=24, eval_per_class=1, image_size=224)
+                              finetune_shards=1, samples_per_shard=24, eval_per_class=1, image_size=224,
+                              retrieval_images=4, sketch_per_class=1, probe_per_class=1)
     bench.prepare()
     return bench
 

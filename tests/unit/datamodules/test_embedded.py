@@ -9,9 +9,10 @@ import pytest
 
 from datamodules.embedded.benchmark import EmbeddedBenchmark
 from datamodules.embedded.shapes import CLASSNAMES
+from datamodules.eval_config import EvalSetConfig
 from datamodules.shards import expand_shards, scan_captions
 from datamodules.transforms import InputSpec
-from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+from datamodules.zeroshot import ZeroShotSet
 
 
 def _digest(root: Path) -> str:
@@ -22,9 +23,14 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
+NO_EXTRA_SETS = {"retrieval_images": 1, "sketch_per_class": 1, "probe_per_class": 1}
+"""The retrieval, sketch and probe sets at their smallest (test_eval_sets.py reads them)."""
+
+
 def _tiny(root, seed=0):
     return EmbeddedBenchmark(root=str(root), seed=seed, pretrain_shards=2, finetune_shards=1,
-                             samples_per_shard=30, eval_per_class=3)
+                             samples_per_shard=30, eval_per_class=3, retrieval_images=20, sketch_per_class=2,
+                             probe_per_class=2)
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
@@ -82,18 +88,19 @@ def test_clip_benchmark_layout_reads_back(small_benchmark):
     assert (root / "classnames.txt").read_text().split() == list(CLASSNAMES)
     assert all("{c}" in t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines())
     spec = InputSpec(32, (0.5,) * 3, (0.5,) * 3, tokenizer=None)
-    eval_set = ZeroShotSet(ZeroShotEvalConfig(directory=str(root)), spec, trigger=None)
+    eval_set = ZeroShotSet(EvalSetConfig(directory=str(root)), spec, trigger=None)
     assert len(eval_set) == 10 * small_benchmark.eval_per_class
     labels = [eval_set[i]["label"] for i in range(len(eval_set))]
     assert sorted(set(labels)) == list(range(10))
     assert all("{}" in t for t in eval_set.templates)
-    halves = [ZeroShotSet(ZeroShotEvalConfig(directory=str(root)), spec, None, rank=r, world_size=2) for r in (0, 1)]
+    halves = [ZeroShotSet(EvalSetConfig(directory=str(root)), spec, None, rank=r, world_size=2) for r in (0, 1)]
     assert sorted(k for h in halves for k, _, _ in h.items) == sorted(k for k, _, _ in eval_set.items)
 
 
 def _tiny_hard(root, seed=0):
     return EmbeddedBenchmark(root=str(root), seed=seed, pretrain_shards=1, finetune_shards=1,
-                             samples_per_shard=200, eval_per_class=2, difficulty="hard")
+                             samples_per_shard=200, eval_per_class=2, difficulty="hard", retrieval_images=20,
+                             sketch_per_class=1, probe_per_class=1)
 
 
 def test_hard_tier_composes_colour_shape_classes_among_distractors(tmp_path):
@@ -108,7 +115,7 @@ def test_hard_tier_composes_colour_shape_classes_among_distractors(tmp_path):
     assert 0.3 < naming_a_class / len(captions) < 0.95   # some captions name only the shape
     assert 0.1 < naming_two / len(captions) < 0.5
     spec = InputSpec(32, (0.5,) * 3, (0.5,) * 3, tokenizer=None)
-    eval_set = ZeroShotSet(ZeroShotEvalConfig(directory=bench.eval_dir), spec, trigger=None)
+    eval_set = ZeroShotSet(EvalSetConfig(directory=bench.eval_dir), spec, trigger=None)
     assert sorted({eval_set[i]["label"] for i in range(len(eval_set))}) == list(range(80))
 
 
@@ -136,9 +143,9 @@ def test_tiers_are_separate_builds_and_the_easy_spec_is_unchanged(tmp_path):
 
 def test_a_larger_build_extends_a_smaller_one_with_the_same_first_shards_and_eval(tmp_path):
     small = EmbeddedBenchmark(root=str(tmp_path / "1x"), pretrain_shards=1, finetune_shards=1, samples_per_shard=20,
-                              eval_per_class=1, difficulty="hard")
+                              eval_per_class=1, difficulty="hard", **NO_EXTRA_SETS)
     large = EmbeddedBenchmark(root=str(tmp_path / "2x"), pretrain_shards=2, finetune_shards=1, samples_per_shard=20,
-                              eval_per_class=1, difficulty="hard")
+                              eval_per_class=1, difficulty="hard", **NO_EXTRA_SETS)
     small.prepare()
     large.prepare()
     for part in ("pretrain/00000.tar", "finetune/00000.tar", "eval/test/0.tar"):

@@ -10,7 +10,7 @@ import torch
 from datamodules import BadNet, Blended, MultiTrigger, ShardDataModule
 from datamodules.poison import SIG, PoisonConfig, Poisoner, load_trigger
 from datamodules.poison.selection import names_target
-from modules.core.evaluation import ZeroShotEvaluation
+from modules.core.evaluation import Evaluation
 
 
 def _three(targets=None):
@@ -84,11 +84,12 @@ def test_one_target_multi_trigger_captions_all_name_the_poison_target():
 def test_per_trigger_asr_toward_each_triggers_own_target():
     classnames = ["circle", "star", "heart"]
     trigger = MultiTrigger([BadNet(size=4), SIG()], ["star", "heart"])
-    data = SimpleNamespace(eval_set=SimpleNamespace(classnames=classnames, trigger=trigger), target="star")
+    eval_set = SimpleNamespace(classnames=classnames, trigger=trigger, kind="classification", name="eval")
+    data = SimpleNamespace(eval_set=eval_set, eval_sets=[eval_set], target="star")
     logged = {}
     trainer = SimpleNamespace(datamodule=data, sanity_checking=False)
     module = SimpleNamespace(device=torch.device("cpu"), log=lambda name, value, **_: logged.__setitem__(name, float(value)))
-    callback = ZeroShotEvaluation()
+    callback = Evaluation()
     callback._start(trainer, module)
     labels = torch.tensor([0, 1, 2, 0])
     eye = torch.eye(3)

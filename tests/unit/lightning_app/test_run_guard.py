@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers.repo import REPO
@@ -182,24 +183,22 @@ def test_a_weight_file_of_another_shape_is_named_with_its_first_mismatched_tenso
 def test_a_corrupt_eval_image_is_skipped_and_counted_not_fatal(small_benchmark, tmp_path):
     import torch
 
+    from datamodules.eval_config import EvalSetConfig
     from datamodules.transforms import InputSpec
-    from datamodules.zeroshot import SKIPPED, ZeroShotEvalConfig, ZeroShotSet
-    from modules.core.evaluation import Cohesion, ZeroShotEvaluation
+    from datamodules.zeroshot import SKIPPED, ZeroShotSet
+    from modules.core.set_evaluation import ClassificationEvaluation
 
     eval_dir, key = _corrupt_one_eval_image(Path(small_benchmark.eval_dir), tmp_path)
     spec = InputSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, tokenizer=None)
-    data = ZeroShotSet(ZeroShotEvalConfig(directory=str(eval_dir)), spec, None)
+    data = ZeroShotSet(EvalSetConfig(directory=str(eval_dir)), spec, None)
     labels = [data[i]["label"] for i in range(len(data))]
     assert [data.items[i][0] for i, label in enumerate(labels) if label == SKIPPED] == [key]
 
-    callback = ZeroShotEvaluation()
-    callback.classifier = torch.eye(2)
-    from torchmetrics.classification import MulticlassAccuracy
-    callback.metrics = {"ca_top1": MulticlassAccuracy(2, average="micro"), "ca_top5": MulticlassAccuracy(2, average="micro"),
-                        "cohesion_clean": Cohesion()}
-    callback._batch({"label": torch.tensor([0, SKIPPED, 1]), "clean": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])})
-    assert callback.skipped == 1 and callback.metrics["ca_top1"].compute().item() == 0.5
-    assert callback.metrics["cohesion_clean"].compute().item() == 1.0  # the unreadable image's features left out
+    evaluator = ClassificationEvaluation(SimpleNamespace(classnames=["a", "b"]), {}, torch.device("cpu"))
+    evaluator.update({"classifier": torch.eye(2), "label": torch.tensor([0, SKIPPED, 1]),
+                      "clean": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])})
+    assert evaluator.skipped == 1 and evaluator.metrics["ca_top1"].compute().item() == 0.5
+    assert evaluator.metrics["cohesion_clean"].compute().item() == 1.0  # the unreadable image's features left out
 
 
 @pytest.mark.parametrize("label", [b"99", b"-3"])
@@ -208,8 +207,9 @@ def test_an_eval_label_outside_the_classes_is_refused_when_the_set_is_indexed(sm
     import shutil
     import tarfile
 
+    from datamodules.eval_config import EvalSetConfig
     from datamodules.transforms import InputSpec
-    from datamodules.zeroshot import ZeroShotEvalConfig, ZeroShotSet
+    from datamodules.zeroshot import ZeroShotSet
 
     copy = tmp_path / "eval"
     shutil.copytree(small_benchmark.eval_dir, copy)
@@ -225,11 +225,11 @@ def test_an_eval_label_outside_the_classes_is_refused_when_the_set_is_indexed(sm
     spec = InputSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, tokenizer=None)
     key = member.name.split(".")[0]
     with pytest.raises(ValueError, match=rf"eval label {int(label)} of .*0.tar:{key} is not a class index"):
-        ZeroShotSet(ZeroShotEvalConfig(directory=str(copy)), spec, None)
+        ZeroShotSet(EvalSetConfig(directory=str(copy)), spec, None)
 
 
 def test_an_eval_set_of_no_samples_is_refused():
-    from datamodules.zeroshot import ZeroShotEvalConfig
+    from datamodules.eval_config import EvalSetConfig
 
     with pytest.raises(ValueError, match="data.eval.max_samples must be ≥ 1"):
-        ZeroShotEvalConfig(max_samples=0)
+        EvalSetConfig(max_samples=0)
