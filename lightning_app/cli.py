@@ -31,11 +31,13 @@ from datamodules.pretrain import ShardDataModule
 from datamodules.run_dir import RunDir
 from lightning_app.callbacks import RunSummary
 from lightning_app.checkpointing import AtomicCheckpointIO, newest_checkpoint, run_checkpoints
+from lightning_app.linear_probe import LinearProbe
 from lightning_app.metrics_log import KeepMetricsOnResume, ResumableCSVLogger
 from lightning_app.run_guard import RunLock, refuse_changed_attack, refuse_foreign_checkpoint
 from lightning_app.training_guard import TrainingGuard
 from lightning_app.user_errors import report_user_errors
 from modules.core.base import CLIPModule
+from modules.core.linear_probe import LinearProbeConfig
 
 
 class BackdoorCLI(LightningCLI):
@@ -72,6 +74,9 @@ class BackdoorCLI(LightningCLI):
         )
         parser.add_argument("--keep_step_checkpoints", type=int, default=2,
                             help="How many of the newest step checkpoints to keep.")
+        parser.add_argument("--linear_probe", type=Optional[LinearProbeConfig], default=None,
+                            help="Probe the trained image features with a linear classifier at the end of fit "
+                                 "(clip_benchmark's protocol; its accuracy goes into summary.json). None: no probe.")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
@@ -134,6 +139,9 @@ class BackdoorCLI(LightningCLI):
             callbacks.append(RichProgressBar(leave=True))
         if trainer_config.get("logger") is not False:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        probe = self._get(self.config_init, "linear_probe")
+        if probe is not None:
+            callbacks.append(LinearProbe(probe))
         callbacks += [TrainingGuard(), RunSummary()]
         if any(isinstance(logger, ResumableCSVLogger) for logger in kwargs.get("logger") or []):
             callbacks.append(KeepMetricsOnResume())

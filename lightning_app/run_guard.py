@@ -32,7 +32,8 @@ RESUMABLE_CHANGES = (
     "trainer.enable_autolog_hparams", "trainer.model_registry", "trainer.accelerator", "trainer.strategy",
     "trainer.plugins", "trainer.benchmark", "trainer.fast_dev_run",
     "data.init_args.eval", "data.init_args.worker_start_method", "data.init_args.max_corrupt_fraction",
-    "torch_threads", "checkpoint_every_n_steps", "keep_step_checkpoints", "ckpt_path", "weights_only", "config",
+    "torch_threads", "checkpoint_every_n_steps", "keep_step_checkpoints", "linear_probe", "ckpt_path", "weights_only",
+    "config",
 )
 """What a resumed run may change: how long it trains, how it is evaluated, logged, checkpointed and
 launched. Every other key (the model class, its objective and recipe, the data, poison and trigger, the

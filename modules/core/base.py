@@ -118,6 +118,10 @@ class CLIPModule(LightningModule):
                        headings={"cohesion_triggered": "triggered images' mean cosine",
                                  "cohesion_clean": "clean images' mean cosine"}),
         SummaryColumns("eval", "", nested=True, separator="/", skip=frozenset({"kind"}), metric_headings=EVAL_HEADINGS),
+        SummaryColumns("linear_probe", "linear_probe_", skip=frozenset({"train_set", "test_set"}),
+                       counts=frozenset({"linear_probe_train_images", "linear_probe_test_images"}),
+                       headings={"linear_probe_top1": "linear probe top-1", "linear_probe_seconds": "linear probe (s)",
+                                 "linear_probe_weight_decay": "linear probe weight decay"}),
         SummaryColumns("excluded", "excluded_", counts=True,
                        headings={"excluded_count": "pairs dropped", "excluded_poisoned": "poisoned among them"}),
     )

@@ -40,6 +40,8 @@ class ClassificationEvaluation:
             "ca_top5": MulticlassAccuracy(classes, top_k=min(5, classes), average="micro"),
         }
         for name, target in targets.items():
+            if target not in eval_set.classnames:  # not the headline set (checked at setup): no ASR here
+                continue
             metrics[name] = AttackSuccessRate(eval_set.classnames.index(target), classes)
             metrics[name.replace("asr", "cohesion_triggered", 1)] = Cohesion()
         metrics["cohesion_clean"] = Cohesion()

@@ -11,8 +11,9 @@ from modules.core.base import CLIPModule
 
 # configs/strategies/ holds trainer fragments, added to a full config with a second --config;
 # configs/*/triggers/ holds trigger fragments, given as the value of --data.init_args.trigger;
-# configs/*/tiers/ holds a tier's data, added with further --config (tests/test_compositions.py parses them)
-FRAGMENTS = ("strategies", "triggers", "tiers")
+# configs/*/tiers/ holds a tier's data, added with further --config (tests/test_compositions.py parses them);
+# configs/embedded/eval/ the evaluation sets, added after a recipe (and its tier)
+FRAGMENTS = ("strategies", "triggers", "tiers", "eval")
 CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml") if p.parent.name not in FRAGMENTS)
 TRIGGERS = sorted(str(p) for p in Path("configs").rglob("triggers/*.yaml"))
 
@@ -61,6 +62,18 @@ def test_trigger_fragment_replaces_a_recipes_trigger(trigger, tmp_path):
             assert [type(part).__name__ for part in cli.datamodule.trigger.triggers] == value
         else:
             assert getattr(cli.datamodule.trigger, name) == value
+
+
+@pytest.mark.parametrize(("configs", "directories"), [
+    (["configs/embedded/badnet.yaml", "configs/embedded/eval/all_sets.yaml"], ["eval", "eval_sketch", "retrieval"]),
+    (["configs/embedded/badnet.yaml", "configs/embedded/tiers/hard.yaml", "configs/embedded/eval/all_sets_hard.yaml"],
+     ["eval", "eval_sketch", "retrieval"]),
+])
+def test_the_eval_fragments_replace_a_recipes_single_set_with_the_benchmarks_sets(configs, directories, tmp_path):
+    args = [a for config in configs for a in ("--config", config)]
+    cli = BackdoorCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path)], run=False)
+    root = cli.datamodule.embedded.root
+    assert [c.directory for c in cli.datamodule.eval_configs] == [f"{root}/{d}" for d in directories]
 
 
 def test_bad_value_fails_before_training(tmp_path):
