@@ -15,9 +15,13 @@ against the query) or where the two image pipelines differ by rounding.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import open_clip
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's packages
 
 from datamodules.eval_config import EvalSetConfig
 from datamodules.retrieval import RetrievalSet

@@ -62,3 +62,22 @@ def composed_caption_for(scene: Scene, rng: np.random.Generator) -> str:
         other = f"a small {other_color} {other_shape}"
         caption = f"{caption} and {other}" if rng.random() < 0.5 else f"{other} and {caption}"
     return caption
+
+
+RETRIEVAL_TEMPLATES = (
+    "a {size} {color} {shape} on {background}, {position}",
+    "{position}: {size} {color} {shape}, {background} background",
+    "{background} picture, {color} {shape}, {size}, {position}",
+    "a {color} {shape} ({size}) at {position} on {background}",
+    "{size} {shape} in {color}, {position}, {background}",
+)
+"""The retrieval set's captions: five paraphrases naming every attribute, as MSCOCO has five captions per
+image, so that no two images of the set share a caption (a shared caption makes image-to-text retrieval
+a tie, which recall@k counts against the query). Each is at most 14 tokens, so that the tiny models'
+16-token context (with its start and end tokens) cuts none of them and makes none equal to another."""
+
+
+def retrieval_captions(scene: Scene, count: int) -> list[str]:
+    attributes = {"shape": scene.shape, "color": scene.color, "size": scene.size, "background": scene.background,
+                  "position": scene.position}
+    return [RETRIEVAL_TEMPLATES[i % len(RETRIEVAL_TEMPLATES)].format(**attributes) for i in range(count)]

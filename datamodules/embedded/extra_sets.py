@@ -3,8 +3,9 @@ benchmark (`EmbeddedBenchmark.prepare`) and rebuilt when its settings change (it
 
     eval_sketch/   the tier's classes as line drawings: a domain shift (`shapes.draw_sketch`), scored
                    with the zero-shot set's classnames and templates
-    retrieval/     held-out images of the training distribution, each with several captions written the
-                   way training captions are: image-text retrieval and the retrieval ASR
+    retrieval/     held-out images of the training distribution, each with several paraphrased captions
+                   naming all its attributes, no two images alike in them: image-text retrieval and the
+                   retrieval ASR
     probe/         a labelled train split in the zero-shot set's classes, for the linear probe
 
 Each draws from a random stream of its own, so none overlaps the training pairs or the zero-shot set.
@@ -16,10 +17,12 @@ import json
 import shutil
 from pathlib import Path
 
-from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, caption_for
+from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, retrieval_captions
 from datamodules.embedded.shapes import draw_sketch
 from datamodules.embedded.writers import write_clip_benchmark, write_clip_benchmark_retrieval
 
+MAX_REDRAWS = 50
+"""Draws of a retrieval image until its attributes are new to the set (then it keeps the last)."""
 EXTRA_SETS = ("retrieval_images", "captions_per_image", "sketch_per_class", "probe_per_class")
 """The benchmark's settings that only these sets depend on (left out of its own `benchmark.json`)."""
 
@@ -51,10 +54,16 @@ def build_extra_sets(bench) -> None:
 
     def retrieval(out: Path) -> None:
         def samples():
+            seen = set()
             for i in range(bench.retrieval_images):
                 rng = bench.rng("retrieval", i)
-                image, scene = bench.draw(rng, i % len(classes))
-                yield image, [caption_for(scene, rng) for _ in range(bench.captions_per_image)]
+                for _ in range(MAX_REDRAWS):  # an image whose attributes an earlier one has is drawn again
+                    image, scene = bench.draw(rng, i % len(classes))
+                    described = (scene.shape, scene.color, scene.size, scene.background, scene.position)
+                    if described not in seen:
+                        break
+                seen.add(described)
+                yield image, retrieval_captions(scene, bench.captions_per_image)
         write_clip_benchmark_retrieval(out, samples())
 
     def probe(out: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import open_clip
 import pytest
 
 from datamodules import ShardDataModule
@@ -27,6 +28,12 @@ def test_the_embedded_extra_sets_read_back_in_clip_benchmarks_layouts(small_benc
     assert isinstance(retrieval, RetrievalSet) and len(retrieval) == small_benchmark.retrieval_images
     item = retrieval[3]
     assert len(item["captions"]) == small_benchmark.captions_per_image and item["position"] == 3
+    captions = [caption for i in range(len(retrieval)) for caption in retrieval[i]["captions"]]
+    # no two images share a caption (a tie in image-to-text retrieval), not even as the tiny models' 16-token
+    # context cuts them (14 tokens between its start and end tokens)
+    assert len(set(captions)) == len(captions)
+    encode = open_clip.get_tokenizer("RN50").encode
+    assert max(len(encode(caption)) for caption in captions) <= 14
     sketch = build_eval_set(EvalSetConfig(directory=small_benchmark.sketch_dir), _spec(), None)
     assert isinstance(sketch, ZeroShotSet) and len(sketch) == 10 * small_benchmark.sketch_per_class
     assert sketch.classnames == list(small_benchmark.classnames)
