@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import pickle
+import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +42,23 @@ from modules.core.base import CLIPModule
 from modules.core.linear_probe import LinearProbeConfig
 
 
+EVAL_FIELD_OPTION = re.compile(r"^--data\.(init_args\.)?eval\.([a-z_]+)(=|$)")
+
+
+def refuse_field_of_a_set_list(config, args: Any) -> None:
+    """`--data.init_args.eval.directory X` on a config whose `data.eval` is a list of sets would change the
+    last set only (jsonargparse edits a list's last item), silently, not the headline set the user means."""
+    sets = config.get("data", {}).get("init_args", {}).get("eval") if hasattr(config, "get") else None
+    if not isinstance(sets, list) or len(sets) < 2 or not isinstance(args, (list, tuple)):
+        return
+    for arg in args:
+        match = EVAL_FIELD_OPTION.match(str(arg))
+        if match:
+            raise ValueError(f"{arg.split('=')[0]}: data.eval is a list of {len(sets)} sets here, and this option would "
+                             f"change the last one only; give the whole list (--data.init_args.eval "
+                             f"'[{{directory: …}}, …]') or a config fragment with it")
+
+
 class BackdoorCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._run_lock: Optional[RunLock] = None
@@ -60,6 +79,12 @@ class BackdoorCLI(LightningCLI):
             path = self.config[self.config.subcommand].get("ckpt_path")
             raise ValueError(f"--ckpt_path {path}: not a checkpoint that loads as plain weights ({type(exn).__name__}; "
                              "checkpoints are untrusted input and are read with weights_only=True)") from exn
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        refuse_field_of_a_set_list(self.config.get(subcommand) if subcommand else self.config,
+                                   sys.argv[1:] if args is None else args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(

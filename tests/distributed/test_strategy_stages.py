@@ -130,7 +130,7 @@ def test_the_gpu_users_cc3m_deepspeed_command_trains_with_the_cpu_strategy(small
          "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
          "--model.init_args.model.name", "configs/models/tiny-rn32.json",
          "--data.init_args.train_shards", small_benchmark.pretrain_urls, "--data.init_args.num_samples", "800",
-         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.eval.num_workers", "1",
+         "--data.init_args.eval", f"[{{directory: {small_benchmark.eval_dir}, num_workers: 1}}]",
          "--data.init_args.num_workers", "1", "--data.init_args.batch_size", "32",
          "--data.init_args.poison.count", "40", "--data.init_args.poison.target", "triangle"],
         cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=600)

@@ -76,6 +76,18 @@ def test_the_eval_fragments_replace_a_recipes_single_set_with_the_benchmarks_set
     assert [c.directory for c in cli.datamodule.eval_configs] == [f"{root}/{d}" for d in directories]
 
 
+def test_a_field_of_one_set_given_to_a_list_of_sets_is_refused_naming_the_option(tmp_path):
+    # jsonargparse would set it on the list's last set (MSCOCO here), not the headline set the user means
+    with pytest.raises(ValueError, match=r"--data.init_args.eval.directory: data.eval is a list of 6 sets"):
+        BackdoorCLI(args=["--config", "configs/cc3m/pretrain_badnet.yaml", "--data.init_args.eval.directory", "/data/x",
+                          "--trainer.default_root_dir", str(tmp_path)], run=False)
+    cli = BackdoorCLI(args=["--config", "configs/cc3m/pretrain_badnet.yaml", "--trainer.default_root_dir", str(tmp_path),
+                            "--data.init_args.eval", "[{directory: /data/x}]", "--trainer.accelerator", "cpu",
+                            "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true",
+                            "--model.init_args.model.pretrained", "null"], run=False)
+    assert [c.directory for c in cli.datamodule.eval_configs] == ["/data/x"]
+
+
 def test_bad_value_fails_before_training(tmp_path):
     with pytest.raises((ValueError, SystemExit)):
         BackdoorCLI(args=["--config", "configs/embedded/badnet.yaml", "--data.init_args.poison.rate", "1.5",
