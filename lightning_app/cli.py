@@ -41,7 +41,6 @@ from lightning_app.user_errors import report_user_errors
 from modules.core.base import CLIPModule
 from modules.core.linear_probe import LinearProbeConfig
 
-
 EVAL_FIELD_OPTION = re.compile(r"^--data\.(init_args\.)?eval\.([a-z_]+)(=|$)")
 
 
