@@ -20,6 +20,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,9 +157,14 @@ def summary_result_sha256(run_dir: str) -> str | None:
     return result_sha256(load_summary(Path(run_dir))) if (Path(run_dir) / "summary.json").exists() else None
 
 
-def run_stage(stage: Stage, log_dir: Path | None = None, env: dict | None = None) -> dict:
-    """Run (or reuse, or resume) one stage; returns its summary. `env`: the fit's environment (its devices)."""
-    stage.check_or_record_fingerprint()
+def run_stage(stage: Stage, log_dir: Path | None = None, env: dict | None = None,
+              started: Callable[[subprocess.Popen], None] | None = None, rank: int = 0) -> dict:
+    """Run (or reuse, or resume) one stage; returns its summary. `env`: the fit's environment (its devices).
+    `started` is handed the fit's process (a launcher forwards preemption signals to it). `rank`: the task of a
+    multi-task launch (SLURM starts one per device, each running this): only task 0 records the stage and
+    logs to `fit.log`, the others to `fit.rank<N>.log`."""
+    if rank == 0:
+        stage.check_or_record_fingerprint()
     if stage.summary_path.exists():
         log.info("[%s] reusing %s", stage.label, stage.summary_path)
         return stage.summary()
@@ -167,14 +173,17 @@ def run_stage(stage: Stage, log_dir: Path | None = None, env: dict | None = None
                *stage.overrides]
     if any((Path(stage.run_dir) / "checkpoints").glob("*.ckpt")):
         command += ["--ckpt_path", "last"]
-    log_path = (log_dir or Path(stage.run_dir)) / "fit.log"
+    log_path = (log_dir or Path(stage.run_dir)) / ("fit.log" if rank == 0 else f"fit.rank{rank}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("[%s] running: %s  (log: %s)", stage.label, " ".join(command), log_path)
     start = time.perf_counter()
     with open(log_path, "w") as out:
-        result = subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"stage {stage.label!r} failed (exit {result.returncode}); see {log_path}")
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if started is not None:
+            started(process)
+        returncode = process.wait()
+    if returncode != 0:
+        raise RuntimeError(f"stage {stage.label!r} failed (exit {returncode}); see {log_path}")
     if not stage.summary_path.exists():  # Lightning ends a fit stopped by SIGTERM with exit status 0
         raise RuntimeError(f"stage {stage.label!r} ended without {stage.summary_path} (stopped before the end of "
                            f"its fit?); see {log_path}. Running it again resumes from its last checkpoint")

@@ -4,7 +4,8 @@
         [--seeds N...] [--where AXIS=VALUE[,VALUE...]...]   (the tables then cover those runs only)
     python -m lightning_app.experiments report experiments/defenses.yaml [--seeds ...] [--where ...]   # no training
 
-`run` trains what is not finished (one run at a time, each in its own process), reuses finished runs,
+`run` trains what is not finished (`--jobs N` at a time, each in its own process; with `--launcher slurm`
+each as a SLURM job through submitit: lightning_app.experiments.slurm), reuses finished runs,
 resumes interrupted ones, then writes RUNS/results.jsonl, the tables (RUNS/<block>.md) and the CA-vs-ASR
 plots (RUNS/<block>.png). `--dry-run` prints every run, its directory, whether it would be reused,
 resumed or run, and an estimate of the time the rest takes. `--archive` records each run as it finishes
@@ -28,6 +29,23 @@ from lightning_app.experiments.loading import load_experiment
 from lightning_app.experiments.planning import plan
 from lightning_app.experiments.rows import collect
 from lightning_app.experiments.runner import run_experiment
+from lightning_app.experiments.slurm import SlurmSettings
+
+SLURM_OPTIONS = [
+    ("partition", str, "SLURM partition"), ("time_min", int, "time limit of a job, minutes (requeued past it)"),
+    ("gpus_per_node", int, "GPUs and tasks per node of a stage whose config leaves trainer.devices auto "
+                           "(nodes: the stage's trainer.num_nodes)"),
+    ("cpus_per_task", int, "CPUs per task"), ("mem_gb", int, "memory per node, GB"), ("account", str, "SLURM account"),
+    ("qos", str, "SLURM QOS"), ("constraint", str, "SLURM constraint"),
+    ("executor", str, "slurm (default), or local/debug: submitit's executors on this machine"),
+]
+
+
+def slurm_settings(experiment, args: argparse.Namespace) -> SlurmSettings:
+    """The experiment's `launcher:` block, with the command line's options over it."""
+    given = {name: getattr(args, f"slurm_{name}") for name, _, _ in SLURM_OPTIONS
+             if getattr(args, f"slurm_{name}") is not None}
+    return SlurmSettings.from_mapping({**experiment.launcher, **given}, f"{experiment.path} launcher / command line")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
                              "shares N slots: runs/.experiments.slots/)")
     parser.add_argument("--devices-per-job", type=int, default=1, metavar="K",
                         help="GPUs each run gets (slot i: visible GPUs i·K..i·K+K-1, as CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                        help="local: on this machine (--jobs slots); slurm: each run a SLURM job through submitit, "
+                             "with the experiment's `launcher:` block and the options below")
+    slurm = parser.add_argument_group("--launcher slurm (over the experiment's launcher: block)")
+    for name, kind, help_text in SLURM_OPTIONS:
+        slurm.add_argument(f"--{name.replace('_', '-')}", dest=f"slurm_{name}", type=kind, help=help_text,
+                           metavar=name.upper())
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of the experiment's seeds")
     parser.add_argument("--archive", action="store_true",
                         help="record the runs finished here in results/NAME.jsonl, which reports read on checkouts "
@@ -71,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         check_blocks(experiment, args.blocks)  # before hours of runs, not after
         if args.jobs < 1 or args.devices_per_job < 1:
             raise ValueError(f"--jobs and --devices-per-job must be ≥ 1, got {args.jobs} and {args.devices_per_job}")
+        settings = slurm_settings(experiment, args) if args.launcher == "slurm" else None
         if args.dry_run:
             print(plan(experiment, args.only, args.jobs))
             return 0
@@ -79,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.update_docs, args.drop_rows, args.blocks)
         else:
             run_experiment(experiment, args.only, args.update_docs, archive, args.drop_rows, args.blocks,
-                           jobs=args.jobs, devices_per_job=args.devices_per_job)
+                           jobs=args.jobs, devices_per_job=args.devices_per_job, slurm=settings)
             paths = []
     except (ValueError, RuntimeError) as exn:
         print(f"error: {exn}", file=sys.stderr)

@@ -25,6 +25,7 @@ from lightning_app.experiments.schema import (
     TableSpec,
     value_name,
 )
+from lightning_app.experiments.slurm import SlurmSettings
 from lightning_app.pipelines import REPO_ROOT
 
 
@@ -82,7 +83,8 @@ def load_experiment(path: str | Path) -> Experiment:
         name=raw["name"], path=str(path), runs=raw.get("runs", f"runs/experiments/{raw['name']}"),
         seeds=[int(s) for s in _list(raw.get("seeds", [0]))], stages=stages, axes=axes, tables=tables,
         exports=_list(raw.get("exports")), description=raw.get("description", ""),
-        archive=f"results/{raw['name']}.jsonl")
+        archive=f"results/{raw['name']}.jsonl", launcher=dict(raw.get("launcher") or {}))
+    SlurmSettings.from_mapping(experiment.launcher, str(path))  # a mistake in the block shows before any run
     _check(experiment)
     return experiment
 

@@ -101,12 +101,12 @@ def slot(jobs: int, directory: Path = SLOTS, poll_s: float = 0.2) -> Iterator[in
 
 def run_pool(runs: list[StageRun], jobs: int, start: Callable[[StageRun, dict], None],
              finished: Callable[[StageRun], None], devices_per_job: int = 1,
-             slots: Path = SLOTS) -> dict[str, str]:
+             slots: Path = SLOTS, assign_devices: bool = True) -> dict[str, str]:
     """Run `runs` (in chain order) `jobs` at a time: `start(run, env)` runs one fit, `env` holding the
-    environment its slot gives it; `finished(run)` is called in this thread as each one succeeds. A run
-    that fails (a RuntimeError or ValueError) skips its dependants and not its siblings. Returns the failed
-    and skipped runs with why."""
-    visible = visible_gpus()
+    environment its slot gives it (its GPUs, with `assign_devices`: not for jobs a cluster places); `finished(run)`
+    is called in this thread as each one succeeds. A run that fails (a RuntimeError or ValueError) skips its
+    dependants and not its siblings. Returns the failed and skipped runs with why."""
+    visible = visible_gpus() if assign_devices else []
     ids = {run.id for run in runs}
     failed: dict[str, str] = {}
     succeeded: set[str] = set()

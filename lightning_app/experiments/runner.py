@@ -19,6 +19,7 @@ from lightning_app.experiments.expansion import expand, pipeline_stage
 from lightning_app.experiments.pool import run_pool
 from lightning_app.experiments.rows import collect
 from lightning_app.experiments.schema import Experiment, StageRun
+from lightning_app.experiments.slurm import SlurmSettings, make_executor, run_as_job
 from lightning_app.export import export_run
 from lightning_app.pipelines import REPO_ROOT, run_stage
 
@@ -64,10 +65,10 @@ def by_chain(runs: list[StageRun]) -> list[StageRun]:
 
 def run_experiment(experiment: Experiment, only: list[str] | None = None, update_docs: bool = False,
                    archive: bool = False, drop_rows: bool = False, blocks: list[str] | None = None,
-                   jobs: int = 1, devices_per_job: int = 1) -> list[dict]:
-    """Run what is not finished, `jobs` at a time (`pool.py`), then write results.jsonl and the views from
-    every finished run (and with `archive`, record each run in the experiment's results archive as it
-    finishes).
+                   jobs: int = 1, devices_per_job: int = 1, slurm: SlurmSettings | None = None) -> list[dict]:
+    """Run what is not finished, `jobs` at a time (`pool.py`): on this machine, or with `slurm` each as a job
+    through submitit (`slurm.py`). Then write results.jsonl and the views from every finished run (and with
+    `archive`, record each run in the experiment's results archive as it finishes).
 
     A failed run is reported and its dependants skipped; the others go on. Raises at the end if any failed."""
     runs = expand(experiment)
@@ -78,8 +79,14 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
             # keeps what the archive holds
             archive_runs(experiment, [run])
 
-    failed = run_pool(by_chain(select(experiment, runs, only)), jobs,
-                      lambda run, env: run_stage(pipeline_stage(run), env=env), finished, devices_per_job, SLOTS)
+    if slurm is None:
+        start, slots = (lambda run, env: run_stage(pipeline_stage(run), env=env)), SLOTS
+    else:  # the cluster schedules the jobs: the slots only bound how many this study has submitted at once
+        executor = make_executor(slurm, experiment.runs)
+        start, slots = (lambda run, env: run_as_job(executor, pipeline_stage(run), slurm)), \
+            Path(experiment.runs) / ".submitit" / "slots"
+    failed = run_pool(by_chain(select(experiment, runs, only)), jobs, start, finished, devices_per_job, slots,
+                      assign_devices=slurm is None)
     rows = collect(experiment, runs, archive=archive or update_docs)
     for path in write_views(experiment, rows, update_docs, drop_rows, blocks):
         log.info("wrote %s", path)

@@ -46,7 +46,7 @@ from datamodules.run_dir import RunDir
 STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys", "cost_includes", "report", "where"}
 INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
-EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports"}
+EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports", "launcher"}
 TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "figure", "compare",
               "compare_axis", "compare_on", "select", "where", "detector"}
 SELECT_KEYS = {"maximise", "where", "at_most"}
@@ -166,6 +166,8 @@ class Experiment:
     description: str = ""
     archive: str = ""
     """The results archive of the experiment's runs (`results/NAME.jsonl`, lightning_app.experiments.archive)."""
+    launcher: dict = field(default_factory=dict)
+    """Settings of `run --launcher slurm` (`lightning_app.experiments.slurm.SlurmSettings`); the command line's win."""
 
 
 @dataclass
