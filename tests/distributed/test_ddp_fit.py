@@ -22,7 +22,9 @@ def test_torchrun_script_trains_on_two_ranks_with_equal_batches(small_benchmark,
          "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
          "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir),
          "--data.init_args.embedded", "null", "--data.init_args.train_shards", small_benchmark.pretrain_urls,
-         "--data.init_args.eval.directory", small_benchmark.eval_dir, "--data.init_args.batch_size", "32",
+         "--data.init_args.eval", f"[{{directory: {small_benchmark.eval_dir}}}, "
+                                  f"{{directory: {small_benchmark.retrieval_dir}, max_samples: 301}}]",
+         "--data.init_args.batch_size", "32",
          "--data.init_args.num_workers", "1", "--model.init_args.optimizer.warmup_steps", "5"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
@@ -41,6 +43,24 @@ def test_torchrun_script_trains_on_two_ranks_with_equal_batches(small_benchmark,
     assert 2 * summary["steps"] * 32 <= summary["data_health"]["good"] <= 800
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == summary["steps"]
+    # each set measured over both ranks' halves is what one process measures on the whole set (301
+    # retrieval images: the ranks hold 151 and 150)
+    one = _evaluate_in_one_process(run_dir, tmp_path / "one")
+    assert list(summary["eval"]) == list(one) == ["eval", "retrieval"]
+    for name, block in one.items():
+        for metric, value in block.items():
+            if metric not in ("kind", "eval_seconds"):
+                assert summary["eval"][name][metric] == pytest.approx(value, abs=1e-6), (name, metric)
+
+
+def _evaluate_in_one_process(run_dir: Path, out: Path) -> dict:
+    from lightning_app.cli import BackdoorCLI
+    from modules.core.evaluation import Evaluation
+
+    cli = BackdoorCLI(args=["validate", "--config", str(run_dir / "config.yaml"), "--trainer.devices", "1",
+                            "--trainer.strategy", "auto", "--trainer.default_root_dir", str(out),
+                            "--trainer.logger", "false", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    return next(c for c in cli.trainer.callbacks if isinstance(c, Evaluation)).last
 
 
 def _two_rank_fit(bench, run_dir: Path, *extra: str) -> subprocess.Popen:
