@@ -3,11 +3,12 @@
     python main.py fit --config configs/embedded/ubt_unlearn.yaml   # after configs/embedded/ubt_detect.yaml
     python main.py fit --config configs/embedded/ubt_one_fit.yaml   # both stages in one fit
 
-Reads RUN/ubt/suspicious_pairs.safetensors of a stage-1 run (`suspicious_dir`: its `ubt/` directory),
-at most `m` pairs: the images as the model saw them and their captions. Or, with `discover`, finds
-them itself when the fit starts: one scoring pass over the model's training data ranks the pairs by
-`discover.score`, weak similarity or `cluster` (stage 1 with `overfit: false`), and writes this
-run's `ubt/` directory, which a resumed run reads back. The training data is the clean fine-tuning stream, for the retain loss.
+Reads RUN/ubt/suspicious_pairs.safetensors of a stage-1 run (`suspicious_dir`), at most `m` pairs: the
+images as the model saw them and their captions. Or, with `discover`, finds them when the fit starts (one
+scoring pass over the model's training data, ranked by `discover.score`) and writes this run's `ubt/`,
+which a resumed run reads back. The training data is the clean fine-tuning stream, for the retain loss.
+With `adaptive`, a label-free signal decides when to stop and how strong λ_forget is
+(modules/cleaning/unlearning_signal.py).
 Each step:
 1. attribution: on a mini-batch of suspicious pairs, the similarity s(I, T) is attributed to the
    text tokens (token embeddings) and image tokens (ViT patches, or the positions entering a
@@ -43,21 +44,22 @@ import contextlib
 import copy
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 
-from datamodules.poison import PoisonConfig, load_trigger
+from datamodules.poison import load_trigger
 from datamodules.run_dir import RunDir
 from datamodules.train_stream import replayed_stream
 from datamodules.transforms import normalise_pixels
+from modules.cleaning.unlearning_signal import AdaptiveState, AdaptiveUnlearning, adapt, holdout_rows
 from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_norms_in_eval, token_local_parameters
 from modules.core.losses import relative_squared_change
 from modules.core.model_loading import ModelConfig
 from modules.core.summary_columns import SummaryColumns
+from modules.detection.discovery import DiscoveryData
 from modules.detection.pair_scoring import (
     DETECTION_COLUMNS,
     SUSPICIOUS_PAIRS,
@@ -69,7 +71,6 @@ from modules.detection.pair_scoring import (
     score_stream,
     write_discovery,
 )
-from modules.detection.suspicious_set import SetRule
 from modules.detection.token_attribution import (
     TokenTap,
     captured_image_tokens,
@@ -77,28 +78,6 @@ from modules.detection.token_attribution import (
     token_attribution,
     top_token_mask,
 )
-
-
-@dataclass
-class DiscoveryData:
-    """UBT's stage 1 inside the unlearning fit (`TokenUnlearning.discover`)."""
-
-    train_shards: str
-    """The training shards of the model to clean (as for data.train_shards)."""
-    poison: PoisonConfig = field(default_factory=PoisonConfig)
-    """The poisoning its training applied, replayed (the embedded benchmark poisons on the fly; rate 0
-    for data that is poisoned on disk). Its manifest only measures detection quality."""
-    num_samples: Optional[int] = None
-    """Pairs in the shards; None reads img2dataset's `*_stats.json` files."""
-    report_k: list[int] = field(default_factory=lambda: [100, 200, 1000])
-    """The k of the detection precision@k and recall@k."""
-    score: Literal["weak", "cluster", "dense"] = "weak"
-    """Which ranking picks the pairs: `weak`, `cluster` or `dense` (see modules/detection/discovery.py and
-    modules/detection/suspicious_set.py; `dense` reads the chosen pairs in a second pass over the shards)."""
-    set_rule: SetRule = field(default_factory=SetRule)
-    """How many of the ranking's top pairs to unlearn: a fixed m, or the mixture rule with its guard."""
-    cluster_seed: int = 1000
-    """The `cluster` score's seed: the images of this many weakest pairs make its centroid (≥ m)."""
 
 
 class TokenUnlearning(CLIPModule):
@@ -110,6 +89,9 @@ class TokenUnlearning(CLIPModule):
             "set_m": "pairs unlearned", "set_true_purity": "their share poisoned",
             "set_estimated_purity": "estimated purity", "set_guard": "guard"}),
         SummaryColumns("unlearned_by_trigger", "unlearned_", heading="unlearned: {key}", counts=True),
+        SummaryColumns("unlearning", "unlearning_", skip=frozenset({"trace"}), counts=frozenset({"unlearning_checks"}),
+                       headings={"unlearning_stopped": "stage 2 stopped by", "unlearning_lambda_forget": "final λ_forget",
+                                 "unlearning_end_relative_match": "held-out match at the end"}),
     )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
@@ -117,7 +99,7 @@ class TokenUnlearning(CLIPModule):
                  m: int = 200, forget_batch_size: int = 64,
                  text_tokens: int = 3, image_tokens: int = 4, margin: float = 0.0, lambda_forget: float = 1.0,
                  trainable: Optional[list[str]] = None, image_token_block: Optional[int] = None,
-                 lambda_retain_tokens: float = 0.0, seed: int = 0):
+                 lambda_retain_tokens: float = 0.0, adaptive: Optional[AdaptiveUnlearning] = None, seed: int = 0):
         """
         Args:
             model: The (possibly poisoned) model to clean.
@@ -138,6 +120,9 @@ class TokenUnlearning(CLIPModule):
                 (0-based) instead of the patch embedding.
             lambda_retain_tokens: Weight of L_tokens, the relative change of the clean batch's image tokens
                 against the incoming model's (0: off; it costs a forward pass of the image tower up to the tokens).
+            adaptive: Stop when a label-free signal says the backdoor is gone (or a guard on a CA proxy
+                trips, or a step cap), and grow λ_forget while it does not move
+                (modules/cleaning/unlearning_signal.py). None: train the fit's full length at `lambda_forget`.
             seed: Seed of the suspicious mini-batch draws.
         """
         if m < 1 or forget_batch_size < 1:
@@ -174,6 +159,7 @@ class TokenUnlearning(CLIPModule):
         self.set_by_trigger: Optional[dict] = None
         self.forget_images = torch.empty(0)
         self.forget_tokens = torch.empty(0)
+        self.adaptive_state = AdaptiveState(adaptive, lambda_forget) if adaptive is not None else None  # (checkpointed)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -231,12 +217,15 @@ class TokenUnlearning(CLIPModule):
         self.forget_keys = keys
         self.forget_images = images
         self.forget_tokens = spec.tokenizer(captions)
+        self.trained_rows = torch.arange(len(keys))
+        if self.adaptive_state is not None:  # a share held out of the forget loss: the signal's
+            self.trained_rows, self.heldout_rows = holdout_rows(len(keys), self.adaptive_state.settings, self.seed)
 
     def forget_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A seeded draw (by step) of suspicious pairs: normalised images and tokens, on the module's device."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
-        n = min(self.forget_batch_size, len(self.forget_keys))
-        index = torch.randperm(len(self.forget_keys), generator=gen)[:n]
+        n = min(self.forget_batch_size, len(self.trained_rows))
+        index = self.trained_rows[torch.randperm(len(self.trained_rows), generator=gen)[:n]]
         spec = self.input_spec()
         images = normalise_pixels(self.forget_images[index].float() / 255.0, spec.mean, spec.std)
         return images.to(self.device), self.forget_tokens[index].to(self.device)
@@ -261,6 +250,14 @@ class TokenUnlearning(CLIPModule):
             similarity = (self.encode_image(images) * self.encode_text(tokens)).sum(-1)
         return torch.relu(similarity - self.margin).mean(), similarity.detach()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.adaptive_state is not None:
+            checkpoint["adaptive_unlearning"] = self.adaptive_state.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.adaptive_state is not None and checkpoint.get("adaptive_unlearning"):
+            self.adaptive_state.load_state_dict(checkpoint["adaptive_unlearning"])
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
         keep_frozen_norms_in_eval(self.model)  # Lightning puts the model back in train mode after validation
@@ -281,7 +278,8 @@ class TokenUnlearning(CLIPModule):
             forget, similarity = self.forget_loss(*self.forget_batch())
         else:
             forget, similarity = retain.new_zeros(()), retain.new_zeros(1)
-        loss = retain + self.lambda_forget * forget
+        adapting = self.adaptive_state is not None and self.forget_keys
+        loss = retain + (adapt(self, batch) if adapting else self.lambda_forget) * forget
         if retain_tokens_on:
             retain_tokens = self.retain_tokens_loss(batch["image"], tokens[0])
             loss = loss + self.lambda_retain_tokens * retain_tokens
@@ -296,5 +294,7 @@ class TokenUnlearning(CLIPModule):
             found_here["suspicious_set"] = self.set_decision
         if self.set_by_trigger is not None:
             found_here["unlearned_by_trigger"] = self.set_by_trigger
+        if self.adaptive_state is not None and self.forget_keys:
+            found_here["unlearning"] = {**self.adaptive_state.summary(), "held_out_pairs": len(self.heldout_rows)}
         return {"unlearned_pairs": len(self.forget_keys), **found_here, "trainable_parameters": sum(
             p.numel() for n, p in self.model.named_parameters() if n in self.trainable)}

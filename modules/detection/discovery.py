@@ -32,11 +32,13 @@ the weakest-matched ones under the poisoned model, so `weak` finds them and `aft
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import torch
 
+from datamodules.poison import PoisonConfig
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
 from modules.core.summary_columns import SummaryColumns
@@ -50,6 +52,7 @@ from modules.detection.pair_scoring import (
     weak_pair_weights,
     write_discovery,
 )
+from modules.detection.suspicious_set import SetRule
 
 
 class SuspiciousPairDiscovery(CLIPModule):
@@ -164,3 +167,25 @@ class SuspiciousPairDiscovery(CLIPModule):
     def summary_extras(self) -> dict:
         return {"detection": self.detection, "suspicious_m": self.top_m, "ranking_score": self.score, "overfit": self.overfit,
                 "cluster_seed": self.cluster_seed, "detection_cost": self.detection_cost}
+
+
+@dataclass
+class DiscoveryData:
+    """UBT's stage 1 inside the unlearning fit (`TokenUnlearning.discover`)."""
+
+    train_shards: str
+    """The training shards of the model to clean (as for data.train_shards)."""
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    """The poisoning its training applied, replayed (the embedded benchmark poisons on the fly; rate 0
+    for data that is poisoned on disk). Its manifest only measures detection quality."""
+    num_samples: Optional[int] = None
+    """Pairs in the shards; None reads img2dataset's `*_stats.json` files."""
+    report_k: list[int] = field(default_factory=lambda: [100, 200, 1000])
+    """The k of the detection precision@k and recall@k."""
+    score: Literal["weak", "cluster", "dense"] = "weak"
+    """Which ranking picks the pairs: `weak`, `cluster` or `dense` (see modules/detection/discovery.py and
+    modules/detection/suspicious_set.py; `dense` reads the chosen pairs in a second pass over the shards)."""
+    set_rule: SetRule = field(default_factory=SetRule)
+    """How many of the ranking's top pairs to unlearn: a fixed m, or the mixture rule with its guard."""
+    cluster_seed: int = 1000
+    """The `cluster` score's seed: the images of this many weakest pairs make its centroid (≥ m)."""

@@ -1,0 +1,96 @@
+"""The adaptive stage 2's signal, guard and decisions (modules/cleaning/unlearning_signal.py) on hand-made
+embeddings and traces: collapsed against spread features, own-caption accuracy, and when it stops (signal,
+guard, cap) or strengthens λ_forget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modules.cleaning.unlearning_signal import (
+    AdaptiveState,
+    AdaptiveUnlearning,
+    collapse_gap,
+    holdout_rows,
+    mean_pairwise_cosine,
+    pair_accuracy,
+    relative_match,
+)
+
+
+def test_collapsed_features_have_cosine_one_spread_ones_zero_and_the_gap_is_their_difference():
+    collapsed = torch.tensor([[1.0, 0.0, 0.0]]).repeat(5, 1) + 1e-4 * torch.randn(5, 3)
+    spread = torch.eye(4)
+    assert mean_pairwise_cosine(collapsed) == pytest.approx(1.0, abs=1e-3)
+    assert mean_pairwise_cosine(spread) == pytest.approx(0.0, abs=1e-6)
+    assert collapse_gap(collapsed, spread) == pytest.approx(1.0, abs=1e-3)
+    assert collapse_gap(spread, spread) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pair_accuracy_counts_images_whose_own_caption_scores_best():
+    images = torch.eye(4)
+    assert pair_accuracy(images, images) == 1.0
+    assert pair_accuracy(images, images[[1, 0, 2, 3]]) == 0.5  # two images now prefer another's caption
+
+
+def test_relative_match_is_one_for_matched_pairs_and_zero_for_unrelated_ones():
+    clean = torch.eye(4) * 0.9 + 0.1  # matched 1.0, mismatched 0.1
+    assert relative_match(torch.full((3,), 1.0), clean) == pytest.approx(1.0)
+    assert relative_match(torch.full((3,), 0.1), clean) == pytest.approx(0.0, abs=1e-6)
+    assert relative_match(torch.tensor([1.0, 0.1]), clean) == pytest.approx(0.5)
+
+
+def test_a_quarter_of_the_suspicious_set_is_held_out_and_never_trained_on():
+    trained, held = holdout_rows(200, AdaptiveUnlearning(), seed=0)
+    assert len(held) == 50 and len(trained) == 150 and not set(held.tolist()) & set(trained.tolist())
+    assert torch.equal(holdout_rows(200, AdaptiveUnlearning(), seed=0)[1], held)  # seeded
+    assert len(holdout_rows(3, AdaptiveUnlearning(), seed=0)[1]) == 2  # at least 2, at most all but one
+
+
+def _state(**settings) -> AdaptiveState:
+    return AdaptiveState(AdaptiveUnlearning(**settings), lambda_forget=1.0)
+
+
+def test_it_stops_when_the_held_out_pairs_no_longer_match_and_says_so():
+    state = _state(tolerance=0.2)
+    assert state.check(0, 1.10, 0.90) is None
+    assert state.check(10, 0.50, 0.90) is None
+    assert state.check(20, 0.15, 0.89) == "signal"
+    summary = state.summary()
+    assert summary["stopped"] == "signal" and summary["start_relative_match"] == 1.10
+    assert summary["end_relative_match"] == 0.15
+    assert [t["step"] for t in summary["trace"]] == [0, 10, 20]
+
+
+def test_the_guard_stops_it_when_the_ca_proxy_falls_and_the_cap_when_the_steps_run_out():
+    guarded = _state(guard_drop=0.05)
+    guarded.check(0, 0.6, 0.90)
+    assert guarded.check(10, 0.5, 0.86) is None  # within the allowed drop
+    assert guarded.check(20, 0.4, 0.84) == "guard"
+    capped = _state(max_steps=20)
+    capped.check(0, 0.6, 0.9)
+    capped.check(10, 0.5, 0.9)
+    assert capped.check(20, 0.4, 0.9) == "cap" and capped.summary()["stopped"] == "cap"
+    assert _state().summary()["stopped"] == "end of training"  # never checked: it ran the fit's length
+
+
+def test_lambda_grows_while_the_signal_stalls_up_to_its_bound_and_not_while_it_falls():
+    state = _state(grow=2.0, min_progress=0.1, max_lambda=4.0)
+    state.check(0, 0.60, 0.9)
+    state.check(10, 0.40, 0.9)  # closed a third: enough
+    assert state.lambda_forget == 1.0
+    state.check(20, 0.39, 0.9)  # closed 2.5%: stalled
+    assert state.lambda_forget == 2.0
+    state.check(30, 0.39, 0.9)
+    state.check(40, 0.39, 0.9)
+    assert state.lambda_forget == 4.0  # the bound
+    restored = _state(grow=2.0, min_progress=0.1, max_lambda=4.0)
+    restored.load_state_dict(state.state_dict())  # a resumed run goes on from the checkpoint's state
+    assert restored.summary() == state.summary()
+
+
+def test_bad_settings_are_refused_naming_the_option():
+    with pytest.raises(ValueError, match="model.adaptive"):
+        AdaptiveUnlearning(check_every=0)
+    with pytest.raises(ValueError, match="model.adaptive"):
+        AdaptiveUnlearning(grow=0.5)
