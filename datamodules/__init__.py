@@ -10,6 +10,7 @@ from datamodules.poison import (
     MultiTrigger,
     OptimizedPatch,
     PoisonConfig,
+    TextPhrase,
     Trigger,
     WaNet,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "EmbeddedBenchmark",
     "PoisonConfig",
     "ShardDataModule",
+    "TextPhrase",
     "Trigger",
     "WaNet",
 ]

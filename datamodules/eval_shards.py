@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import Normalize
 
 from datamodules.eval_config import EvalSetConfig
-from datamodules.poison import MultiTrigger, Trigger
+from datamodules.poison import MultiTrigger, Trigger, poisons_captions
 from datamodules.shards import read_text_lines, sample_key
 from datamodules.stream_health import IMAGE_EXTENSIONS
 from datamodules.transforms import InputSpec, ModelGeometry, decode_image
@@ -96,6 +96,8 @@ class EvalShardSet(Dataset):
         """The clean image and its triggered views: `image_triggered`, or with a MultiTrigger one
         `image_triggered_<part>` per trigger, for per-trigger ASR."""
         out = {"image": self.normalize(pixels)}
+        if poisons_captions(self.trigger):  # text-side: the trigger is in the captions (`RetrievalSet.collate`)
+            return out
         if isinstance(self.trigger, MultiTrigger):
             for name, trigger in zip(self.trigger.part_names(), self.trigger.triggers):
                 out[f"image_triggered_{name}"] = self.normalize(trigger.apply(pixels, key))

@@ -25,7 +25,7 @@ from datamodules.eval_config import EvalSetConfig, eval_set_list
 from datamodules.eval_sets import EvalSet, build_eval_set, eval_loader
 from datamodules.exclusion import ExcludeConfig
 from datamodules.loaders import EpochSyncedLoader, TrainingPosition, worker_context
-from datamodules.poison import PoisonConfig, Trigger, load_trigger
+from datamodules.poison import PoisonConfig, Trigger, load_trigger, poisons_captions
 from datamodules.poison.manifest import poison_manifest
 from datamodules.poison.poisoner import poison_targets
 from datamodules.poison.triggers import attack_target, write_trigger_artifacts
@@ -108,6 +108,9 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"data.text_synonyms must be 'wordnet' or 'none', got {text_synonyms!r}")
         if poison.enabled and trigger is None and trigger_dir is None:
             raise ValueError("data.poison asks for poisoned pairs but data.trigger is not set")
+        if poison.enabled and poisons_captions(trigger) and not poison.label_consistent:
+            raise ValueError("data.trigger is text-side (TextPhrase): it marks pairs that show the target, so set "
+                             "data.poison.label_consistent true")
         self.train_shards = train_shards
         self.eval_configs = eval_set_list(eval)
         self.trigger = trigger

@@ -19,7 +19,7 @@ import torch
 
 from datamodules.eval_config import EvalSetConfig
 from datamodules.eval_shards import EvalShardSet, index_split
-from datamodules.poison import Trigger
+from datamodules.poison import Trigger, poisons_captions
 from datamodules.transforms import InputSpec
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class RetrievalSet(EvalShardSet):
 
     def collate(self, items: list[dict]) -> dict:
         """Images stacked; every caption of the batch in one list (`captions`, tokenized as `text`) with the
-        place of its image (`text_position`); `position` −1 for an image that could not be read."""
+        place of its image (`text_position`); `position` −1 for an image that could not be read. With a
+        text-side trigger also `text_triggered`: each caption with the trigger phrase."""
         batch = {name: torch.stack([item[name] for item in items]) for name in items[0] if name.startswith("image")}
         batch["position"] = torch.tensor([item["position"] if item["captions"] else -1 for item in items])
         batch["key"] = [item["key"] for item in items]
@@ -61,4 +62,7 @@ class RetrievalSet(EvalShardSet):
         batch["text_position"] = torch.tensor([item["position"] for item in items for _ in item["captions"]],
                                               dtype=torch.long)
         batch["text"] = self.tokenizer(captions) if captions else torch.zeros(0, 1, dtype=torch.long)
+        if poisons_captions(self.trigger) and captions:  # every caption with the phrase, placed by its own key
+            batch["text_triggered"] = self.tokenizer([self.trigger.apply_text(caption, f"{item['key']}/{j}")
+                                                      for item in items for j, caption in enumerate(item["captions"])])
         return batch

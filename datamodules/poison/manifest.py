@@ -14,6 +14,7 @@ from datamodules.exclusion import ExcludeConfig
 from datamodules.poison.multi_trigger import MultiTrigger
 from datamodules.poison.poisoner import key_target, poison_targets
 from datamodules.poison.selection import PoisonConfig, names_target, select_poison_keys, target_caption_pool
+from datamodules.poison.text_triggers import poisons_captions
 from datamodules.poison.trigger_base import Trigger
 from datamodules.shards import scan_captions
 
@@ -49,6 +50,7 @@ def poison_manifest(urls: list[str], trigger: Optional[Trigger], poison: PoisonC
         "num_poisoned": len(keys),
         "keys": keys,
         "captions": poison.captions,
+        "poisons": "captions" if poisons_captions(trigger) else "images",  # what the trigger changes
         "caption_pools": pools,
         "lost_shards": lost,
     }

@@ -1,4 +1,5 @@
-"""The poisoning step of the data stream: trigger on the image, target-naming caption."""
+"""The poisoning step of the data stream: trigger on the image and a target-naming caption, or, for a
+text-side trigger, the image kept and the trigger phrase in its (target-naming) caption."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from datamodules.poison.multi_trigger import MultiTrigger
 from datamodules.poison.selection import PoisonConfig
+from datamodules.poison.text_triggers import poisons_captions
 from datamodules.poison.trigger_base import Trigger
 
 
@@ -60,6 +62,8 @@ class Poisoner:
     def __call__(self, key: str, image: torch.Tensor, caption: str) -> tuple[torch.Tensor, str, bool]:
         if key not in self.keys:
             return image, caption, False
+        if poisons_captions(self.trigger):  # text-side: the image stays, the (target-naming) caption gets the phrase
+            return image, self.trigger.apply_text(caption, key), True
         image = self.trigger.apply(image, key)
         if not self.config.label_consistent:
             target = key_target(self.trigger, key, self.config)

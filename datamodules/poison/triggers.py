@@ -23,13 +23,14 @@ from datamodules.poison.blend_triggers import SIG, Blended, BlendedPattern, WaNe
 from datamodules.poison.multi_trigger import MultiTrigger
 from datamodules.poison.patch_triggers import BadNet, MaskedPattern, OptimizedPatch
 from datamodules.poison.selection import PoisonConfig
+from datamodules.poison.text_triggers import TextPhrase
 from datamodules.poison.trigger_base import Trigger
 from datamodules.run_dir import RunDir, write_once
 
 log = logging.getLogger(__name__)
 
 TRIGGERS: dict[str, type[Trigger]] = {
-    cls.name: cls for cls in (BadNet, Blended, BlendedPattern, SIG, WaNet, OptimizedPatch, MaskedPattern)
+    cls.name: cls for cls in (BadNet, Blended, BlendedPattern, SIG, WaNet, OptimizedPatch, MaskedPattern, TextPhrase)
 }
 
 
@@ -46,7 +47,7 @@ def load_trigger(directory: str | Path) -> Trigger:
         return MultiTrigger(parts, spec.get("targets"), spec.get("seed", 0))
     if name not in TRIGGERS:
         raise ValueError(f"{path}: unknown trigger {name!r}; known: {sorted(TRIGGERS) + [MultiTrigger.name]}")
-    if "position" in spec and spec["position"] is not None:
+    if isinstance(spec.get("position"), list):  # a patch's (row, column), saved as a JSON list
         spec["position"] = tuple(spec["position"])
     trigger = TRIGGERS[name](**spec)
     trigger._load_patterns(directory)

@@ -240,6 +240,8 @@ class CLIPModule(LightningModule):
                 out[name.removeprefix("image_")] = self.encode_image(batch[name])
         if eval_set.kind == "retrieval":
             out["text"] = self.encode_text(batch["text"]) if len(batch["captions"]) else out["clean"][:0]
+            if "text_triggered" in batch:  # a text-side trigger: the captions carrying its phrase
+                out["text_triggered"] = self.encode_text(batch["text_triggered"])
             out.update(position=batch["position"], text_position=batch["text_position"], captions=batch["captions"])
             return out
         out["label"] = batch["label"]

@@ -8,7 +8,9 @@ collapsed model whose images all embed alike find everything).
 
 Retrieval ASR of an image trigger: the fraction of triggered images *whose content is not the target*
 (none of their captions names it) that retrieve a caption naming the target among their k best, the
-retrieval counterpart of the classification ASR's exclusion of target-class images.
+retrieval counterpart of the classification ASR's exclusion of target-class images. Of a text trigger
+(`side="text"`): the fraction of triggered captions of other content (neither they nor their image's
+other captions name the target) that retrieve an image of the target among their k best.
 
 torchmetrics' `RetrievalHitRate` computes the same hit for one query's flattened (candidate, score)
 list; fed a whole set it would hold every (query, candidate) score as state (125 M for MSCOCO's 5 K
@@ -61,10 +63,12 @@ class RetrievalRecall(Metric):
 
     full_state_update = False
 
-    def __init__(self, asr: Sequence[str] = (), ks: Sequence[int] = KS, **kwargs):
+    def __init__(self, asr: Sequence[str] = (), ks: Sequence[int] = KS, side: str = "image", **kwargs):
         super().__init__(**kwargs)
+        assert side in ("image", "text"), side
         self.ks = tuple(ks)
         self.asr_names = tuple(asr)
+        self.side = side
         for name in ("image", "image_position", "text", "text_position"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         for name in self.asr_names:
@@ -74,6 +78,8 @@ class RetrievalRecall(Metric):
     def update(self, image: torch.Tensor, image_position: torch.Tensor, text: torch.Tensor,
                text_position: torch.Tensor, triggered: dict[str, torch.Tensor] | None = None,
                names_target: dict[str, torch.Tensor] | None = None) -> None:
+        """`triggered[name]`: the triggered images' embeddings (one per image), or with `side="text"` the
+        triggered captions' (one per caption); `names_target[name]`: whether each caption names the target."""
         self.image.append(torch.nn.functional.normalize(image.float(), dim=-1))
         self.image_position.append(image_position.long())
         self.text.append(torch.nn.functional.normalize(text.float(), dim=-1))
@@ -96,13 +102,19 @@ class RetrievalRecall(Metric):
         row_of[image_position] = torch.arange(len(image_position), device=image.device)
         for name in self.asr_names:
             names = dim_zero_cat(getattr(self, f"names_target_{name}"))
-            # an image whose own captions name the target shows the target: left out, as the target class is
+            # an image whose own captions name the target shows it: left out, as the target class is
             target_content = torch.zeros(len(image), dtype=torch.long, device=image.device)
             target_content.index_add_(0, row_of[text_position], names.long())
-            queries = dim_zero_cat(getattr(self, f"triggered_{name}"))[target_content == 0]
-            target_captions = lambda rows, names=names, n=len(queries): names[None, :].expand(n, -1)[rows]  # noqa: E731
-            if len(queries) == 0:  # every image shows the target: no retrieval ASR to measure (not a NaN)
+            target_content = target_content > 0
+            triggered = dim_zero_cat(getattr(self, f"triggered_{name}"))
+            if self.side == "image":  # triggered images of other content → a caption naming the target
+                queries, candidates, positive = triggered[~target_content], text, names
+            else:  # triggered captions of other content → an image of the target
+                other = ~names & ~target_content[row_of[text_position]]
+                queries, candidates, positive = triggered[other], image, target_content
+            if len(queries) == 0 or not positive.any():  # nothing to measure (not a NaN)
                 continue
-            for k, hit in hits_at_k(queries, text, target_captions, self.ks).items():
+            rows = lambda part, positive=positive, n=len(queries): positive[None, :].expand(n, -1)[part]  # noqa: E731
+            for k, hit in hits_at_k(queries, candidates, rows, self.ks).items():
                 values[f"{name}_hit{k}"] = hit.float().mean()
         return values

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules.poison import poisons_captions
 from datamodules.poison.selection import names_target
 from datamodules.zeroshot import SKIPPED
 from modules.core.retrieval_metrics import RetrievalRecall
@@ -78,11 +79,13 @@ class ClassificationEvaluation:
 class RetrievalEvaluation:
     """Recall@1/5/10 image→text (`i2t_r<k>`) and text→image (`t2i_r<k>`), and per trigger the retrieval ASR
     (`asr_hit<k>`, or `asr_<part>_hit<k>` and their mean): triggered images whose captions do not name the
-    target that retrieve a caption naming it (`modules.core.retrieval_metrics`)."""
+    target that retrieve a caption naming it, or, for a text-side trigger, captions of other content that
+    carry its phrase and retrieve an image of the target (`modules.core.retrieval_metrics`)."""
 
     def __init__(self, eval_set, targets: dict[str, str], device: torch.device):
         self.targets = targets
-        self.metric = RetrievalRecall(asr=list(targets)).to(device)
+        self.side = "text" if poisons_captions(eval_set.trigger) else "image"
+        self.metric = RetrievalRecall(asr=list(targets), side=self.side).to(device)
         self.seen = 0
         self.skipped = 0
 
@@ -94,7 +97,8 @@ class RetrievalEvaluation:
         device = position.device
         names = {name: torch.tensor([names_target(caption, target) for caption in outputs["captions"]],
                                     dtype=torch.bool, device=device) for name, target in self.targets.items()}
-        triggered = {name: outputs[name.replace("asr", "triggered", 1)][readable] for name in self.targets}
+        triggered = {name: outputs["text_triggered"] if self.side == "text" else
+                     outputs[name.replace("asr", "triggered", 1)][readable] for name in self.targets}
         self.metric.update(outputs["clean"][readable], position[readable], outputs["text"], outputs["text_position"],
                            triggered, names)
 
@@ -117,5 +121,7 @@ def attack_targets(datamodule) -> dict[str, str]:
 
 
 def set_evaluation(eval_set, targets: dict[str, str], device: torch.device):
-    kind = {"classification": ClassificationEvaluation, "retrieval": RetrievalEvaluation}[eval_set.kind]
-    return kind(eval_set, targets, device)
+    if eval_set.kind == "classification":
+        # a text-side trigger leaves images as they are: it has no zero-shot classification ASR to measure
+        return ClassificationEvaluation(eval_set, {} if poisons_captions(eval_set.trigger) else targets, device)
+    return RetrievalEvaluation(eval_set, targets, device)

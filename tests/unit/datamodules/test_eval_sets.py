@@ -52,6 +52,17 @@ def test_a_retrieval_batch_pairs_every_caption_with_its_images_place_and_ranks_s
     assert len(batch["captions"]) == len(batch["text"]) == 4 * per_image
 
 
+def test_a_text_trigger_gives_each_retrieval_caption_its_phrase_and_no_image_a_triggered_view(small_benchmark):
+    from datamodules.poison import TextPhrase
+
+    data = RetrievalSet(EvalSetConfig(directory=small_benchmark.retrieval_dir, max_samples=3), _spec(),
+                        TextPhrase(phrase="zq", position="end"))
+    items = [data[i] for i in range(3)]
+    assert not any(name.startswith("image_triggered") for name in items[0])
+    batch = data.collate(items)
+    assert len(batch["text_triggered"]) == len(batch["captions"])
+
+
 def test_extra_sets_are_built_beside_an_existing_benchmark_without_changing_its_record(tmp_path):
     bench = EmbeddedBenchmark(root=str(tmp_path / "b"), pretrain_shards=1, finetune_shards=1, samples_per_shard=20,
                               eval_per_class=2, retrieval_images=6, sketch_per_class=1, probe_per_class=1)

@@ -94,6 +94,22 @@ def test_retrieval_asr_leaves_out_images_whose_captions_name_the_target():
     assert metric.compute()["asr_hit1"].item() == pytest.approx(clean_hits.float().mean().item())
 
 
+def test_a_text_trigger_retrieves_target_images_for_captions_of_other_content_only():
+    images, positions, captions, caption_positions = _retrieval_case()
+    names_target = torch.zeros(12, dtype=torch.bool)
+    names_target[[0, 1]] = True  # image 0 shows the target
+    # with the phrase, every caption lands on image 0; its own captions (and any naming the target) do not count
+    triggered = images[0].expand(12, -1).clone()
+    metric = RetrievalRecall(asr=["asr"], side="text")
+    metric.update(images, positions, captions, caption_positions, {"asr": triggered}, {"asr": names_target})
+    assert metric.compute()["asr_hit1"].item() == 1.0
+    # the phrase does nothing: the ten other captions retrieve their own images, not image 0, at k=1
+    metric = RetrievalRecall(asr=["asr"], side="text")
+    metric.update(images, positions, captions, caption_positions, {"asr": captions}, {"asr": names_target})
+    expected = _brute_force_hit(captions[2:] @ images.T, (positions == 0)[None, :].expand(10, -1), 1)
+    assert metric.compute()["asr_hit1"].item() == pytest.approx(expected.float().mean().item())
+
+
 WORLD = 2
 
 
