@@ -46,13 +46,15 @@ EVAL_FIELD_OPTION = re.compile(r"^--data\.(init_args\.)?eval\.([a-z_]+)(=|$)")
 
 def refuse_field_of_a_set_list(config, args: Any) -> None:
     """`--data.init_args.eval.directory X` on a config whose `data.eval` is a list of sets would change the
-    last set only (jsonargparse edits a list's last item), silently, not the headline set the user means."""
+    last set only (jsonargparse edits a list's last item), silently, not the headline set the user means.
+    A field option before a whole `--data.init_args.eval` option is harmless: the whole value replaces it."""
     sets = config.get("data", {}).get("init_args", {}).get("eval") if hasattr(config, "get") else None
     if not isinstance(sets, list) or len(sets) < 2 or not isinstance(args, (list, tuple)):
         return
-    for arg in args:
-        match = EVAL_FIELD_OPTION.match(str(arg))
-        if match:
+    args = [str(arg) for arg in args]
+    whole = [i for i, arg in enumerate(args) if re.match(r"^--data\.(init_args\.)?eval(=|$)", arg)]
+    for index, arg in enumerate(args):
+        if EVAL_FIELD_OPTION.match(arg) and index > max(whole, default=-1):
             raise ValueError(f"{arg.split('=')[0]}: data.eval is a list of {len(sets)} sets here, and this option would "
                              f"change the last one only; give the whole list (--data.init_args.eval "
                              f"'[{{directory: …}}, …]') or a config fragment with it")

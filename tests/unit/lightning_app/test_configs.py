@@ -86,6 +86,11 @@ def test_a_field_of_one_set_given_to_a_list_of_sets_is_refused_naming_the_option
                             "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true",
                             "--model.init_args.model.pretrained", "null"], run=False)
     assert [c.directory for c in cli.datamodule.eval_configs] == ["/data/x"]
+    # a field option that a later whole list replaces changed nothing that stays: accepted
+    cli = BackdoorCLI(args=["--config", "configs/embedded/badnet.yaml", "--trainer.default_root_dir", str(tmp_path),
+                            "--data.init_args.eval.directory", "/data/x",
+                            "--data.init_args.eval", "[{directory: /data/y}, {directory: /data/z}]"], run=False)
+    assert [c.directory for c in cli.datamodule.eval_configs] == ["/data/y", "/data/z"]
 
 
 def test_bad_value_fails_before_training(tmp_path):
