@@ -4,7 +4,7 @@
   losses as pure functions over embeddings, checkpoints, freezing;
 - `pretraining/`: CLIP's objectives (MMCL, SSL, SigLIP, CyCLIP), RoCLIP, SafeCLIP;
 - `attacks/`: BadCLIP's optimized patch and poisoned weights;
-- `cleaning/`: FT, CleanCLIP, ABD, trigger repair, token unlearning (UBT's stage 2);
+- `cleaning/`: FT, CleanCLIP, PAR, ABD, trigger repair, token unlearning (UBT's stage 2);
 - `detection/`: pair scoring and UBT's discovery, detectors and the suspicious set, DECREE, the
   segmentation-oracle finder.
 
@@ -14,6 +14,7 @@ Every class is re-exported here, so a config names it `class_path: modules.Clean
 from modules.attacks.badclip import BadCLIPWeights, OptimizeBadCLIPPatch
 from modules.cleaning.abd import ABD, CraftAdversarialPatch
 from modules.cleaning.finetune import CleanCLIP, FineTune
+from modules.cleaning.par import PerturbAndRecover
 from modules.cleaning.repair import TriggerRepair
 from modules.cleaning.token_unlearning import TokenUnlearning
 from modules.core.base import CLIPModule, OptimizerConfig
@@ -27,5 +28,5 @@ from modules.pretraining.roclip import RoCLIP
 from modules.pretraining.safeclip import SafeCLIP
 
 __all__ = ["ABD", "BadCLIPWeights", "CLIPModule", "CLIPPretraining", "CleanCLIP", "CraftAdversarialPatch", "Felzenszwalb", "FineTune",
-           "InvertTrigger", "ModelConfig", "OptimizeBadCLIPPatch", "OptimizerConfig", "OracleTriggerFinder", "RoCLIP",
+           "InvertTrigger", "ModelConfig", "OptimizeBadCLIPPatch", "OptimizerConfig", "OracleTriggerFinder", "PerturbAndRecover", "RoCLIP",
            "SafeCLIP", "SegmentationOracle", "SuspiciousPairDiscovery", "TokenUnlearning", "TriggerRepair"]

@@ -52,9 +52,11 @@ def test_config_instantiates(config, tmp_path):
 
 @pytest.mark.parametrize("trigger", TRIGGERS)
 def test_trigger_fragment_replaces_a_recipes_trigger(trigger, tmp_path):
-    cli = BackdoorCLI(args=["--config", "configs/embedded/badnet.yaml", "--data.init_args.trigger", trigger,
-                            "--trainer.default_root_dir", str(tmp_path)], run=False)
     expected = yaml.safe_load(Path(trigger).read_text())
+    # a text-side trigger marks pairs that show the target: its recipe is the label-consistent one
+    recipe = "label_consistent" if expected["class_path"] == "datamodules.TextPhrase" else "badnet"
+    cli = BackdoorCLI(args=["--config", f"configs/embedded/{recipe}.yaml", "--data.init_args.trigger", trigger,
+                            "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert type(cli.datamodule.trigger).__name__ == expected["class_path"].rsplit(".", 1)[1]
     for name, value in expected.get("init_args", {}).items():
         if name == "triggers":  # a MultiTrigger's parts: compare their classes
