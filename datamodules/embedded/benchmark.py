@@ -22,6 +22,7 @@ data/embedded_hard hard`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -119,7 +120,18 @@ class EmbeddedBenchmark:
         return marker.exists() and json.loads(marker.read_text()) == self._spec()
 
     def prepare(self) -> None:
-        """Build the benchmark unless an identical one is already at `root`."""
+        """Build the benchmark unless an identical one is already at `root`.
+
+        Under an exclusive lock (`<root>.lock`): fits that start together on a fresh checkout (a study's
+        `--jobs 2`, or every node's `prepare_data` on a shared filesystem) would otherwise write the same
+        `.partial` directory at once; the first builds it, the others wait and find it built."""
+        root = Path(self.root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(root.with_name(root.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._prepare()
+
+    def _prepare(self) -> None:
         if self.is_built():
             build_extra_sets(self)
             return

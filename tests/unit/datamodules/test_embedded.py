@@ -51,6 +51,31 @@ def test_prepare_reuses_and_refuses_a_different_build(tmp_path):
         _tiny(tmp_path / "x", seed=5).prepare()
 
 
+def _prepare_after(root: str, start: float) -> None:
+    import time
+
+    time.sleep(max(0.0, start - time.time()))
+    _tiny(root).prepare()
+
+
+def test_two_processes_preparing_at_once_build_it_once(tmp_path):
+    # a study's `--jobs 2` on a fresh checkout: both fits' prepare_data at the same moment; without the lock
+    # the second removes the first's half-written `.partial` directory under it
+    import multiprocessing
+    import time
+
+    start = time.time() + 1.0
+    processes = [multiprocessing.get_context("fork").Process(target=_prepare_after, args=(str(tmp_path / "x"), start))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    _tiny(tmp_path / "y").prepare()
+    assert _digest(tmp_path / "x") == _digest(tmp_path / "y")
+
+
 def test_img2dataset_layout(small_benchmark):
     root = Path(small_benchmark.root)
     for split in ("pretrain", "finetune"):
