@@ -84,8 +84,11 @@ def _set(values: dict[str, Any], key: str, value: Any) -> None:
                     if takes is None or (stale.startswith(owner + "init_args.") and argument in takes):
                         continue
                     del values[stale]
-    for stale in [k for k in values if k.startswith(key + ".") and not isinstance(value, dict)]:
-        del values[stale]  # a whole value replaces a mapping that was there
+    for leaf in leaves:
+        # a whole value (a list of eval sets, null) replaces the mapping that was there, at any depth: the
+        # keys under it go (`data.init_args.eval.directory` under a later `eval: [...]`)
+        for stale in [k for k in values if k.startswith(leaf + ".")]:
+            del values[stale]
     values.update(leaves)
 
 

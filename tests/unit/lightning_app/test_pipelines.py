@@ -125,8 +125,14 @@ def test_a_run_recorded_by_config_path_is_refused_until_migrated_then_reused(tmp
 def test_a_fit_that_exits_cleanly_without_a_summary_is_a_failed_stage(tmp_path, monkeypatch):
     import subprocess
 
-    # a fit stopped by SIGTERM: Lightning ends it with exit status 0 and our summary is never written
-    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
+    class ExitsCleanly:  # a fit stopped by SIGTERM: Lightning ends it with exit status 0 and our summary is never written
+        def __init__(self, *args, **kwargs):
+            self.pid = 0
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", ExitsCleanly)
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="without .*summary.json"):
         run_stage(Stage("ft", "configs/embedded/ft.yaml", str(run_dir)))
