@@ -153,6 +153,24 @@ def test_a_stage_that_poisons_a_clean_model_takes_its_checkpoint_but_brings_its_
     assert defense["data.init_args.trigger_dir"] == str(runs["attack@seed0"].run_dir.trigger_dir)
 
 
+def test_the_reactivation_stages_start_from_each_defended_model_with_its_attacks_trigger(tmp_path):
+    experiment = load_experiment("experiments/threats.yaml")
+    experiment.runs = str(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    for name in ("clean@seed1", "cleanclip[attack=blended]@seed1", "attack[attack=blended]@seed1"):
+        runs[name].run_dir.path.mkdir(parents=True)
+        runs[name].run_dir.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-rn32.json}}}\n")
+    after_cleanclip = resolve(runs["reactivate_cleanclip[attack=blended]@seed1"])
+    assert after_cleanclip["model.init_args.model.pretrained"] == str(runs["cleanclip[attack=blended]@seed1"].run_dir.checkpoint)
+    assert after_cleanclip["data.init_args.trigger_dir"] == str(runs["cleanclip[attack=blended]@seed1"].run_dir.trigger_dir)
+    # the clean control's re-activation: its own weights, the attack's trigger, one run per attack
+    control = resolve(runs["reactivate_clean[attack=blended]@seed1"])
+    assert control["model.init_args.model.pretrained"] == str(runs["clean@seed1"].run_dir.checkpoint)
+    assert control["data.init_args.trigger_dir"] == str(runs["attack[attack=blended]@seed1"].run_dir.trigger_dir)
+    assert runs["reactivate_clean[attack=blended]@seed1"].run_dir != runs["reactivate_clean[attack=badnet]@seed1"].run_dir
+    assert {run.config for run in runs.values() if run.stage.name.startswith("reactivate_")} == {"configs/embedded/reactivate.yaml"}
+
+
 def test_where_keeps_only_the_named_values_of_an_axis():
     experiment = load_experiment("experiments/defenses.yaml")
     restrict_axes(experiment, ["attack=badnet_stripes,multi_target"])
