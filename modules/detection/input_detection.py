@@ -27,6 +27,7 @@ from datamodules.poison import poisons_captions
 from datamodules.zeroshot import SKIPPED
 from modules.core.base import CLIPModule, OptimizerConfig
 from modules.core.model_loading import ModelConfig
+from modules.core.set_evaluation import attack_targets
 from modules.core.summary_columns import SummaryColumns
 from modules.detection.input_scores import contrast_scores, description_embeddings, detection_rates, masking_scores
 
@@ -140,59 +141,69 @@ class DetectTriggeredInputs(CLIPModule):
                              "must be a classification set and data.trigger_dir an image-side attack's trigger directory")
         with self.gathered_weights(), torch.no_grad():
             self.model.eval()
-            self.result = self.detect(eval_set, self.trainer.datamodule.target)
+            targets = {name.replace("asr", "image_triggered", 1): eval_set.classnames.index(target)
+                       for name, target in attack_targets(self.trainer.datamodule).items()}
+            self.result = self.detect(eval_set, targets)
         self.trainer.should_stop = True  # the fit loop ends before its first batch
 
-    def detect(self, eval_set, target: str) -> dict:
-        """The detectors' figures on the first `max_images` images of `eval_set`."""
-        target_index = eval_set.classnames.index(target)
-        hits = 0
-        seconds = {"embed": 0.0, "contrast": 0.0, "masking": 0.0}
-        scores = {name: ([], []) for name in ("contrast", "masking") if getattr(self, name) is not None}
-        if self.contrast is not None:
-            benign, malignant = class_descriptions(self.contrast, eval_set.classnames, eval_set.templates)
-            benign, malignant = (description_embeddings(self.encode_text, self.input_spec().tokenizer, texts, self.device)
-                                 for texts in (benign, malignant))
+    def detect(self, eval_set, targets: dict[str, int]) -> dict:
+        """The detectors' figures on the first `max_images` images of `eval_set`; `targets`: each triggered view
+        of a batch (`image_triggered`, or `image_triggered_<part>` per trigger of a multi-trigger attack) and the
+        index of its target class, whose images that view leaves out."""
         classifier = self.class_embeddings(eval_set.classnames, eval_set.templates)
-        subset = Subset(eval_set, range(min(self.max_images, len(eval_set))))
-        first = 0
-        for batch in DataLoader(subset, batch_size=self.batch_size):
+        texts = self._description_embeddings(eval_set) if self.contrast is not None else None
+        scores = {name: {"clean": [], "triggered": []} for name in ("contrast", "masking") if getattr(self, name) is not None}
+        seconds = dict.fromkeys(["embed", *scores], 0.0)
+        hits, first = 0, 0
+        for batch in DataLoader(Subset(eval_set, range(min(self.max_images, len(eval_set)))), batch_size=self.batch_size):
             readable = batch["label"] != SKIPPED
-            others = readable & (batch["label"] != target_index)
             index = torch.arange(first, first + len(readable))
             first += len(readable)
-            views = {"clean": (batch["image"][readable].to(self.device), index[readable]),
-                     "triggered": (batch["image_triggered"][others].to(self.device), index[others])}
-            for side, (images, positions) in views.items():
+            views = [("clean", batch["image"][readable], index[readable], None)]
+            for name, target_index in targets.items():
+                others = readable & (batch["label"] != target_index)
+                views.append(("triggered", batch[name][others], index[others], target_index))
+            for side, images, positions, target_index in views:
                 if not len(images):
                     continue
-                start = time.perf_counter()
-                embedded = self.encode_image(images).float()
-                seconds["embed"] += time.perf_counter() - start
-                if side == "triggered":
+                embedded = self._timed(seconds, "embed", lambda: self.encode_image(images.to(self.device)).float())
+                if target_index is not None:
                     hits += int(((embedded @ classifier).argmax(1) == target_index).sum())
-                if self.contrast is not None:
-                    start = time.perf_counter()
-                    scores["contrast"][side == "triggered"].append(contrast_scores(embedded, benign, malignant).cpu())
-                    seconds["contrast"] += time.perf_counter() - start
-                if self.masking is not None:
-                    start = time.perf_counter()
-                    scores["masking"][side == "triggered"].append(masking_scores(
-                        self.encode_image, images, positions, self.masking.grid, self.masking.steps, self.masking.seed).cpu())
-                    seconds["masking"] += time.perf_counter() - start
-        images = sum(len(part) for part in next(iter(scores.values()))[0])
-        triggered_images = sum(len(part) for part in next(iter(scores.values()))[1])
-        if not images or not triggered_images:
-            raise ValueError(f"input detection: the first {self.max_images} images of {eval_set.name} give {images} "
-                             f"readable clean and {triggered_images} triggered non-target images; raise model.max_images")
-        out = {"images": images, "triggered_images": triggered_images, "asr": hits / triggered_images}
-        scored = images + triggered_images
-        for name, (clean_parts, triggered_parts) in scores.items():
-            rates = detection_rates(torch.cat(clean_parts), torch.cat(triggered_parts))
+                for name, score in self._scores(embedded, images.to(self.device), positions, texts, seconds).items():
+                    scores[name][side].append(score.cpu())
+        clean, triggered = (sum(len(part) for part in next(iter(scores.values()))[side]) for side in ("clean", "triggered"))
+        if not clean or not triggered:
+            raise ValueError(f"input detection: the first {self.max_images} images of {eval_set.name} give {clean} "
+                             f"readable clean and {triggered} triggered non-target images; raise model.max_images")
+        out = {"images": clean, "triggered_images": triggered, "asr": hits / triggered}
+        for name, sides in scores.items():
             # the contrast detector's cost includes embedding the image; the masking one embeds its own views
             cost = seconds[name] + (seconds["embed"] if name == "contrast" else 0.0)
-            out[name] = {**rates, "seconds_per_image": cost / scored}
+            out[name] = {**detection_rates(torch.cat(sides["clean"]), torch.cat(sides["triggered"])),
+                         "seconds_per_image": cost / (clean + triggered)}
         return out
+
+    def _description_embeddings(self, eval_set) -> tuple[torch.Tensor, torch.Tensor]:
+        """(benign, malignant): per class, the normalised mean embedding of its descriptions."""
+        texts = class_descriptions(self.contrast, eval_set.classnames, eval_set.templates)
+        return tuple(description_embeddings(self.encode_text, self.input_spec().tokenizer, part, self.device) for part in texts)
+
+    def _scores(self, embedded: torch.Tensor, images: torch.Tensor, positions: torch.Tensor, texts, seconds: dict) -> dict:
+        """Each detector's scores of one batch of images (and their embeddings), its time added to `seconds`."""
+        out = {}
+        if self.contrast is not None:
+            out["contrast"] = self._timed(seconds, "contrast", lambda: contrast_scores(embedded, *texts))
+        if self.masking is not None:
+            out["masking"] = self._timed(seconds, "masking", lambda: masking_scores(
+                self.encode_image, images, positions, self.masking.grid, self.masking.steps, self.masking.seed))
+        return out
+
+    @staticmethod
+    def _timed(seconds: dict, name: str, compute):
+        start = time.perf_counter()
+        value = compute()
+        seconds[name] += time.perf_counter() - start
+        return value
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         raise AssertionError("input detection stops before its first batch")
