@@ -7,7 +7,7 @@ One pass over the run's headline eval set (the first of `data.eval`, a classific
 attack's trigger (`data.trigger_dir`): every readable image clean, and triggered by the trigger (only images
 whose class is not the target, the ones the ASR counts). Each detector of
 `modules.detection.input_scores` scores both; summary.json's `input_detection` block has, per detector, its
-AUROC of triggered against clean, its TPR at 5% FPR, and its seconds per image scored (images embedded
+AUROC of triggered against clean, its TPR at 5% FPR, and its milliseconds per image scored (images embedded
 included); beside them the images scored and the ASR over them (a detector has nothing to find where the
 backdoor does not fire).
 """
@@ -104,7 +104,7 @@ class DetectTriggeredInputs(CLIPModule):
     summary_columns = CLIPModule.summary_columns + (
         SummaryColumns("input_detection", "detect_", nested=True, separator="/", skip=frozenset({"images", "triggered_images", "asr"}),
                        metric_headings={"auroc": "AUROC", "tpr_at_5fpr": "TPR at 5% FPR",
-                                        "seconds_per_image": "s per image"}),
+                                        "ms_per_image": "ms per image"}),
     )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
@@ -180,7 +180,7 @@ class DetectTriggeredInputs(CLIPModule):
             # the contrast detector's cost includes embedding the image; the masking one embeds its own views
             cost = seconds[name] + (seconds["embed"] if name == "contrast" else 0.0)
             out[name] = {**detection_rates(torch.cat(sides["clean"]), torch.cat(sides["triggered"])),
-                         "seconds_per_image": cost / (clean + triggered)}
+                         "ms_per_image": 1000.0 * cost / (clean + triggered)}
         return out
 
     def _description_embeddings(self, eval_set) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,8 +42,8 @@ def test_the_detectors_flag_triggered_images_of_a_poisoned_model_and_leave_it_un
     assert found["images"] == 300 and found["triggered_images"] == 270
     assert found["asr"] >= 0.7
     for name in ("contrast", "masking"):
-        assert set(found[name]) == {"auroc", "tpr_at_5fpr", "seconds_per_image"}
-        assert 0.0 <= found[name]["tpr_at_5fpr"] <= 1.0 and found[name]["seconds_per_image"] > 0
+        assert set(found[name]) == {"auroc", "tpr_at_5fpr", "ms_per_image"}
+        assert 0.0 <= found[name]["tpr_at_5fpr"] <= 1.0 and found[name]["ms_per_image"] > 0
     assert found["masking"]["auroc"] >= 0.65  # measured 0.77 here (contrast: 0.61, not asserted)
     assert summary["steps"] == 0
     after = _weights(poisoned_dir / "checkpoints" / "last.ckpt")
