@@ -13,11 +13,12 @@ Layout under `root`:
 The last three are built beside a benchmark that lacks them (each records its settings in `built.json`),
 so a benchmark built before they existed stays valid.
 
-Two tiers (`difficulty`): `easy`, the default, one of 10 shapes per image, on which the tiny model's
+Three tiers (`difficulty`): `easy`, the default, one of 10 shapes per image, on which the tiny model's
 clean CA saturates (0.99); `hard`, 80 colour-shape classes ("orange star") among smaller distractor
 objects, with captions that sometimes name a wrong class or a distractor too, so that clean CA sits
 below saturation and pretraining objectives can differ in it (`python -m datamodules.embedded.benchmark
-data/embedded_hard hard`).
+data/embedded_hard hard`); `strokes`, 10 thin line figures ("spiral") on textures in other colours and
+sizes (datamodules/embedded/strokes.py), a tier no recipe was chosen on.
 """
 
 from __future__ import annotations
@@ -36,13 +37,21 @@ from PIL import Image
 
 from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, caption_for, composed_caption_for
 from datamodules.embedded.extra_sets import EXTRA_SETS, build_extra_sets
-from datamodules.embedded.shapes import CLASSNAMES, COMPOSED_CLASSNAMES, Scene, draw_composed_scene, draw_scene
+from datamodules.embedded.shapes import (
+    CLASSNAMES,
+    COMPOSED_CLASSNAMES,
+    Scene,
+    draw_composed_scene,
+    draw_scene,
+    draw_sketch,
+)
+from datamodules.embedded.strokes import STROKE_CLASSNAMES, draw_stroke_scene, draw_stroke_sketch
 from datamodules.embedded.writers import write_clip_benchmark, write_img2dataset_shard
 
 log = logging.getLogger(__name__)
 
 _SPLIT_STREAMS = {"pretrain": 1, "finetune": 2, "eval": 3, "retrieval": 4, "eval_sketch": 5, "probe": 6}
-DIFFICULTIES = ("easy", "hard")
+DIFFICULTIES = ("easy", "hard", "strokes")
 
 
 @dataclass
@@ -64,7 +73,8 @@ class EmbeddedBenchmark:
     image_size: int = 32
     """Side of the square images, in pixels."""
     difficulty: str = "easy"
-    """`easy`: 10 shapes, one per image. `hard`: 80 colour-shape classes among distractors, noisy captions."""
+    """`easy`: 10 shapes, one per image. `hard`: 80 colour-shape classes among distractors, noisy captions.
+    `strokes`: 10 line figures on textures (other image statistics than both)."""
     retrieval_images: int = 1000
     """Images of the retrieval set (`retrieval/`), each with `captions_per_image` captions."""
     captions_per_image: int = 5
@@ -80,7 +90,7 @@ class EmbeddedBenchmark:
 
     @property
     def classnames(self) -> tuple[str, ...]:
-        return COMPOSED_CLASSNAMES if self.difficulty == "hard" else CLASSNAMES
+        return {"hard": COMPOSED_CLASSNAMES, "strokes": STROKE_CLASSNAMES}.get(self.difficulty, CLASSNAMES)
 
     @property
     def pretrain_urls(self) -> str:
@@ -171,7 +181,18 @@ class EmbeddedBenchmark:
         if self.difficulty == "hard":
             color, shape = self.classnames[label].split(" ", 1)
             return draw_composed_scene(rng, color, shape, self.image_size)
+        if self.difficulty == "strokes":
+            return draw_stroke_scene(rng, self.classnames[label], self.image_size)
         return draw_scene(rng, self.classnames[label], self.image_size)
+
+    def draw_sketch(self, rng: np.random.Generator, label: int) -> Image.Image:
+        """Class `label` as the domain-shift set (`eval_sketch/`) draws it: a line drawing on paper."""
+        if self.difficulty == "hard":
+            color, shape = self.classnames[label].split(" ", 1)
+            return draw_sketch(rng, shape, self.image_size, color)
+        if self.difficulty == "strokes":
+            return draw_stroke_sketch(rng, self.classnames[label], self.image_size)
+        return draw_sketch(rng, self.classnames[label], self.image_size)
 
     def _write_eval(self, out_dir: Path) -> None:
         def samples():

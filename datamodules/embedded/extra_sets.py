@@ -1,7 +1,7 @@
 """The embedded benchmark's evaluation sets beyond its zero-shot set, each built on first use beside the
 benchmark (`EmbeddedBenchmark.prepare`) and rebuilt when its settings change (its `built.json`):
 
-    eval_sketch/   the tier's classes as line drawings: a domain shift (`shapes.draw_sketch`), scored
+    eval_sketch/   the tier's classes as line drawings: a domain shift (`EmbeddedBenchmark.draw_sketch`), scored
                    with the zero-shot set's classnames and templates
     retrieval/     held-out images of the training distribution, each with several paraphrased captions
                    naming all its attributes, no two images alike in them: image-text retrieval and the
@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 from datamodules.embedded.captions import ZEROSHOT_TEMPLATES, retrieval_captions
-from datamodules.embedded.shapes import draw_sketch
 from datamodules.embedded.writers import write_clip_benchmark, write_clip_benchmark_retrieval
 
 MAX_REDRAWS = 50
@@ -48,8 +47,7 @@ def build_extra_sets(bench) -> None:
         def samples():
             for i in range(bench.sketch_per_class * len(classes)):
                 label = i % len(classes)
-                color, shape = classes[label].split(" ", 1) if bench.difficulty == "hard" else (None, classes[label])
-                yield draw_sketch(bench.rng("eval_sketch", i), shape, bench.image_size, color), label
+                yield bench.draw_sketch(bench.rng("eval_sketch", i), label), label
         write_clip_benchmark(out, samples(), classes, ZEROSHOT_TEMPLATES)
 
     def retrieval(out: Path) -> None:

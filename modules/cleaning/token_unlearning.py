@@ -7,8 +7,8 @@ Reads RUN/ubt/suspicious_pairs.safetensors of a stage-1 run (`suspicious_dir`), 
 images as the model saw them and their captions. Or, with `discover`, finds them when the fit starts (one
 scoring pass over the model's training data, ranked by `discover.score`) and writes this run's `ubt/`,
 which a resumed run reads back. The training data is the clean fine-tuning stream, for the retain loss.
-With `adaptive`, a label-free signal decides when to stop and how strong λ_forget is
-(modules/cleaning/unlearning_signal.py).
+With `adaptive` (the shipped configs), a label-free signal decides after each round (epoch) whether to
+stop and how strong λ_forget is (modules/cleaning/unlearning_signal.py).
 Each step:
 1. attribution: on a mini-batch of suspicious pairs, the similarity s(I, T) is attributed to the
    text tokens (token embeddings) and image tokens (ViT patches, or the positions entering a
@@ -53,7 +53,7 @@ from datamodules.poison import load_trigger
 from datamodules.run_dir import RunDir
 from datamodules.train_stream import replayed_stream
 from datamodules.transforms import normalise_pixels
-from modules.cleaning.unlearning_signal import AdaptiveState, AdaptiveUnlearning, adapt, holdout_rows
+from modules.cleaning.unlearning_signal import AdaptiveRounds, AdaptiveState, AdaptiveUnlearning, adapt, holdout_rows
 from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_norms_in_eval, token_local_parameters
 from modules.core.losses import relative_squared_change
@@ -80,7 +80,7 @@ from modules.detection.token_attribution import (
 )
 
 
-class TokenUnlearning(CLIPModule):
+class TokenUnlearning(AdaptiveRounds, CLIPModule):
     """UBT stage 2; see the module docstring."""
 
     summary_columns = CLIPModule.summary_columns + (
@@ -89,9 +89,10 @@ class TokenUnlearning(CLIPModule):
             "set_m": "pairs unlearned", "set_true_purity": "their share poisoned",
             "set_estimated_purity": "estimated purity", "set_guard": "guard"}),
         SummaryColumns("unlearned_by_trigger", "unlearned_", heading="unlearned: {key}", counts=True),
-        SummaryColumns("unlearning", "unlearning_", skip=frozenset({"trace"}), counts=frozenset({"unlearning_checks"}),
+        SummaryColumns("unlearning", "unlearning_", skip=frozenset({"trace"}), counts=frozenset({"unlearning_rounds", "unlearning_held_out_pairs"}),
                        headings={"unlearning_stopped": "stage 2 stopped by", "unlearning_lambda_forget": "final λ_forget",
-                                 "unlearning_end_relative_match": "held-out match at the end"}),
+                                 "unlearning_end_relative_match": "held-out match at the end",
+                                 "unlearning_rounds": "rounds"}),
     )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
@@ -120,8 +121,9 @@ class TokenUnlearning(CLIPModule):
                 (0-based) instead of the patch embedding.
             lambda_retain_tokens: Weight of L_tokens, the relative change of the clean batch's image tokens
                 against the incoming model's (0: off; it costs a forward pass of the image tower up to the tokens).
-            adaptive: Stop when a label-free signal says the backdoor is gone (or a guard on a CA proxy
-                trips, or a step cap), and grow λ_forget while it does not move
+            adaptive: Unlearn in rounds (an epoch each, with its own learning-rate warm-up and decay) until a
+                label-free signal says the backdoor is gone, a guard on a CA proxy trips, or the fit's epochs
+                run out; λ_forget grows after a round that barely moves the signal
                 (modules/cleaning/unlearning_signal.py). None: train the fit's full length at `lambda_forget`.
             seed: Seed of the suspicious mini-batch draws.
         """
@@ -249,14 +251,6 @@ class TokenUnlearning(CLIPModule):
             tap.gate_with(text_mask, image_mask)
             similarity = (self.encode_image(images) * self.encode_text(tokens)).sum(-1)
         return torch.relu(similarity - self.margin).mean(), similarity.detach()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.adaptive_state is not None:
-            checkpoint["adaptive_unlearning"] = self.adaptive_state.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.adaptive_state is not None and checkpoint.get("adaptive_unlearning"):
-            self.adaptive_state.load_state_dict(checkpoint["adaptive_unlearning"])
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)

@@ -1,8 +1,12 @@
-"""UBT stage 2 driven by a label-free signal of whether the unlearning has worked (opt-in: `model.adaptive`).
+"""UBT stage 2 driven by a label-free signal of whether the unlearning has worked (`model.adaptive`).
 
-The suspicious pairs are images carrying the trigger (as the model saw them in training) with captions
-naming the target. A quarter of them (`holdout`) is kept out of the forget loss. Every `check_every`
-steps, with no eval label:
+    python main.py fit --config configs/embedded/ubt_dense.yaml   # the shipped UBT configs use it
+
+Stage 2 runs in **rounds**: each epoch of the clean fine-tuning split is one, with its own warm-up and
+cosine decay of the learning rate to zero (`WarmupCosine.cycle`), so that every round ends with the retain
+loss having repaired what the forget loss moved. The suspicious pairs are images carrying the trigger (as
+the model saw them in training) with captions naming the target; a quarter of them (`holdout`) is kept out
+of the forget loss. At the start and at the end of every round, with no eval label:
 
 - **the signal** is `relative_match` of the held-out suspicious pairs: how well their images still match
   their captions, from 0 (no better than clean images with other images' captions) to 1 (as well as
@@ -11,17 +15,23 @@ steps, with no eval label:
   pairs are never trained on;
 - **the guard** is `pair_accuracy`: how often a clean image of the slice picks its own caption among the
   slice's captions, a zero-shot accuracy made of the clean pairs' own captions (a CA proxy);
-- **the strength** λ_forget grows by `grow` (up to `max_lambda`) at a check that finds the signal lowered
+- **the strength** λ_forget grows by `grow` (up to `max_lambda`) after a round that lowered the signal
   by less than `min_progress` of what it was;
 - `collapse_gap`, the held-out images' mean pairwise cosine minus the clean slice's (DECREE's criterion,
   `val/cohesion_triggered` on eval images), is traced beside it. Measured on the small embedded RN, it
   is not a stopping signal: the unlearning took ASR from 1.00 to 0.00 while it fell only from 0.68 to
   0.57 (the triggered images stay together, away from the target).
 
-Stage 2 stops when the signal is at most `tolerance` (`signal`), when the proxy has fallen more than
-`guard_drop` below its value at the start (`guard`), or at `max_steps` (`cap`); `summary.json`'s
-`unlearning` block says which, with the trace of every check. The slice is seen in training too (it is
-the first batch), so the proxy errs high, never low: a fall in it is real.
+Stage 2 stops after a round whose signal is at most `tolerance` (`signal`), or whose proxy has fallen more
+than `guard_drop` below its value at the start (`guard`), or after the fit's last epoch (`cap`:
+`trainer.max_epochs` is the most rounds); `summary.json`'s `unlearning` block says which, with the trace
+of every check. The slice is seen in training too (it is the first batch), so the proxy errs high, never
+low: a fall in it is real.
+
+Why rounds, and not a check every few steps (this module's first version): stopping mid-schedule, at the
+learning rate's peak, left the forget loss's damage unrepaired. On the easy tier's BadNet model a stop
+on the signal after 30 steps took ASR to 0.000 but CA from 0.995 to 0.926 (`dense` set) and 0.682
+(`weak` set), where one full epoch at λ_forget 1 ends at 0.996 and 0.003.
 """
 
 from __future__ import annotations
@@ -39,31 +49,27 @@ from modules.core.base import eval_mode
 class AdaptiveUnlearning:
     """Stage 2's stopping and strength from a label-free signal (see modules/cleaning/unlearning_signal.py)."""
 
-    check_every: int = 10
-    """Steps between checks of the signal."""
     tolerance: float = 0.2
     """Stop when the held-out suspicious pairs match at most this well (0: as clean images with other
     images' captions, 1: as clean images with their own)."""
     holdout: float = 0.25
     """The share of the suspicious pairs kept out of the forget loss to measure the signal on (at least 2)."""
-    max_steps: int = 1000
-    """Stop here whatever the signal says (the cap)."""
     grow: float = 2.0
-    """λ_forget is multiplied by this at a check that finds too little progress."""
-    min_progress: float = 0.1
-    """The share of the signal a check must find gone since the previous one, else λ_forget grows."""
+    """λ_forget is multiplied by this after a round that made too little progress."""
+    min_progress: float = 0.5
+    """The share of the signal a round must remove, else λ_forget grows for the next."""
     max_lambda: float = 64.0
     """The largest λ_forget."""
     guard_drop: float = 0.05
     """Stop when the clean pairs' own-caption accuracy falls more than this below its start."""
-    reference_pairs: int = 64
-    """Clean pairs of the fit's first batch kept as the reference (cohesion and the guard)."""
+    reference_pairs: int = 128
+    """Clean pairs of the fit's first batch kept as the reference (the signal's scale and the guard)."""
     max_suspicious: int = 256
     """At most this many held-out suspicious pairs in the signal."""
 
     def __post_init__(self) -> None:
-        if self.check_every < 1 or self.max_steps < 1 or self.reference_pairs < 2 or self.max_suspicious < 2:
-            raise ValueError("model.adaptive: check_every, max_steps ≥ 1 and reference_pairs, max_suspicious ≥ 2")
+        if self.reference_pairs < 2 or self.max_suspicious < 2:
+            raise ValueError("model.adaptive: reference_pairs and max_suspicious must be ≥ 2")
         if self.grow < 1 or not 0 <= self.min_progress < 1 or self.tolerance < 0 or self.guard_drop <= 0 \
                 or not 0 < self.holdout < 1:
             raise ValueError("model.adaptive: grow ≥ 1, 0 ≤ min_progress < 1, tolerance ≥ 0, guard_drop > 0, "
@@ -110,38 +116,52 @@ class AdaptiveState:
     start_proxy: Optional[float] = None
     stopped: Optional[str] = None
     """Why stage 2 stopped: `signal`, `guard` or `cap` (None while it runs)."""
+    rounds: int = 0
+    """Rounds finished."""
     trace: list[dict] = field(default_factory=list)
     reference: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     """The clean slice: images and tokens of the fit's first batch's first `reference_pairs` pairs."""
 
-    def check(self, step: int, signal: float, proxy: float, collapse: Optional[float] = None) -> Optional[str]:
-        """Record a check at `step` and decide: the reason to stop, or None (maybe with a stronger λ)."""
+    def start(self, step: int, signal: float, proxy: float, collapse: Optional[float] = None) -> None:
+        """Record the model as it comes in (once; a resumed run keeps its first start)."""
         if self.start_signal is None:
-            self.start_signal, self.start_proxy = signal, proxy
-        self.trace.append({"step": step, "relative_match": round(signal, 4), "pair_accuracy": round(proxy, 4),
-                           "collapse_gap": None if collapse is None else round(collapse, 4),
-                           "lambda_forget": self.lambda_forget})
+            self.start_signal, self.start_proxy, self.last_signal = signal, proxy, signal
+            self._trace(step, signal, proxy, collapse)
+
+    def end_round(self, step: int, signal: float, proxy: float, collapse: Optional[float] = None,
+                  last: bool = False) -> Optional[str]:
+        """Record the end of a round at `step` and decide: the reason to stop, or None (maybe with a stronger λ
+        for the next round). `last`: the fit has no further epoch."""
+        assert self.start_signal is not None, "start() records the model before the first round"
+        self.rounds += 1
+        self._trace(step, signal, proxy, collapse)
         if signal <= self.settings.tolerance:
             self.stopped = "signal"
         elif proxy < self.start_proxy - self.settings.guard_drop:
             self.stopped = "guard"
-        elif step >= self.settings.max_steps:
+        elif last:
             self.stopped = "cap"
-        elif self.last_signal is not None and self.last_signal - signal < self.settings.min_progress * self.last_signal:
+        elif self.last_signal - signal < self.settings.min_progress * self.last_signal:
             self.lambda_forget = min(self.lambda_forget * self.settings.grow, self.settings.max_lambda)
         self.last_signal = signal
         return self.stopped
 
+    def _trace(self, step: int, signal: float, proxy: float, collapse: Optional[float]) -> None:
+        self.trace.append({"round": self.rounds, "step": step, "relative_match": round(signal, 4),
+                           "pair_accuracy": round(proxy, 4),
+                           "collapse_gap": None if collapse is None else round(collapse, 4),
+                           "lambda_forget": self.lambda_forget})
+
     def summary(self) -> dict:
         last = self.trace[-1] if self.trace else {}
-        return {"stopped": self.stopped or "end of training", "checks": len(self.trace),
+        return {"stopped": self.stopped or "end of training", "rounds": self.rounds,
                 "lambda_forget": self.lambda_forget, "start_relative_match": self.start_signal,
                 "end_relative_match": last.get("relative_match"), "start_pair_accuracy": self.start_proxy,
                 "end_pair_accuracy": last.get("pair_accuracy"), "trace": self.trace}
 
     def state_dict(self) -> dict:
         return {key: getattr(self, key) for key in ("lambda_forget", "start_signal", "last_signal", "start_proxy",
-                                                    "stopped", "trace", "reference")}
+                                                    "stopped", "rounds", "trace", "reference")}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
@@ -176,19 +196,54 @@ def measure(module, reference: tuple[torch.Tensor, torch.Tensor]) -> tuple[float
 
 
 def adapt(module, batch: dict) -> float:
-    """The λ_forget of this step: at every `check_every`-th step, measure, record, and stop the fit (every rank
-    alike) when the state says so. The first call keeps the batch's first pairs as the clean slice."""
+    """The λ_forget of this step. The first call keeps the batch's first pairs as the clean slice and records the
+    model as it comes in."""
     state: AdaptiveState = module.adaptive_state
-    settings = state.settings
     if state.reference is None:
-        n = min(settings.reference_pairs, len(batch["image"]))
+        n = min(state.settings.reference_pairs, len(batch["image"]))
         state.reference = (batch["image"][:n].detach().clone(), batch["text"][:n].detach().clone())
-    step = module.global_step
-    if state.stopped is None and step % settings.check_every == 0:
-        signal, proxy, collapse = measure(module, state.reference)
-        reason = state.check(step, signal, proxy, collapse)
-        module.log_dict({"unlearn/relative_match": signal, "unlearn/pair_accuracy": proxy,
-                         "unlearn/collapse_gap": collapse, "unlearn/lambda_forget": state.lambda_forget})
-        if reason is not None:
-            module.trainer.should_stop = True
+    if state.start_signal is None:
+        state.start(module.global_step, *measure(module, state.reference))
     return state.lambda_forget
+
+
+def end_round(module) -> None:
+    """At an epoch's end: measure, record, and stop the fit (every rank alike) when the state says so."""
+    state: AdaptiveState = module.adaptive_state
+    if state.reference is None or state.stopped is not None:
+        return
+    signal, proxy, collapse = measure(module, state.reference)
+    max_epochs = module.trainer.max_epochs or -1
+    last = max_epochs > 0 and module.current_epoch + 1 >= max_epochs
+    reason = state.end_round(module.global_step, signal, proxy, collapse, last=last)
+    module.log_dict({"unlearn/relative_match": signal, "unlearn/pair_accuracy": proxy,
+                     "unlearn/collapse_gap": collapse, "unlearn/lambda_forget": state.lambda_forget})
+    if reason is not None:
+        module.trainer.should_stop = True
+
+
+class AdaptiveRounds:
+    """The hooks of a LightningModule with an `adaptive_state` (None: off) and its `forget_keys`: one learning-rate
+    warm-up and decay per epoch, the round's end at the epoch's, and the state in checkpoints."""
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.adaptive_state is not None and self.forget_keys:
+            max_epochs = self.trainer.max_epochs if (self.trainer.max_epochs or -1) > 0 else 1
+            for factor in self.schedule_factors():
+                factor.cycle = max(1, int(self.trainer.estimated_stepping_batches) // max_epochs)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self.adaptive_state is not None and self.forget_keys:
+            end_round(self)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.adaptive_state is not None:
+            checkpoint["adaptive_unlearning"] = self.adaptive_state.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.adaptive_state is not None and checkpoint.get("adaptive_unlearning"):
+            self.adaptive_state.load_state_dict(checkpoint["adaptive_unlearning"])

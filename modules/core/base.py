@@ -87,8 +87,12 @@ class WarmupCosine:
         self.warmup = max(1, warmup)
         self.floor = floor
         self.total: int | None = None
+        self.cycle: int | None = None
+        """Restart the warm-up and decay every `cycle` steps (UBT's adaptive rounds); None: one schedule."""
 
     def __call__(self, step: int) -> float:
+        if self.cycle is not None:
+            return warmup_cosine(step % self.cycle, self.warmup, self.cycle, self.floor)
         if step < self.warmup:
             return (step + 1) / self.warmup
         assert self.total is not None, "the total step count is set at on_train_start"
@@ -259,10 +263,13 @@ class CLIPModule(LightningModule):
 
     def on_train_start(self) -> None:
         total = int(self.trainer.estimated_stepping_batches)
-        for config in self.trainer.lr_scheduler_configs:
-            for factor in getattr(config.scheduler, "lr_lambdas", []):
-                if isinstance(factor, WarmupCosine):
-                    factor.total = total
+        for factor in self.schedule_factors():
+            factor.total = total
+
+    def schedule_factors(self) -> list[WarmupCosine]:
+        """The learning-rate schedules of this fit's optimizers."""
+        return [factor for config in self.trainer.lr_scheduler_configs
+                for factor in getattr(config.scheduler, "lr_lambdas", []) if isinstance(factor, WarmupCosine)]
 
     def configure_optimizers(self):
         cfg = self.optimizer_config

@@ -1,6 +1,6 @@
 """The adaptive stage 2's signal, guard and decisions (modules/cleaning/unlearning_signal.py) on hand-made
-embeddings and traces: collapsed against spread features, own-caption accuracy, and when it stops (signal,
-guard, cap) or strengthens λ_forget."""
+embeddings and traces: collapsed against spread features, own-caption accuracy, when it stops (signal,
+guard, cap) or strengthens λ_forget, and the learning-rate schedule that restarts every round."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from modules.cleaning.unlearning_signal import (
     pair_accuracy,
     relative_match,
 )
+from modules.core.base import WarmupCosine
 
 
 def test_collapsed_features_have_cosine_one_spread_ones_zero_and_the_gap_is_their_difference():
@@ -51,46 +52,61 @@ def _state(**settings) -> AdaptiveState:
     return AdaptiveState(AdaptiveUnlearning(**settings), lambda_forget=1.0)
 
 
-def test_it_stops_when_the_held_out_pairs_no_longer_match_and_says_so():
+def test_it_stops_after_a_round_whose_held_out_pairs_no_longer_match_and_says_so():
     state = _state(tolerance=0.2)
-    assert state.check(0, 1.10, 0.90) is None
-    assert state.check(10, 0.50, 0.90) is None
-    assert state.check(20, 0.15, 0.89) == "signal"
+    state.start(0, 1.10, 0.90)
+    state.start(5, 0.30, 0.10)  # a resumed run keeps its first start
+    assert state.end_round(78, 0.50, 0.90) is None
+    assert state.end_round(156, 0.15, 0.89) == "signal"
     summary = state.summary()
-    assert summary["stopped"] == "signal" and summary["start_relative_match"] == 1.10
+    assert summary["stopped"] == "signal" and summary["rounds"] == 2 and summary["start_relative_match"] == 1.10
     assert summary["end_relative_match"] == 0.15
-    assert [t["step"] for t in summary["trace"]] == [0, 10, 20]
+    assert [(t["round"], t["step"]) for t in summary["trace"]] == [(0, 0), (1, 78), (2, 156)]
 
 
-def test_the_guard_stops_it_when_the_ca_proxy_falls_and_the_cap_when_the_steps_run_out():
+def test_the_guard_stops_it_when_the_ca_proxy_falls_and_the_cap_after_the_last_round():
     guarded = _state(guard_drop=0.05)
-    guarded.check(0, 0.6, 0.90)
-    assert guarded.check(10, 0.5, 0.86) is None  # within the allowed drop
-    assert guarded.check(20, 0.4, 0.84) == "guard"
-    capped = _state(max_steps=20)
-    capped.check(0, 0.6, 0.9)
-    capped.check(10, 0.5, 0.9)
-    assert capped.check(20, 0.4, 0.9) == "cap" and capped.summary()["stopped"] == "cap"
+    guarded.start(0, 0.6, 0.90)
+    assert guarded.end_round(10, 0.5, 0.86) is None  # within the allowed drop
+    assert guarded.end_round(20, 0.4, 0.84) == "guard"
+    signal_first = _state(guard_drop=0.05)
+    signal_first.start(0, 0.6, 0.90)
+    assert signal_first.end_round(10, 0.1, 0.50) == "signal"  # both: the backdoor is gone, and the trace shows the cost
+    capped = _state()
+    capped.start(0, 0.6, 0.9)
+    assert capped.end_round(10, 0.5, 0.9, last=False) is None
+    assert capped.end_round(20, 0.4, 0.9, last=True) == "cap" and capped.summary()["stopped"] == "cap"
     assert _state().summary()["stopped"] == "end of training"  # never checked: it ran the fit's length
 
 
-def test_lambda_grows_while_the_signal_stalls_up_to_its_bound_and_not_while_it_falls():
-    state = _state(grow=2.0, min_progress=0.1, max_lambda=4.0)
-    state.check(0, 0.60, 0.9)
-    state.check(10, 0.40, 0.9)  # closed a third: enough
+def test_lambda_grows_after_a_round_that_does_not_halve_the_signal_up_to_its_bound():
+    state = _state(grow=2.0, min_progress=0.5, max_lambda=4.0)
+    state.start(0, 0.80, 0.9)
+    state.end_round(10, 0.30, 0.9)  # removed 62%: enough
     assert state.lambda_forget == 1.0
-    state.check(20, 0.39, 0.9)  # closed 2.5%: stalled
-    assert state.lambda_forget == 2.0
-    state.check(30, 0.39, 0.9)
-    state.check(40, 0.39, 0.9)
+    state.end_round(20, 0.25, 0.9)  # removed 17%: too little
+    assert state.lambda_forget == 2.0 and state.trace[-1]["lambda_forget"] == 1.0  # the round ran at the old λ
+    state.end_round(30, 0.25, 0.9)
+    state.end_round(40, 0.25, 0.9)
     assert state.lambda_forget == 4.0  # the bound
-    restored = _state(grow=2.0, min_progress=0.1, max_lambda=4.0)
+    restored = _state(grow=2.0, min_progress=0.5, max_lambda=4.0)
     restored.load_state_dict(state.state_dict())  # a resumed run goes on from the checkpoint's state
-    assert restored.summary() == state.summary()
+    assert restored.summary() == state.summary() and restored.rounds == 4
+
+
+def test_a_cyclic_schedule_warms_up_and_decays_to_zero_within_every_round():
+    factor = WarmupCosine(warmup=2, floor=0.0)
+    factor.cycle = 10
+    first = [factor(step) for step in range(10)]
+    assert [factor(step) for step in range(10, 20)] == first  # the second round repeats the first
+    assert first[0] == 0.5 and first[1] == 1.0 and first[-1] < 0.05  # warm-up, peak, near zero at its end
+    factor.cycle = None
+    factor.total = 20
+    assert factor(10) > 0.4  # one schedule over the fit: mid-decay at step 10
 
 
 def test_bad_settings_are_refused_naming_the_option():
     with pytest.raises(ValueError, match="model.adaptive"):
-        AdaptiveUnlearning(check_every=0)
+        AdaptiveUnlearning(reference_pairs=1)
     with pytest.raises(ValueError, match="model.adaptive"):
         AdaptiveUnlearning(grow=0.5)
