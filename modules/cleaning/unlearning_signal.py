@@ -25,7 +25,8 @@ of the forget loss. At the start and at the end of every round, with no eval lab
 Stage 2 stops after a round whose signal is at most `tolerance` (`signal`), or whose proxy has fallen more
 than `guard_drop` below its value at the start (`guard`), or after the fit's last epoch (`cap`:
 `trainer.max_epochs` is the most rounds); `summary.json`'s `unlearning` block says which, with the trace
-of every check. The slice is seen in training too (it is the first batch), so the proxy errs high, never
+of every check, and `proxy_fell` says whether the proxy ended below the guard's bound (a round can remove
+the backdoor and cost that much CA at once: then it stops on `signal`, and `proxy_fell` is true). The slice is seen in training too (it is the first batch), so the proxy errs high, never
 low: a fall in it is real.
 
 Why rounds, and not a check every few steps (this module's first version): stopping mid-schedule, at the
@@ -154,7 +155,8 @@ class AdaptiveState:
 
     def summary(self) -> dict:
         last = self.trace[-1] if self.trace else {}
-        return {"stopped": self.stopped or "end of training", "rounds": self.rounds,
+        fell = last.get("pair_accuracy") is not None and last["pair_accuracy"] < self.start_proxy - self.settings.guard_drop
+        return {"stopped": self.stopped or "end of training", "rounds": self.rounds, "proxy_fell": fell,
                 "lambda_forget": self.lambda_forget, "start_relative_match": self.start_signal,
                 "end_relative_match": last.get("relative_match"), "start_pair_accuracy": self.start_proxy,
                 "end_pair_accuracy": last.get("pair_accuracy"), "trace": self.trace}

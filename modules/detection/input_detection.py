@@ -166,10 +166,11 @@ class DetectTriggeredInputs(CLIPModule):
             for side, images, positions, target_index in views:
                 if not len(images):
                     continue
-                embedded = self._timed(seconds, "embed", lambda: self.encode_image(images.to(self.device)).float())
+                images = images.to(self.device)  # once: the embedding and the masking views both read it
+                embedded = self._timed(seconds, "embed", lambda: self.encode_image(images).float())
                 if target_index is not None:
                     hits += int(((embedded @ classifier).argmax(1) == target_index).sum())
-                for name, score in self._scores(embedded, images.to(self.device), positions, texts, seconds).items():
+                for name, score in self._scores(embedded, images, positions, texts, seconds).items():
                     scores[name][side].append(score.cpu())
         clean, triggered = (sum(len(part) for part in next(iter(scores.values()))[side]) for side in ("clean", "triggered"))
         if not clean or not triggered:

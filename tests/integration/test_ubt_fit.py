@@ -106,9 +106,11 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_ada
         learning_benchmark, small_poisoned_run, tmp_path):
     """Where the trigger collapses the poisoned images (30% poisoned, ASR ≈ 1), the mixture rule keeps a
     set of them: measured (2026-12-02) dense AUROC 0.978, D 4.4, 721 pairs in the upper component, the
-    200 kept all poisoned. Unlearning them with the fixed recipe left this small RN's ASR at 1.0; the
-    adaptive stage 2 (2026-12-07): the held-out pairs' relative match fell from 0.82 to 0.13 in 30 steps
-    as λ_forget grew to 4, and it stopped on that signal with ASR 0.35 and CA 0.283 (from 0.996, 0.313)."""
+    200 kept all poisoned. Unlearning them with the fixed recipe left this small RN's ASR at 1.0. The
+    adaptive stage 2 in rounds (2026-12-07; a round here is one epoch of 7 steps): no round halved the held-out
+    pairs' relative match, so λ_forget doubled after each, and after round 7 (λ 64) the match was 0.14
+    (from 0.82): it stopped on that signal with ASR 0.21 and CA 0.250, from 0.996 and 0.313, the CA proxy
+    down 0.11 (`proxy_fell`)."""
     poisoned, _ = small_poisoned_run
     run = tmp_path / "dense"
     BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(run),
@@ -119,7 +121,7 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_ada
                       "--data.init_args.train_shards", learning_benchmark.finetune_urls,
                       "--model.init_args.discover.train_shards", learning_benchmark.pretrain_urls,
                       "--model.init_args.discover.poison.rate", "0.3", "--model.init_args.discover.report_k", "[100]",
-                      "--trainer.max_epochs", "30", "--model.init_args.adaptive.check_every", "5"])
+                      "--trainer.max_epochs", "12"])
     summary = json.loads((run / "summary.json").read_text())
     chosen = summary["suspicious_set"]
     assert summary["detection"]["dense"]["auroc"] >= 0.9
@@ -130,6 +132,6 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_ada
     assert unlearning["stopped"] == "signal" and unlearning["held_out_pairs"] == 50
     assert trace[-1]["relative_match"] <= 0.2 < 0.5 < trace[0]["relative_match"]
     assert unlearning["lambda_forget"] > 1.0  # it had to strengthen the forget loss
-    assert summary["steps"] < 30 * 7  # stopped long before the fit's 30 epochs of 7 steps
-    assert summary["before"]["asr"] >= 0.95 and summary["asr"] <= 0.6
-    assert summary["ca_top1"] >= summary["before"]["ca_top1"] - 0.05
+    assert unlearning["rounds"] < 12 and summary["steps"] < 12 * 7  # stopped before the fit's 12 rounds
+    assert summary["before"]["asr"] >= 0.95 and summary["asr"] <= 0.4
+    assert summary["ca_top1"] >= summary["before"]["ca_top1"] - 0.1

@@ -60,7 +60,7 @@ def test_it_stops_after_a_round_whose_held_out_pairs_no_longer_match_and_says_so
     assert state.end_round(156, 0.15, 0.89) == "signal"
     summary = state.summary()
     assert summary["stopped"] == "signal" and summary["rounds"] == 2 and summary["start_relative_match"] == 1.10
-    assert summary["end_relative_match"] == 0.15
+    assert summary["end_relative_match"] == 0.15 and not summary["proxy_fell"]
     assert [(t["round"], t["step"]) for t in summary["trace"]] == [(0, 0), (1, 78), (2, 156)]
 
 
@@ -71,7 +71,8 @@ def test_the_guard_stops_it_when_the_ca_proxy_falls_and_the_cap_after_the_last_r
     assert guarded.end_round(20, 0.4, 0.84) == "guard"
     signal_first = _state(guard_drop=0.05)
     signal_first.start(0, 0.6, 0.90)
-    assert signal_first.end_round(10, 0.1, 0.50) == "signal"  # both: the backdoor is gone, and the trace shows the cost
+    assert signal_first.end_round(10, 0.1, 0.50) == "signal"  # both at once: the backdoor is gone,
+    assert signal_first.summary()["proxy_fell"] and guarded.summary()["proxy_fell"]  # and the cost is said
     capped = _state()
     capped.start(0, 0.6, 0.9)
     assert capped.end_round(10, 0.5, 0.9, last=False) is None

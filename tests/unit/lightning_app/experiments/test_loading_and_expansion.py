@@ -124,13 +124,13 @@ def test_ubt_study_replays_the_attacks_data_and_chains_its_stages(tmp_path):
     assert "data.init_args.poison.count" not in detect and "model.init_args.overfit" not in detect  # one pass
     assert resolve(runs["detect_overfit[case=badnet_vit]@seed1"])["model.init_args.overfit"] is True
     unlearn = runs["unlearn[case=badnet_vit]@seed1"]
-    assert unlearn.config == "configs/embedded/ubt_unlearn_vit.yaml"
+    assert unlearn.config == "configs/embedded/fixed/ubt_unlearn_vit.yaml"  # the recipe its archived runs ran
     assert resolve(unlearn)["model.init_args.suspicious_dir"] == f"{runs['detect[case=badnet_vit]@seed1'].run_dir}/ubt"
     assert unlearn.stage.cost_includes == ["detect"]
     control = resolve(runs["control[case=badnet_vit]@seed1"])
     assert control["model.init_args.lambda_forget"] == 0
     assert control["model.init_args.model.name"] == "configs/models/tiny-vit32.json"
-    assert runs["unlearn[case=badnet]@seed1"].config == "configs/embedded/ubt_unlearn.yaml"
+    assert runs["unlearn[case=badnet]@seed1"].config == "configs/embedded/fixed/ubt_unlearn.yaml"
 
 
 def test_a_stage_that_poisons_a_clean_model_takes_its_checkpoint_but_brings_its_own_trigger(tmp_path):
