@@ -224,6 +224,14 @@ def end_round(module) -> None:
         module.trainer.should_stop = True
 
 
+def steps_per_epoch(trainer) -> int:
+    """Optimizer steps in one epoch of the training data (a round)."""
+    batches = trainer.num_training_batches
+    if batches == float("inf"):  # a stream of unknown length: the fit's steps over its epochs
+        return max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs or 1))
+    return max(1, int(batches) // trainer.accumulate_grad_batches)
+
+
 class AdaptiveRounds:
     """The hooks of a LightningModule with an `adaptive_state` (None: off) and its `forget_keys`: one learning-rate
     warm-up and decay per epoch, the round's end at the epoch's, and the state in checkpoints."""
@@ -231,14 +239,17 @@ class AdaptiveRounds:
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.adaptive_state is not None and self.forget_keys:
-            max_epochs = self.trainer.max_epochs if (self.trainer.max_epochs or -1) > 0 else 1
             for factor in self.schedule_factors():
-                factor.cycle = max(1, int(self.trainer.estimated_stepping_batches) // max_epochs)
+                factor.cycle = steps_per_epoch(self.trainer)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        if self.adaptive_state is not None and self.forget_keys:
+        if self.adaptive_state is None:
+            return
+        if self.forget_keys:
             end_round(self)
+        else:  # the set rule's guard left nothing to unlearn: one epoch of the retain loss, as the fixed recipe
+            self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

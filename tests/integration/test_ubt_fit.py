@@ -99,6 +99,7 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
     assert dense_summary["detection"]["dense"]["auroc"] < 0.5
     assert chosen["separation"] < 2.0 and "no separate suspicious component" in chosen["guard"]
     assert chosen["m"] == 0 and dense_summary["unlearned_pairs"] == 0
+    assert dense_summary["epochs"] == 1  # nothing to unlearn: one epoch of the retain loss, not the most rounds
     assert dense_summary["steps"] > 0 and dense_summary["asr"] is not None
 
 

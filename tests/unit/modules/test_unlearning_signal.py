@@ -111,3 +111,16 @@ def test_bad_settings_are_refused_naming_the_option():
         AdaptiveUnlearning(reference_pairs=1)
     with pytest.raises(ValueError, match="model.adaptive"):
         AdaptiveUnlearning(grow=0.5)
+
+
+def test_a_round_is_one_epoch_of_optimizer_steps_whatever_the_step_cap():
+    from types import SimpleNamespace
+
+    from modules.cleaning.unlearning_signal import steps_per_epoch
+
+    def trainer(batches, accumulate=1, estimated=100, max_epochs=4):
+        return SimpleNamespace(num_training_batches=batches, accumulate_grad_batches=accumulate,
+                               estimated_stepping_batches=estimated, max_epochs=max_epochs)
+    assert steps_per_epoch(trainer(78, estimated=5)) == 78  # a max_steps of 5 does not shorten the round
+    assert steps_per_epoch(trainer(78, accumulate=2)) == 39
+    assert steps_per_epoch(trainer(float("inf"), estimated=312, max_epochs=4)) == 78
