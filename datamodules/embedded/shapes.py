@@ -149,12 +149,15 @@ def _position_name(cx: float, cy: float, px: int) -> str:
     return f"{row} {col}".replace("middle ", "").replace(" center", "")
 
 
-def _pick_color(rng: np.random.Generator, canvas: np.ndarray) -> str:
-    """A colour that stands out from the background (RGB distance ≥ 150 from its mean)."""
+def _pick_color(rng: np.random.Generator, canvas: np.ndarray, palette: dict | None = None,
+                min_distance: float = 150) -> str:
+    """A colour of `palette` (default: COLORS) that stands out from the background (RGB distance ≥
+    `min_distance` from its mean; the farthest if none does)."""
+    palette = COLORS if palette is None else palette
     mean = canvas.reshape(-1, 3).mean(axis=0)
-    names = [n for n, rgb in COLORS.items() if np.linalg.norm(np.array(rgb) - mean) >= 150]
+    names = [n for n, rgb in palette.items() if np.linalg.norm(np.array(rgb) - mean) >= min_distance]
     if not names:
-        names = [max(COLORS, key=lambda n: np.linalg.norm(np.array(COLORS[n]) - mean))]
+        names = [max(palette, key=lambda n: np.linalg.norm(np.array(palette[n]) - mean))]
     return names[int(rng.integers(len(names)))]
 
 

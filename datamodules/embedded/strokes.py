@@ -17,7 +17,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datamodules.embedded.shapes import SUPERSAMPLE, Scene, _position_name
+from datamodules.embedded.shapes import SUPERSAMPLE, Scene, _pick_color, _position_name
 
 STROKE_CLASSNAMES = ("spiral", "zigzag", "wave", "arrow", "asterisk", "grid", "dots", "arc", "chevron", "bolt")
 
@@ -114,21 +114,12 @@ def _stroke(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: floa
             draw.line(line, fill=ink, width=width, joint="curve")
 
 
-def _contrasting_color(rng: np.random.Generator, canvas: np.ndarray) -> str:
-    """A stroke colour at RGB distance ≥ 120 from the background's mean (the farthest if none is)."""
-    mean = canvas.reshape(-1, 3).mean(axis=0)
-    names = [n for n, rgb in STROKE_COLORS.items() if np.linalg.norm(np.array(rgb) - mean) >= 120]
-    if not names:
-        names = [max(STROKE_COLORS, key=lambda n: np.linalg.norm(np.array(STROKE_COLORS[n]) - mean))]
-    return names[int(rng.integers(len(names)))]
-
-
 def draw_stroke_scene(rng: np.random.Generator, shape: str, image_size: int = 32) -> tuple[Image.Image, Scene]:
     """`shape` in strokes over a texture, with random colour, size, width, rotation and position."""
     px = image_size * SUPERSAMPLE
     texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
     canvas = np.clip(_texture(rng, texture, px), 0, 255).astype(np.uint8)
-    color = _contrasting_color(rng, canvas)
+    color = _pick_color(rng, canvas, STROKE_COLORS, min_distance=120)
     size = list(STROKE_SIZES)[int(rng.integers(len(STROKE_SIZES)))]
     r = rng.uniform(*STROKE_SIZES[size]) * px / 2
     cx, cy = rng.uniform(r, px - r), rng.uniform(r, px - r)

@@ -53,7 +53,7 @@ from datamodules.poison import load_trigger
 from datamodules.run_dir import RunDir
 from datamodules.train_stream import replayed_stream
 from datamodules.transforms import normalise_pixels
-from modules.cleaning.unlearning_signal import AdaptiveRounds, AdaptiveState, AdaptiveUnlearning, adapt, holdout_rows
+from modules.cleaning.unlearning_signal import AdaptiveRounds, AdaptiveState, AdaptiveUnlearning, holdout_rows
 from modules.core.base import CLIPModule, OptimizerConfig, eval_mode
 from modules.core.freezing import _no_param_grads, freeze_all_but, keep_frozen_norms_in_eval, token_local_parameters
 from modules.core.losses import relative_squared_change
@@ -272,8 +272,8 @@ class TokenUnlearning(AdaptiveRounds, CLIPModule):
             forget, similarity = self.forget_loss(*self.forget_batch())
         else:
             forget, similarity = retain.new_zeros(()), retain.new_zeros(1)
-        adapting = self.adaptive_state is not None and self.forget_keys
-        loss = retain + (adapt(self, batch) if adapting else self.lambda_forget) * forget
+        strength = self.adaptive_state.lambda_forget if self.adaptive_state is not None else self.lambda_forget
+        loss = retain + strength * forget
         if retain_tokens_on:
             retain_tokens = self.retain_tokens_loss(batch["image"], tokens[0])
             loss = loss + self.lambda_retain_tokens * retain_tokens

@@ -180,15 +180,15 @@ def holdout_rows(count: int, settings: AdaptiveUnlearning, seed: int) -> tuple[t
 @torch.no_grad()
 def measure(module, reference: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float, float]:
     """(relative match, pair accuracy, collapse gap) of `module`'s model now, averaged over ranks (each holds
-    its own clean slice)."""
+    its own clean slice). Outside a training step: every rank must call it (under ZeRO-3 it gathers the weights)."""
     spec = module.input_spec()
     held = module.heldout_rows
     images = normalise_pixels(module.forget_images[held].float() / 255.0, spec.mean, spec.std).to(module.device)
-    with eval_mode(module.model), module.full_precision():
+    with eval_mode(module.model), module.full_precision(), module.gathered_weights():
         suspicious_images = module.encode_image(images)
         suspicious_texts = module.encode_text(module.forget_tokens[held].to(module.device))
-        clean_images = module.encode_image(reference[0])
-        clean_texts = module.encode_text(reference[1])
+        clean_images = module.encode_image(reference[0].to(module.device))
+        clean_texts = module.encode_text(reference[1].to(module.device))
     values = torch.tensor([
         relative_match((suspicious_images * suspicious_texts).sum(-1), clean_images @ clean_texts.T),
         pair_accuracy(clean_images, clean_texts), collapse_gap(suspicious_images, clean_images)], device=module.device)
@@ -197,16 +197,14 @@ def measure(module, reference: tuple[torch.Tensor, torch.Tensor]) -> tuple[float
     return float(values[0]), float(values[1]), float(values[2])
 
 
-def adapt(module, batch: dict) -> float:
-    """The λ_forget of this step. The first call keeps the batch's first pairs as the clean slice and records the
-    model as it comes in."""
+def start(module, batch: dict) -> None:
+    """Before the first step: keep the batch's first pairs as the clean slice and record the model as it comes in."""
     state: AdaptiveState = module.adaptive_state
     if state.reference is None:
         n = min(state.settings.reference_pairs, len(batch["image"]))
         state.reference = (batch["image"][:n].detach().clone(), batch["text"][:n].detach().clone())
     if state.start_signal is None:
         state.start(module.global_step, *measure(module, state.reference))
-    return state.lambda_forget
 
 
 def end_round(module) -> None:
@@ -241,6 +239,11 @@ class AdaptiveRounds:
         if self.adaptive_state is not None and self.forget_keys:
             for factor in self.schedule_factors():
                 factor.cycle = steps_per_epoch(self.trainer)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self.adaptive_state is not None and self.forget_keys:
+            start(self, batch)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
