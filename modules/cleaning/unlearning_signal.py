@@ -159,6 +159,7 @@ class AdaptiveState:
         return {"stopped": self.stopped or "end of training", "rounds": self.rounds, "proxy_fell": fell,
                 "lambda_forget": self.lambda_forget, "start_relative_match": self.start_signal,
                 "end_relative_match": last.get("relative_match"), "start_pair_accuracy": self.start_proxy,
+                "start_collapse_gap": self.trace[0]["collapse_gap"] if self.trace else None,
                 "end_pair_accuracy": last.get("pair_accuracy"), "trace": self.trace}
 
     def state_dict(self) -> dict:
