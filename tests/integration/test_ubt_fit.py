@@ -103,6 +103,20 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
     assert dense_summary["steps"] > 0 and dense_summary["asr"] is not None
 
 
+def _dense_unlearning(benchmark, poisoned, run, *overrides: str) -> dict:
+    """The dense UBT config's fit on `poisoned` (30% poisoned) with at most 12 rounds; its summary."""
+    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(run),
+                      "--data.init_args.embedded", "null", "--data.init_args.eval.directory", benchmark.eval_dir,
+                      "--data.init_args.batch_size", "64", "--trainer.enable_progress_bar", "false",
+                      "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
+                      "--data.init_args.trigger_dir", str(poisoned / "trigger"),
+                      "--data.init_args.train_shards", benchmark.finetune_urls,
+                      "--model.init_args.discover.train_shards", benchmark.pretrain_urls,
+                      "--model.init_args.discover.poison.rate", "0.3", "--model.init_args.discover.report_k", "[100]",
+                      "--trainer.max_epochs", "12", *overrides])
+    return json.loads((run / "summary.json").read_text())
+
+
 def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_adaptive_unlearning_stops_on_its_signal(
         learning_benchmark, small_poisoned_run, tmp_path):
     """Where the trigger collapses the poisoned images (30% poisoned, ASR ≈ 1), the mixture rule keeps a
@@ -114,16 +128,7 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_ada
     down 0.11 (`proxy_fell`)."""
     poisoned, _ = small_poisoned_run
     run = tmp_path / "dense"
-    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(run),
-                      "--data.init_args.embedded", "null", "--data.init_args.eval.directory", learning_benchmark.eval_dir,
-                      "--data.init_args.batch_size", "64", "--trainer.enable_progress_bar", "false",
-                      "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
-                      "--data.init_args.trigger_dir", str(poisoned / "trigger"),
-                      "--data.init_args.train_shards", learning_benchmark.finetune_urls,
-                      "--model.init_args.discover.train_shards", learning_benchmark.pretrain_urls,
-                      "--model.init_args.discover.poison.rate", "0.3", "--model.init_args.discover.report_k", "[100]",
-                      "--trainer.max_epochs", "12"])
-    summary = json.loads((run / "summary.json").read_text())
+    summary = _dense_unlearning(learning_benchmark, poisoned, run)
     chosen = summary["suspicious_set"]
     assert summary["detection"]["dense"]["auroc"] >= 0.9
     assert chosen["guard"] is None and chosen["separation"] >= 2.0 and chosen["m"] == 200
@@ -136,3 +141,32 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_ada
     assert unlearning["rounds"] < 12 and summary["steps"] < 12 * 7  # stopped before the fit's 12 rounds
     assert summary["before"]["asr"] >= 0.95 and summary["asr"] <= 0.4
     assert summary["ca_top1"] >= summary["before"]["ca_top1"] - 0.1
+
+
+def test_which_parameters_must_move_where_the_token_local_set_is_slow(learning_benchmark, small_poisoned_run, tmp_path):
+    """The UBT unlearning issue's part 3 on the one model here where the fixed recipe fails (the strongly
+    poisoned small RN above): the same set unlearned with every parameter trainable instead of the
+    token-local ones (token embeddings, the RN's last stage), and the tower swap of the token-local result
+    (which side carries the removal). Measured (2026-12-07): token-local 7 rounds to λ 64, ASR 0.21, CA 0.250;
+    every parameter 2 rounds at λ 2, ASR 0.000, CA 0.260 (from 0.996, 0.313). Tower swap of the token-local
+    result: the image tower put back gives ASR 0.974 and CA 0.323, the text side put back ASR 0.956 and CA
+    0.297: the removal needs both sides' changes, and the CA cost is mostly the image tower's."""
+    from lightning_app.tower_swap import tower_swap
+
+    poisoned, _ = small_poisoned_run
+    local = _dense_unlearning(learning_benchmark, poisoned, tmp_path / "local")
+    wide = _dense_unlearning(learning_benchmark, poisoned, tmp_path / "wide", "--model.init_args.trainable",
+                             "[visual, transformer, token_embedding, positional_embedding, ln_final, text_projection]")
+    rows = dict((label, (ca, asr)) for label, ca, asr in tower_swap(
+        tmp_path / "local", poisoned, learning_benchmark.eval_dir, poisoned / "trigger", "triangle"))
+    for name, summary in (("token-local", local), ("every parameter", wide)):
+        u = summary["unlearning"]
+        print(name, "rounds", u["rounds"], "λ", u["lambda_forget"], "stopped", u["stopped"], "CA", summary["ca_top1"],
+              "ASR", summary["asr"], "parameters", summary["trainable_parameters"])
+    print("tower swap of the token-local result", rows)
+    assert wide["trainable_parameters"] > 1.2 * local["trainable_parameters"]
+    assert wide["unlearning"]["stopped"] == local["unlearning"]["stopped"] == "signal"
+    assert wide["unlearning"]["rounds"] < local["unlearning"]["rounds"]  # wider is faster
+    assert wide["asr"] <= 0.05 < local["asr"] and wide["ca_top1"] >= local["ca_top1"] - 0.02
+    assert rows["defended, image tower put back"][1] >= 0.8 and rows["defended, text side put back"][1] >= 0.8
+    assert rows["defended, image tower put back"][0] > rows["defended"][0]  # the CA cost is on the image side
