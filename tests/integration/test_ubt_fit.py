@@ -117,8 +117,15 @@ def _dense_unlearning(benchmark, poisoned, run, *overrides: str) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def token_local_unlearning(learning_benchmark, small_poisoned_run, tmp_path_factory):
+    """(run directory, summary) of the dense UBT config's fit on the strongly poisoned small RN."""
+    run = tmp_path_factory.mktemp("token_local") / "run"
+    return run, _dense_unlearning(learning_benchmark, small_poisoned_run[0], run)
+
+
 def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_adaptive_unlearning_stops_on_its_signal(
-        learning_benchmark, small_poisoned_run, tmp_path):
+        token_local_unlearning):
     """Where the trigger collapses the poisoned images (30% poisoned, ASR ≈ 1), the mixture rule keeps a
     set of them: measured (2026-12-02) dense AUROC 0.978, D 4.4, 721 pairs in the upper component, the
     200 kept all poisoned. Unlearning them with the fixed recipe left this small RN's ASR at 1.0. The
@@ -126,9 +133,7 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_ada
     pairs' relative match, so λ_forget doubled after each, and after round 7 (λ 64) the match was 0.14
     (from 0.82): it stopped on that signal with ASR 0.21 and CA 0.250, from 0.996 and 0.313, the CA proxy
     down 0.11 (`proxy_fell`)."""
-    poisoned, _ = small_poisoned_run
-    run = tmp_path / "dense"
-    summary = _dense_unlearning(learning_benchmark, poisoned, run)
+    summary = token_local_unlearning[1]
     chosen = summary["suspicious_set"]
     assert summary["detection"]["dense"]["auroc"] >= 0.9
     assert chosen["guard"] is None and chosen["separation"] >= 2.0 and chosen["m"] == 200
@@ -143,7 +148,8 @@ def test_the_dense_set_on_a_strongly_poisoned_model_is_the_planted_pairs_and_ada
     assert summary["ca_top1"] >= summary["before"]["ca_top1"] - 0.1
 
 
-def test_which_parameters_must_move_where_the_token_local_set_is_slow(learning_benchmark, small_poisoned_run, tmp_path):
+def test_which_parameters_must_move_where_the_token_local_set_is_slow(learning_benchmark, small_poisoned_run,
+                                                                      token_local_unlearning, tmp_path):
     """The UBT unlearning issue's part 3 on the one model here where the fixed recipe fails (the strongly
     poisoned small RN above): the same set unlearned with every parameter trainable instead of the
     token-local ones (token embeddings, the RN's last stage), and the tower swap of the token-local result
@@ -154,11 +160,11 @@ def test_which_parameters_must_move_where_the_token_local_set_is_slow(learning_b
     from lightning_app.tower_swap import tower_swap
 
     poisoned, _ = small_poisoned_run
-    local = _dense_unlearning(learning_benchmark, poisoned, tmp_path / "local")
+    local_run, local = token_local_unlearning
     wide = _dense_unlearning(learning_benchmark, poisoned, tmp_path / "wide", "--model.init_args.trainable",
                              "[visual, transformer, token_embedding, positional_embedding, ln_final, text_projection]")
     rows = dict((label, (ca, asr)) for label, ca, asr in tower_swap(
-        tmp_path / "local", poisoned, learning_benchmark.eval_dir, poisoned / "trigger", "triangle"))
+        local_run, poisoned, learning_benchmark.eval_dir, poisoned / "trigger", "triangle"))
     for name, summary in (("token-local", local), ("every parameter", wide)):
         u = summary["unlearning"]
         print(name, "rounds", u["rounds"], "λ", u["lambda_forget"], "stopped", u["stopped"], "CA", summary["ca_top1"],
