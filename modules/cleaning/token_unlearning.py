@@ -91,8 +91,12 @@ class TokenUnlearning(AdaptiveRounds, CLIPModule):
         SummaryColumns("unlearned_by_trigger", "unlearned_", heading="unlearned: {key}", counts=True),
         SummaryColumns("unlearning", "unlearning_", skip=frozenset({"trace"}), counts=frozenset({"unlearning_rounds", "unlearning_held_out_pairs"}),
                        headings={"unlearning_stopped": "stage 2 stopped by", "unlearning_lambda_forget": "final λ_forget",
+                                 "unlearning_start_relative_match": "held-out match at the start",
                                  "unlearning_end_relative_match": "held-out match at the end",
-                                 "unlearning_rounds": "rounds"}),
+                                 "unlearning_start_pair_accuracy": "CA proxy at the start",
+                                 "unlearning_end_pair_accuracy": "CA proxy at the end",
+                                 "unlearning_start_collapse_gap": "set's collapse at the start",
+                                 "unlearning_proxy_fell": "CA proxy fell past the guard", "unlearning_rounds": "rounds"}),
     )
 
     def __init__(self, model: ModelConfig = ModelConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
