@@ -26,8 +26,9 @@ Stage 2 stops after a round whose signal is at most `tolerance` (`signal`), or w
 than `guard_drop` below its value at the start (`guard`), or after the fit's last epoch (`cap`:
 `trainer.max_epochs` is the most rounds); `summary.json`'s `unlearning` block says which, with the trace
 of every check, and `proxy_fell` says whether the proxy ended below the guard's bound (a round can remove
-the backdoor and cost that much CA at once: then it stops on `signal`, and `proxy_fell` is true). The slice is seen in training too (it is the first batch), so the proxy errs high, never
-low: a fall in it is real.
+the backdoor and cost that much CA at once: then it stops on `signal`, and `proxy_fell` is true). The
+slice is seen in training too (it is the first batch), so the proxy errs high, never low: a fall in it is
+real.
 
 Why rounds, and not a check every few steps (this module's first version): stopping mid-schedule, at the
 learning rate's peak, left the forget loss's damage unrepaired. On the easy tier's BadNet model a stop
