@@ -103,17 +103,21 @@ def test_ubt_ranks_planted_poisons_first_and_unlearns_at_most_m(learning_benchma
     assert dense_summary["steps"] > 0 and dense_summary["asr"] is not None
 
 
+def _dense_args(benchmark, poisoned, run, *overrides: str) -> list[str]:
+    return ["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(run),
+            "--data.init_args.embedded", "null", "--data.init_args.eval.directory", benchmark.eval_dir,
+            "--data.init_args.batch_size", "64", "--trainer.enable_progress_bar", "false",
+            "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
+            "--data.init_args.trigger_dir", str(poisoned / "trigger"),
+            "--data.init_args.train_shards", benchmark.finetune_urls,
+            "--model.init_args.discover.train_shards", benchmark.pretrain_urls,
+            "--model.init_args.discover.poison.rate", "0.3", "--model.init_args.discover.report_k", "[100]",
+            "--trainer.max_epochs", "12", *overrides]
+
+
 def _dense_unlearning(benchmark, poisoned, run, *overrides: str) -> dict:
     """The dense UBT config's fit on `poisoned` (30% poisoned) with at most 12 rounds; its summary."""
-    BackdoorCLI(args=["fit", "--config", "configs/embedded/ubt_dense.yaml", "--trainer.default_root_dir", str(run),
-                      "--data.init_args.embedded", "null", "--data.init_args.eval.directory", benchmark.eval_dir,
-                      "--data.init_args.batch_size", "64", "--trainer.enable_progress_bar", "false",
-                      "--model.init_args.model.pretrained", str(poisoned / "checkpoints" / "last.ckpt"),
-                      "--data.init_args.trigger_dir", str(poisoned / "trigger"),
-                      "--data.init_args.train_shards", benchmark.finetune_urls,
-                      "--model.init_args.discover.train_shards", benchmark.pretrain_urls,
-                      "--model.init_args.discover.poison.rate", "0.3", "--model.init_args.discover.report_k", "[100]",
-                      "--trainer.max_epochs", "12", *overrides])
+    BackdoorCLI(args=_dense_args(benchmark, poisoned, run, *overrides))
     return json.loads((run / "summary.json").read_text())
 
 
@@ -176,3 +180,35 @@ def test_which_parameters_must_move_where_the_token_local_set_is_slow(learning_b
     assert wide["asr"] <= 0.05 < local["asr"] and wide["ca_top1"] >= local["ca_top1"] - 0.02
     assert rows["defended, image tower put back"][1] >= 0.8 and rows["defended, text side put back"][1] >= 0.8
     assert rows["defended, image tower put back"][0] > rows["defended"][0]  # the CA cost is on the image side
+
+
+def test_an_adaptive_unlearning_killed_mid_round_resumes_to_the_straight_runs_weights_and_trace(
+        learning_benchmark, small_poisoned_run, tmp_path):
+    """Rounds of 7 steps, at most 3: a run failed at step 10 (mid round 2, after its step-10 checkpoint) and
+    resumed with `--ckpt_path last` ends with the weights, λ_forget, rounds and trace of a run never stopped."""
+    import torch
+    from lightning.pytorch import Callback
+
+    class Preempted(RuntimeError):
+        pass
+
+    class StopAt(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 10:
+                raise Preempted("stopped at step 10")
+
+    poisoned, _ = small_poisoned_run
+    settings = ("--trainer.max_epochs", "3", "--checkpoint_every_n_steps", "5")
+    straight = _dense_unlearning(learning_benchmark, poisoned, tmp_path / "straight", *settings)
+    run = tmp_path / "resumed"
+    cli = BackdoorCLI(args=_dense_args(learning_benchmark, poisoned, run, *settings)[1:], run=False)
+    cli.trainer.callbacks.append(StopAt())
+    with pytest.raises(Preempted):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    resumed = _dense_unlearning(learning_benchmark, poisoned, run, *settings, "--ckpt_path", "last")
+    weights = [torch.load(r / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+               for r in (tmp_path / "straight", run)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert straight["unlearning"]["rounds"] >= 2  # the kill fell inside a later round than the first
+    assert resumed["unlearning"] == straight["unlearning"]
