@@ -5,6 +5,7 @@ with the references to its dependencies resolved, as `main.py fit` arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -57,21 +58,41 @@ def expand(experiment: Experiment) -> list[StageRun]:
         for name, stage in experiment.stages.items():
             own_axes = [a for a in experiment.axes.values() if name in a.stages]
             instances = []
-            for deps in itertools.product(*(by_stage[d] for d in stage.dependencies)):
-                inherited = _consistent(deps)
-                if inherited is None:
-                    continue
-                for values in itertools.product(*(list(a.values) for a in own_axes)):
-                    axes = dict(inherited)
-                    if any(axes.get(a.name, v) != v for a, v in zip(own_axes, values)):
+            specs = {values: stage_at(stage, own_axes, values)
+                     for values in itertools.product(*(list(a.values) for a in own_axes))}
+            for dependencies in dict.fromkeys(tuple(spec.dependencies) for spec in specs.values()):
+                for deps in itertools.product(*(by_stage[d] for d in dependencies)):
+                    inherited = _consistent(deps)
+                    if inherited is None:
                         continue
-                    axes.update({a.name: v for a, v in zip(own_axes, values)})
-                    if any(axes.get(axis) not in kept for axis, kept in stage.where.items()):
-                        continue
-                    instances.append(_stage_run(experiment, stage, seed, axes, deps, own_axes))
+                    for values, spec in specs.items():
+                        if tuple(spec.dependencies) != dependencies:
+                            continue
+                        axes = dict(inherited)
+                        if any(axes.get(a.name, v) != v for a, v in zip(own_axes, values)):
+                            continue
+                        axes.update({a.name: v for a, v in zip(own_axes, values)})
+                        if any(axes.get(axis) not in kept for axis, kept in stage.where.items()):
+                            continue
+                        instances.append(_stage_run(experiment, spec, seed, axes, deps, own_axes))
             by_stage[name] = instances
             runs.extend(instances)
     return runs
+
+
+def stage_at(stage: StageSpec, own_axes: list[Axis], values: tuple[str, ...]) -> StageSpec:
+    """The stage as it runs at these values of its own axes: a per-stage value may start it from another
+    stage, with other needs and inheritance (BadCLIP's poisoned model fine-tunes a clean one and needs its
+    patch, where BadNet's is pretrained from scratch)."""
+    changes: dict[str, Any] = {}
+    for axis, value in zip(own_axes, values):
+        given = axis.structure(value, stage.name)
+        if "from" in given:
+            changes["parent"] = given["from"]
+        for key in ("needs", "inherit"):
+            if key in given:
+                changes[key] = [given[key]] if isinstance(given[key], str) else list(given[key] or [])
+    return dataclasses.replace(stage, **changes) if changes else stage
 
 
 def _stage_run(experiment: Experiment, stage: StageSpec, seed: int, axes: dict[str, str], deps: tuple[StageRun, ...],

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from lightning_app.experiments.expansion import stage_at
 from lightning_app.experiments.schema import (
     AXIS_KEYS,
     DETECTOR_KEYS,
@@ -109,17 +110,18 @@ def _check(experiment: Experiment) -> None:
         raise ValueError(f"{path}: `seeds` is empty")
     seen: set[str] = set()
     for name, stage in experiment.stages.items():
-        unknown = sorted(set(stage.inherit) - set(INHERITABLE))
-        if unknown:
-            raise ValueError(f"{path}: stage {name!r}: inherit {unknown}: choose from {list(INHERITABLE)}")
-        for dep in stage.dependencies + stage.cost_includes:
-            if dep not in experiment.stages:
-                raise ValueError(f"{path}: stage {name!r} refers to unknown stage {dep!r}")
-            if dep not in seen:
-                raise ValueError(f"{path}: stage {name!r} depends on {dep!r}, which must be listed before it")
-        for dep in stage.cost_includes:
-            if dep not in stage.dependencies:
-                raise ValueError(f"{path}: stage {name!r}: cost_includes {dep!r} must be in its `from`/`needs`")
+        for what, spec in _stage_variants(experiment, stage):
+            unknown = sorted(set(spec.inherit) - set(INHERITABLE))
+            if unknown:
+                raise ValueError(f"{path}: {what}: inherit {unknown}: choose from {list(INHERITABLE)}")
+            for dep in spec.dependencies + stage.cost_includes:
+                if dep not in experiment.stages:
+                    raise ValueError(f"{path}: {what} refers to unknown stage {dep!r}")
+                if dep not in seen:
+                    raise ValueError(f"{path}: {what} depends on {dep!r}, which must be listed before it")
+            for dep in stage.cost_includes:
+                if dep not in spec.dependencies:
+                    raise ValueError(f"{path}: {what}: cost_includes {dep!r} must be in its `from`/`needs`")
         seen.add(name)
         configs = [stage.config] + [a.settings(v, name).get("config") for a in experiment.axes.values()
                                     if name in a.stages for v in a.values]
@@ -182,7 +184,19 @@ def _check_where(experiment: Experiment, what: str, where: dict[str, Any]) -> No
                              "or a value it does not have")
 
 
+def _stage_variants(experiment: Experiment, stage: StageSpec) -> list[tuple[str, StageSpec]]:
+    """The stage as written, and as each per-stage axis value that gives it another `from`/`needs`/`inherit`
+    makes it, each with how an error names it."""
+    variants = [(f"stage {stage.name!r}", stage)]
+    for axis in experiment.axes.values():
+        if stage.name in axis.stages:
+            variants += [(f"stage {stage.name!r} at {axis.name}={value}", stage_at(stage, [axis], (value,)))
+                         for value in axis.values if axis.structure(value, stage.name)]
+    return variants
+
+
 def _axes_of(experiment: Experiment, name: str) -> set[str]:
-    """The axes a stage's runs have values of: its own and those of every stage it depends on."""
+    """The axes a stage's runs have values of: its own and those of every stage it depends on (at any value)."""
     own = {axis.name for axis in experiment.axes.values() if name in axis.stages}
-    return own.union(*(_axes_of(experiment, dep) for dep in experiment.stages[name].dependencies))
+    deps = {dep for _, spec in _stage_variants(experiment, experiment.stages[name]) for dep in spec.dependencies}
+    return own.union(*(_axes_of(experiment, dep) for dep in deps))

@@ -46,6 +46,8 @@ from datamodules.run_dir import RunDir
 STAGE_KEYS = {"config", "label", "from", "inherit", "needs", "set", "seed_keys", "cost_includes", "report", "where"}
 INHERITABLE = ("checkpoint", "trigger", "architecture")
 AXIS_KEYS = {"stages", "key", "values", "per_stage"}
+VALUE_STRUCTURE_KEYS = ("from", "needs", "inherit")
+"""Stage keys a per-stage axis value may set for its stage, besides its config and settings."""
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports", "launcher"}
 TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "figure", "compare",
               "compare_axis", "compare_on", "select", "where", "detector"}
@@ -99,15 +101,26 @@ class Axis:
     """Value name → a value of `key`, or a mapping of settings (`config` picks the stage's config)."""
     key: str | None = None
     per_stage: bool = False
-    """Each value is a mapping stage name → settings for that stage (an axis that changes two stages together)."""
+    """Each value is a mapping stage name → settings for that stage (an axis that changes two stages together);
+    they may also give the stage another `from`, `needs` and `inherit` at that value."""
 
     def settings(self, value_name: str, stage: str) -> dict[str, Any]:
+        """The value's settings for the stage (`config` picks its config), without its `from`/`needs`/`inherit`."""
         value = self.values[value_name]
         if self.per_stage:
-            return dict((value or {}).get(stage) or {})
+            given = dict((value or {}).get(stage) or {})
+            return {key: v for key, v in given.items() if key not in VALUE_STRUCTURE_KEYS}
         if self.key is not None:
             return {self.key: value}
         return dict(value or {})
+
+    def structure(self, value_name: str, stage: str) -> dict[str, Any]:
+        """What a per-stage value changes of where the stage starts from: its `from`, `needs` and `inherit`
+        (a poisoned model made by pretraining at one value and by fine-tuning a clean model at another)."""
+        if not self.per_stage:
+            return {}
+        given = (self.values[value_name] or {}).get(stage) or {}
+        return {key: v for key, v in given.items() if key in VALUE_STRUCTURE_KEYS}
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 
 import pytest
@@ -71,7 +72,8 @@ def test_a_local_dir_model_with_a_pickle_payload_is_refused_naming_the_folder(tm
         build_model(ModelConfig(name=f"local-dir:{folder}"))
 
 
-@pytest.mark.parametrize("content", [os.urandom(1000), (2**40).to_bytes(8, "little") + b"{}"])
+@pytest.mark.parametrize("content", [random.Random(0).randbytes(1000), (2**40).to_bytes(8, "little") + b"{}"],
+                         ids=["random_bytes", "header_length_past_the_end"])
 def test_a_broken_safetensors_file_is_named(tmp_path, content):
     path = tmp_path / "weights.safetensors"
     path.write_bytes(content)

@@ -10,7 +10,7 @@ import pytest
 from helpers.experiments import TOY, toy
 
 from lightning_app.experiments import runner
-from lightning_app.experiments.expansion import command_line, expand, resolve, restrict_axes
+from lightning_app.experiments.expansion import command_line, expand, pipeline_stage, resolve, restrict_axes
 from lightning_app.experiments.loading import load_experiment
 
 
@@ -151,6 +151,56 @@ def test_a_stage_that_poisons_a_clean_model_takes_its_checkpoint_but_brings_its_
     attack.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-rn32.json}}}\n")
     defense = resolve(runs["cleanclip@seed0"])
     assert defense["data.init_args.trigger_dir"] == str(runs["attack@seed0"].run_dir.trigger_dir)
+
+
+def test_an_axis_value_can_start_its_stage_from_another_stage(tmp_path):
+    """core.yaml: BadNet's and Blended's poisoned models are pretrained from scratch, BadCLIP's fine-tunes the
+    clean model with the patch optimised against it; the defenses start from whichever it is."""
+    experiment = load_experiment("experiments/core.yaml")
+    experiment.runs = str(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    assert runs["attack[attack=badnet]@seed3"].deps == {} and runs["attack[attack=blended]@seed3"].deps == {}
+    badclip = runs["attack[attack=badclip]@seed3"]
+    assert sorted(badclip.deps) == ["clean", "patch"] and badclip.stage.parent == "clean"
+    assert badclip.config == "configs/embedded/badclip.yaml"
+    assert experiment.stages["attack"].parent is None  # the stage as written is left as it was
+    clean = runs["clean@seed3"].run_dir
+    clean.path.mkdir(parents=True)
+    clean.config_path.write_text("model: {init_args: {model: {name: configs/models/tiny-rn32.json}}}\n")
+    settings = resolve(badclip)
+    assert settings["model.init_args.model.pretrained"] == str(clean.checkpoint)
+    assert "data.init_args.trigger_dir" not in settings  # inherit: its own trigger, not the clean model's
+    assert settings["data.init_args.trigger.init_args.patch"] == f"{runs['patch@seed3'].run_dir}/badclip/patch.png"
+    assert "from" not in str(command_line(settings))
+    # the defenses of each attack start from its poisoned model, wherever that came from
+    for attack in ("badnet", "badclip"):
+        abd = runs[f"abd[attack={attack}]@seed3"]
+        assert {name: dep.id for name, dep in abd.deps.items() if name in ("attack", "abd_craft")} == {
+            "attack": f"attack[attack={attack}]@seed3", "abd_craft": f"abd_craft[attack={attack}]@seed3"}
+    assert sorted(runs["abd[attack=badclip]@seed3"].deps) == ["abd_craft", "attack", "clean", "patch"]
+    # BadNet's poisoned model is made exactly as the threats study makes it (so its runs can be linked)
+    threats = load_experiment("experiments/threats.yaml")
+    threats.runs = experiment.runs
+    theirs = {run.id: run for run in expand(threats)}
+    for attack in ("badnet", "blended"):
+        ours, same = runs[f"attack[attack={attack}]@seed0"], theirs[f"attack[attack={attack}]@seed0"]
+        assert pipeline_stage(ours).fingerprint() == pipeline_stage(same).fingerprint()
+
+
+PER_VALUE = TOY.replace("      blended: {{config: configs/embedded/clean.yaml, data.init_args.poison.rate: 0.1}}\n",
+                        "      blended: {{attack: {{config: configs/embedded/clean.yaml, from: FROM}}}}\n"
+                        ).replace("      badnet: {{config: configs/embedded/badnet.yaml}}\n",
+                                  "      badnet: {{attack: {{config: configs/embedded/badnet.yaml}}}}\n"
+                                  ).replace("    stages: [attack]\n    values:", "    stages: [attack]\n    per_stage: true\n    values:")
+
+
+@pytest.mark.parametrize("parent, message", [("nowhere", r"stage 'attack' at attack=blended refers to unknown stage 'nowhere'"),
+                                             ("cleanclip", r"stage 'attack' at attack=blended depends on 'cleanclip', which must be listed before")])
+def test_an_axis_values_other_start_is_checked_when_the_file_is_read(tmp_path, parent, message):
+    assert [run.id for run in expand(toy(tmp_path, PER_VALUE.replace("from: FROM", "inherit: [checkpoint]")))][:2] == [
+        "attack[attack=badnet]@seed0", "attack[attack=blended]@seed0"]
+    with pytest.raises(ValueError, match=message):
+        toy(tmp_path, PER_VALUE.replace("FROM", parent))
 
 
 def test_the_reactivation_stages_start_from_each_defended_model_with_its_attacks_trigger(tmp_path):
