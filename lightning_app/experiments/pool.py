@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -72,31 +73,57 @@ def visible_gpus() -> list[str]:
 
 @contextlib.contextmanager
 def slot(jobs: int, directory: Path = SLOTS, poll_s: float = 0.2) -> Iterator[int]:
-    """Hold one of the machine's first `jobs` slots while the block runs (waits until one is free)."""
+    """Hold one of the machine's first `jobs` slots while the block runs (waits until one is free). A request
+    made while another is waiting lets it go first: without that, a study whose fit just ended takes its own
+    slot back at once and a second study sharing the pool waits until the first has nothing left to run."""
     directory.mkdir(parents=True, exist_ok=True)
-    waited = False
-    while True:
-        for index in range(jobs):
-            handle = open(directory / f"slot{index}.lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            try:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"pid {os.getpid()}")
-                handle.flush()
-                yield index
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-            return
-        if not waited:
-            log.info("every slot of %s is taken (another study is running); waiting for one", directory)
-            waited = True
-        time.sleep(poll_s)
+    waiting = directory / f"waiting.{os.getpid()}.{threading.get_ident()}"
+    first, logged = True, False
+    try:
+        while True:
+            if not (first and _others_waiting(directory, waiting)):
+                for index in range(jobs):
+                    handle = open(directory / f"slot{index}.lock", "a+")
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        handle.close()
+                        continue
+                    waiting.unlink(missing_ok=True)
+                    try:
+                        handle.seek(0)
+                        handle.truncate()
+                        handle.write(f"pid {os.getpid()}")
+                        handle.flush()
+                        yield index
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                        handle.close()
+                    return
+                if not logged:
+                    log.info("every slot of %s is taken (another study is running); waiting for one", directory)
+                    logged = True
+            waiting.touch()
+            time.sleep(2 * poll_s if first else poll_s)  # long enough for a waiter's next look
+            first = False
+    finally:
+        waiting.unlink(missing_ok=True)
+
+
+def _others_waiting(directory: Path, mine: Path) -> bool:
+    """Whether a request other than `mine` is waiting for a slot (a dead process's mark is removed)."""
+    for mark in directory.glob("waiting.*"):
+        if mark == mine:
+            continue
+        try:
+            os.kill(int(mark.name.split(".")[1]), 0)
+        except (ProcessLookupError, ValueError, IndexError):
+            mark.unlink(missing_ok=True)
+            continue
+        except PermissionError:  # alive, another user's
+            pass
+        return True
+    return False
 
 
 def run_pool(runs: list[StageRun], jobs: int, start: Callable[[StageRun, dict], None],

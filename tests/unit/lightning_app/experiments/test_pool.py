@@ -90,3 +90,22 @@ def test_two_studies_started_together_share_the_slots(tmp_path):
     for study in studies:
         study.join()
     assert len(fits.started) == 10 and fits.most == 2  # never more fits than slots, though each asked for 2
+
+
+def test_a_study_whose_fit_ended_lets_a_waiting_study_take_the_slot(tmp_path):
+    """One slot, two studies of five fits each: they take turns, instead of the first running all five
+    while the second waits (a study asks again the moment its fit ends, before a waiter's next look)."""
+    fits = _Fits(seconds=0.3)
+    first = threading.Thread(target=pool.run_pool, args=(_dag("one/"), 1, fits.start, lambda run: None),
+                             kwargs={"slots": tmp_path / "slots"})
+    first.start()
+    time.sleep(0.1)  # the first study holds the slot when the second asks
+    second = threading.Thread(target=pool.run_pool, args=(_dag("two/"), 1, fits.start, lambda run: None),
+                              kwargs={"slots": tmp_path / "slots"})
+    second.start()
+    first.join()
+    second.join()
+    order = [run_id.split("/")[0] for run_id in fits.started]
+    assert len(order) == 10 and fits.most == 1
+    assert order[:4] == ["one", "two", "one", "two"], order
+    assert not list((tmp_path / "slots").glob("waiting.*"))  # no request is left marked as waiting
