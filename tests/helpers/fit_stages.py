@@ -38,7 +38,9 @@ STAGES: dict[str, tuple[str, str | None, list[str]]] = {
                    ["--model.init_args.top_m", "16", "--model.init_args.report_k", "[16]"]),
     "ubt_unlearn": ("configs/embedded/ubt_unlearn.yaml", "pretrain",
                     ["--model.init_args.suspicious_dir", "{ubt_detect}/ubt", "--model.init_args.m", "16",
-                     "--model.init_args.forget_batch_size", "8"]),
+                     "--model.init_args.forget_batch_size", "8",
+                     # the token-local set: frozen parameters beside trained ones, the case a strategy can get wrong
+                     "--model.init_args.trainable", "null"]),
     "decree": ("configs/embedded/decree.yaml", "pretrain", ["--trainer.max_steps", "2"]),
     "repair": ("configs/embedded/repair.yaml", "pretrain",
                ["--model.init_args.recovered_trigger", "{decree}/inversion/trigger"]),
