@@ -5,8 +5,9 @@ workers, one test file each at a time).
     python benchmarks/suite_memory.py -m "not slow"       # any pytest arguments, e.g. the fast tier
     python benchmarks/suite_memory.py -p no:xdist --top 15 tests/integration/test_resume.py   # in one process
 
-Prints the peak of the whole run's resident memory (pytest, its workers and the fits they start, summed,
-sampled every half second: what a 16 GB laptop must hold), the largest single process, and the tests after
+Prints the peak of the whole run's memory (pytest, its workers and the fits they start: their proportional
+set sizes summed, so that pages they share count once; sampled every half second: what a 16 GB laptop must
+hold), the largest single process, and the tests after
 which a pytest process (a worker) grew most. Goal: the whole run under 12 GB. Linux only (/proc). Exits with
 pytest's exit code.
 """
@@ -43,18 +44,20 @@ def pytest_runtest_teardown(item, nextitem):
 '''
 
 
-def _status_kb(pid: int, field: str) -> int:
+def _pss_kb(pid: int) -> int:
+    """A process's proportional set size: its resident pages, each shared one divided among its sharers (forked
+    workers and ranks share most of torch's pages, which a sum of VmRSS counts once per process)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         return 0
     return 0
 
 
-def _tree_rss_kb(root: int) -> int:
-    """The resident memory of a process and every process under it, summed."""
+def _tree_pss_kb(root: int) -> int:
+    """The memory a process and every process under it hold together (their PSS, summed)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -65,7 +68,7 @@ def _tree_rss_kb(root: int) -> int:
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        total += _status_kb(pid, "VmRSS:")
+        total += _pss_kb(pid)
         stack += children.get(pid, [])
     return total
 
@@ -86,12 +89,12 @@ def main() -> int:
                                     *pytest_args], cwd=REPO, env=env)
         peak_kb = 0
         while process.poll() is None:
-            peak_kb = max(peak_kb, _tree_rss_kb(process.pid))
+            peak_kb = max(peak_kb, _tree_pss_kb(process.pid))
             time.sleep(0.5)
         wall = time.perf_counter() - start
         largest_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         rows = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
-    print(f"\nwhole run's peak resident memory (every process, summed): {peak_kb / 2**20:.2f} GB  "
+    print(f"\nwhole run's peak memory (every process's PSS, summed): {peak_kb / 2**20:.2f} GB  "
           f"(goal < {GOAL_GB:.0f} GB)")
     print(f"largest single process (a pytest worker or a fit it started): {largest_kb / 2**20:.2f} GB")
     print(f"wall time {wall / 60:.1f} min, {len(rows)} tests, exit code {process.returncode}")
