@@ -87,7 +87,8 @@ class TokenUnlearning(AdaptiveRounds, CLIPModule):
         DETECTION_COLUMNS,
         SummaryColumns("suspicious_set", "set_", counts=frozenset({"set_m"}), headings={
             "set_m": "pairs unlearned", "set_true_purity": "their share poisoned",
-            "set_estimated_purity": "estimated purity", "set_guard": "guard"}),
+            "set_estimated_purity": "estimated purity", "set_guard": "guard",
+            "set_separation": "mixture's D", "set_upper_share": "upper component's share"}),
         SummaryColumns("unlearned_by_trigger", "unlearned_", heading="unlearned: {key}", counts=True),
         SummaryColumns("unlearning", "unlearning_", skip=frozenset({"trace"}), counts=frozenset({"unlearning_rounds", "unlearning_held_out_pairs"}),
                        headings={"unlearning_stopped": "stage 2 stopped by", "unlearning_lambda_forget": "final λ_forget",

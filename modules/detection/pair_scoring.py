@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -153,6 +154,13 @@ def density_scores(embeddings: list[tuple[list[str], torch.Tensor]], k: int = 16
     return {name: dict(zip(keys, values.tolist())) for name, values in scores.items()}
 
 
+def dense_scores(kdist: dict[str, float]) -> dict[str, float]:
+    """`dense`: −log of each image's k-distance, a k-NN log-density up to the dimension and a constant. It
+    ranks as −kdist does; the log is for the set rule's mixture, whose Gaussians fit log-densities where
+    they do not fit the right-skewed distances (modules.detection.suspicious_set)."""
+    return {key: -math.log(max(value, 1e-12)) for key, value in kdist.items()}
+
+
 def one_pass_rankings(similarity: dict[str, float], embeddings: list[tuple[list[str], torch.Tensor]], score: str,
                       cluster_seed: int, seconds: Optional[dict[str, float]] = None
                       ) -> tuple[dict[str, dict[str, float]], Optional[list[str]]]:
@@ -172,7 +180,7 @@ def one_pass_rankings(similarity: dict[str, float], embeddings: list[tuple[list[
     cluster = cluster_scores(similarity, embeddings, cluster_seed)
     seconds["cluster_s"] = round(time.perf_counter() - start, 3)
     scores = {"before": similarity, "weak": {k: -v for k, v in similarity.items()}, "cluster": cluster, **density,
-              "gmm": gmm, "dense": {k: -v for k, v in density["kdist"].items()}}
+              "gmm": gmm, "dense": dense_scores(density["kdist"])}
     return scores, weakest_keys(similarity, cluster_seed) if score == "cluster" else None
 
 
@@ -209,7 +217,7 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
     decision = None
     if rule is not None and rule.rule == "mixture":
         chosen, decision = choose_suspicious(torch.tensor([scores[score][k] for k in ranked_allowed]), top_m,
-                                             rule.min_pairs, rule.min_separation, rule.min_purity)
+                                             rule.min_pairs, rule.min_separation, rule.min_purity, rule.max_share)
         top = [ranked_allowed[i] for i in chosen.tolist()]
     else:
         top = ranked_allowed[:top_m]

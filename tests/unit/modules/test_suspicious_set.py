@@ -66,10 +66,47 @@ def test_the_guard_fires_without_a_separate_component_and_sizes_nothing():
     # a separate but overlapping component: kept whole, its estimated purity decides
     gen = torch.Generator().manual_seed(0)
     overlapping = torch.cat([torch.randn(1000, generator=gen), 2.3 + torch.randn(1000, generator=gen)])
-    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.8)
+    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.8, max_share=1.0)
     assert decision["guard"] is None and 0.8 <= decision["estimated_purity"] < 0.9 and len(chosen) == decision["m"]
-    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.9)
+    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.9, max_share=1.0)
     assert "estimated purity" in decision["guard"] and len(chosen) == 0
+
+
+def _skewed_pairs(poisoned: int, clean: int = 3000, dim: int = 32, seed: int = 0):
+    """Keys and image embeddings whose clean images spread by a per-image factor (some tight, most wide):
+    a right-skewed bulk of k-distances, as real images give, with `poisoned` images collapsed by a trigger."""
+    gen = torch.Generator().manual_seed(seed)
+    common = F.normalize(torch.randn(dim, generator=gen), dim=0) * 3
+    classes = F.normalize(torch.randn(10, dim, generator=gen), dim=-1)
+    trigger = F.normalize(torch.randn(dim, generator=gen), dim=0)
+    spread = 0.3 * (0.5 + 1.5 * torch.rand(clean, 1, generator=gen) ** 2)
+    images = torch.cat([common + trigger + 0.05 * torch.randn(poisoned, dim, generator=gen),
+                        common + classes[torch.randint(10, (clean,), generator=gen)]
+                        + spread * torch.randn(clean, dim, generator=gen)])
+    keys = [f"p{i:04d}" for i in range(poisoned)] + [f"c{i:04d}" for i in range(clean)]
+    return keys, {k: 0.5 for k in keys}, [(keys, images.half())]
+
+
+def test_a_one_percent_trigger_in_a_skewed_bulk_is_chosen_on_the_log_density_scale():
+    keys, similarity, embeddings = _skewed_pairs(poisoned=30)
+    scores, _ = one_pass_rankings(similarity, embeddings, "dense", cluster_seed=300)
+    dense = torch.tensor([scores["dense"][k] for k in keys])
+    chosen, decision = choose_suspicious(dense, m_max=200)
+    assert decision["guard"] is None and sorted(chosen.tolist()) == list(range(30))
+    # the same ranking on the −kdist scale: the tail of the bulk swallows the small component
+    _, on_distances = choose_suspicious(torch.tensor([-scores["kdist"][k] for k in keys]), m_max=200)
+    assert on_distances["guard"] is not None
+
+
+def test_the_guard_fires_on_a_skewed_clean_bulk_whose_mixture_splits_it():
+    keys, similarity, embeddings = _skewed_pairs(poisoned=0)
+    scores, _ = one_pass_rankings(similarity, embeddings, "dense", cluster_seed=300)
+    dense = torch.tensor([scores["dense"][k] for k in keys])
+    chosen, decision = choose_suspicious(dense, m_max=200)
+    assert decision["separation"] >= 2 and decision["upper_share"] > 0.15  # a separate-looking half of the bulk
+    assert "a split of the bulk" in decision["guard"] and len(chosen) == 0
+    _, without = choose_suspicious(dense, m_max=200, max_share=1.0)
+    assert without["guard"] is None and without["m"] == 200
 
 
 def test_when_the_guard_refused_the_unlearning_fit_trains_on_the_retain_loss_alone(tmp_path):
