@@ -15,6 +15,7 @@ from datamodules.pretrain import ShardDataModule
 from datamodules.run_dir import DataRecord
 from datamodules.stream_health import skipped_samples
 from lightning_app.checkpointing import DivergedError, refuse_nonfinite_weights
+from lightning_app.code_version import code_version
 from lightning_app.linear_probe import LinearProbe
 from lightning_app.ranks import over_ranks
 from modules.core.base import CLIPModule
@@ -130,6 +131,7 @@ class RunSummary(Callback):
             "eval": evaluation.last if evaluation is not None else None,
             "linear_probe": next((c.result for c in trainer.callbacks if isinstance(c, LinearProbe)), None),
             "metrics": metrics,
+            "code": code_version(),
             **(pl_module.summary_extras() if isinstance(pl_module, CLIPModule) else {}),
         }
         path = Path(trainer.default_root_dir) / "summary.json"

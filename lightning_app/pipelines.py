@@ -140,9 +140,14 @@ COST_KEYS = ("wall_time_s", "train_samples_per_s", "peak_gpu_memory_gb")
 """The keys of a summary that measure what a run cost, which differ between two makings of the same run."""
 
 
+PROVENANCE_KEYS = ("code",)
+"""The keys of a summary that say what made the run (the code's commit), not what it measured."""
+
+
 def result_sha256(summary: dict) -> str:
-    """The sha256 of what a run measured: its summary without the keys that measure its cost."""
-    result = {key: value for key, value in summary.items() if key not in COST_KEYS}
+    """The sha256 of what a run measured: its summary without the keys that measure its cost or record its
+    provenance."""
+    result = {key: value for key, value in summary.items() if key not in COST_KEYS + PROVENANCE_KEYS}
     return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
 
 

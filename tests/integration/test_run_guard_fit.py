@@ -52,6 +52,7 @@ def test_a_fit_with_a_corrupt_eval_image_finishes_and_reports_it(small_benchmark
     BackdoorCLI(args=_args(small_benchmark, run_dir, "--data.init_args.eval.directory", str(eval_dir)))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["eval_skipped_images"] == 1 and summary["ca_top1"] is not None
+    assert "code" in summary  # the commit that made it (None outside a git checkout)
 
 
 def test_a_fit_refused_by_a_later_check_does_not_block_its_corrected_rerun(small_benchmark, tmp_path):
