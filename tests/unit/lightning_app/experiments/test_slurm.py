@@ -81,3 +81,22 @@ def test_a_preempted_job_signals_its_fit_waits_for_it_and_resubmits_a_fresh_job(
     fresh = resubmission.function
     assert isinstance(fresh, FitJob) and fresh is not job and fresh._process is None
     assert fresh.stage == job.stage
+
+
+def test_the_launcher_blocks_the_docs_show_are_valid():
+    """Each ```yaml block of README.md and docs/experiments.md that holds a `launcher:` block loads as
+    SlurmSettings (a renamed or misspelt key in the documented example fails here)."""
+    import re
+
+    import yaml
+    from helpers.repo import REPO
+
+    found = 0
+    for page in ("README.md", "docs/experiments.md"):
+        for block in re.findall(r"```yaml\n(.*?)```", (REPO / page).read_text(), flags=re.S):
+            parsed = yaml.safe_load(block)
+            if isinstance(parsed, dict) and "launcher" in parsed:
+                settings = SlurmSettings.from_mapping(parsed["launcher"], page)
+                assert settings.partition == "gpu" and settings.gpus_per_node == 8, page
+                found += 1
+    assert found >= 2, "README.md and docs/experiments.md each show a launcher: block"
