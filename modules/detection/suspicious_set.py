@@ -51,10 +51,11 @@ class SetRule:
     """The guard: fewer pairs in the suspicious component than this, and nothing is unlearned."""
     min_separation: float = 2.0
     """The guard: the mixture's components closer than this (Ashman's D), and nothing is unlearned."""
-    max_share: float = 0.15
-    """The guard: an upper component holding more than this share of the pairs is a split of the clean bulk,
-    not a trigger's cluster, and nothing is unlearned. 0.15 is three times the highest poisoning rate this
-    toolkit studies (5%); raise it for heavier poisoning."""
+    max_share: float = 0.33
+    """The guard: an upper component holding more than this share of the pairs is the mixture splitting the
+    clean bulk (a synthetic skewed bulk: 45%), not a trigger's cluster, and nothing is unlearned. A third is
+    above the poisoning rates of the field's papers (at most a few percent) and the heaviest here (30%, a
+    test's strongly poisoned model, whose component is 26%); raise it for heavier poisoning."""
     min_purity: float = 0.8
     """The guard: the upper component's estimated purity (the mean posterior of its best m pairs) below
     this, and nothing is unlearned."""
@@ -66,7 +67,7 @@ class SetRule:
 
 
 def choose_suspicious(scores: torch.Tensor, m_max: int, min_pairs: int = 20, min_separation: float = 2.0,
-                      min_purity: float = 0.8, max_share: float = 0.15, min_posterior: float = 0.9
+                      min_purity: float = 0.8, max_share: float = 0.33, min_posterior: float = 0.9
                       ) -> tuple[torch.Tensor, dict]:
     """The indices of the pairs to unlearn (best first; empty when the guard fires) and the decision:
     the mixture's separation, the upper component's size and share, its estimated purity, the chosen m
