@@ -1,11 +1,12 @@
-"""The real user's architectures, RN50 and ViT-B-32 at 224 px (random init, CPU), through every stage
-for a step or two: poisoned pretraining with a 16-px BadNet patch, resume from a step checkpoint,
-export and reload through open_clip alone, CleanCLIP (FT's path plus augmented views), ABD's crafting and ABD, and UBT's two stages
-in one fit (image tokens from RN50's attention-pool grid and ViT-B-32's patch tokens). Nothing here
-measures learning: it catches the shape, resolution and loading bugs that only 224-px models show.
-
-    python -m pytest -q -m slow tests/test_real_architectures.py
+"""The real user's architectures at 224 px (random init, CPU) through every stage for a step or two:
+poisoned pretraining with a 16-px BadNet patch, resume from a step checkpoint, export and reload through
+open_clip alone, CleanCLIP (FT's path plus augmented views), ABD's crafting and ABD, and UBT's two stages in
+one fit (image tokens from RN50's attention-pool grid and ViT-B-32's patch tokens). Nothing here measures
+learning: it catches the shape, resolution and loading bugs that only 224-px models show. Each
+architecture's test is a file of its own (tests/integration/test_real_architecture_*.py), so that the two
+workers of README's test command (`--dist loadfile`) run them at once.
 """
+
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 from helpers.repo import REPO
 
@@ -29,8 +29,8 @@ BATCH = 2
 PATCH = 16  # BadNet's 16x16 patch of the CC3M recipes, in pixels of the 224-px input
 
 
-@pytest.fixture(scope="module")
-def bench224(tmp_path_factory) -> EmbeddedBenchmark:
+def make_bench224(tmp_path_factory) -> EmbeddedBenchmark:
+    """A tiny embedded benchmark at 224 px: 24 pretraining and 24 fine-tuning pairs, one eval image a class."""
     bench = EmbeddedBenchmark(root=str(tmp_path_factory.mktemp("bench224") / "embedded224"), pretrain_shards=1,
                               finetune_shards=1, samples_per_shard=24, eval_per_class=1, image_size=224,
                               retrieval_images=4, sketch_per_class=1, probe_per_class=1)
@@ -89,8 +89,8 @@ OPEN_CLIP_ONLY = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("arch", ["RN50", "ViT-B-32"])
-def test_every_stage_runs_at_224_px(arch, bench224, tmp_path):
+def every_stage_at_224_px(arch: str, bench224: EmbeddedBenchmark, tmp_path: Path) -> None:
+    """The whole check for one architecture (its assertions fail the calling test)."""
     poisoned = tmp_path / "badnet"
     pretrain = ("--data.init_args.train_shards", bench224.pretrain_urls,
                 "--data.init_args.trigger.init_args.size", str(PATCH),
