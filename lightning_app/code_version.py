@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from lightning_app.config_values import REPO_ROOT
 
 
 def _git(root: Path, *args: str) -> str | None:

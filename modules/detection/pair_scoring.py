@@ -216,9 +216,7 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
     ranked_allowed = [key for key in ranked if allowed is None or key in allowed]
     decision = None
     if rule is not None and rule.rule == "mixture":
-        chosen, decision = choose_suspicious(torch.tensor([scores[score][k] for k in ranked_allowed]), top_m,
-                                             rule.min_pairs, rule.min_separation, rule.min_purity, rule.max_share,
-                                             rule.min_posterior)
+        chosen, decision = choose_suspicious(torch.tensor([scores[score][k] for k in ranked_allowed]), top_m, rule)
         top = [ranked_allowed[i] for i in chosen.tolist()]
     else:
         top = ranked_allowed[:top_m]

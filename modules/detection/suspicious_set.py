@@ -21,9 +21,10 @@ AUROC 0.98, precision@100 1.00) was seen; BadCLIP's seeds 2–4 and the clean co
 are their test:
 - The mixture is fitted to the log-density, not to −kdist. K-distances are right-skewed, and on that
   scale the upper component took the bulk's tail with the 188 pairs (D 0.92): the guard fired and UBT's
-  row was a clean fine-tune (ASR 0.72). On the log scale D is 2.52. The 5%-rate models of every archived
-  study choose the same 200 pairs either way (D 4.4–6.3 on the log scale); the clean controls of seeds 0
-  and 1 stay below D 2 (1.67, 1.72), with upper components of 12% and 18% of the pairs.
+  row was a clean fine-tune (ASR 0.72). On the log scale D is 2.52. Every 5%-rate ranking still on disk
+  (the tier, ViT and threats studies) chooses the same 200 pairs either way (D 4.4–6.3 on the log scale);
+  the clean controls of seeds 0 and 1 stay below D 2 (1.67, 1.72), with upper components of 12% and 18%
+  of the pairs.
 - Only pairs of posterior 0.9 or more are unlearned. With the half-posterior component (179 pairs, 85%
   poisoned: the other 27 were clean pictures of the target, a triangle) the unlearning took ASR to 0.000
   and CA from 0.989 to 0.922; seed 1's −kdist set, 171 pairs at 99.4%, had cost no CA. At 0.9 the set is
@@ -66,14 +67,13 @@ class SetRule:
     target's class (BadCLIP)."""
 
 
-def choose_suspicious(scores: torch.Tensor, m_max: int, min_pairs: int = 20, min_separation: float = 2.0,
-                      min_purity: float = 0.8, max_share: float = 0.33, min_posterior: float = 0.9
-                      ) -> tuple[torch.Tensor, dict]:
+def choose_suspicious(scores: torch.Tensor, m_max: int, rule: SetRule | None = None) -> tuple[torch.Tensor, dict]:
     """The indices of the pairs to unlearn (best first; empty when the guard fires) and the decision:
     the mixture's separation, the upper component's size and share, its estimated purity, the chosen m
-    (the pairs with a posterior of at least `min_posterior`, at most `m_max`), and the reason the guard
-    fired (None when it did not). The upper component starts at the 99th percentile, so that a cluster of
-    a few percent of the pairs is found."""
+    (the pairs with a posterior of at least `rule.min_posterior`, at most `m_max`), and the reason the guard
+    fired (None when it did not). `rule`: the guard's bounds (SetRule's defaults when None). The upper
+    component starts at the 99th percentile, so that a cluster of a few percent of the pairs is found."""
+    rule = SetRule(rule="mixture") if rule is None else rule
     mixture = two_component_mixture(scores, (0.5, 0.99))
     upper = int(mixture.mean.argmax())
     posterior = mixture.posterior[:, upper].float()
@@ -82,18 +82,18 @@ def choose_suspicious(scores: torch.Tensor, m_max: int, min_pairs: int = 20, min
     share = in_upper / len(scores)
     best = order[:min(in_upper, m_max)]
     purity = float(posterior[best].mean()) if len(best) else 0.0
-    m = min(int((posterior >= min_posterior).sum()), m_max)
+    m = min(int((posterior >= rule.min_posterior).sum()), m_max)
     chosen = order[:m]
     separation = mixture.separation()
     reason = None
-    if separation < min_separation:
-        reason = f"no separate suspicious component (Ashman's D {separation:.2f} < {min_separation})"
-    elif share > max_share:
-        reason = f"the suspicious component holds {share:.0%} of the pairs (> {max_share:.0%}): a split of the bulk"
-    elif purity < min_purity:
-        reason = f"the suspicious component's estimated purity {purity:.2f} < {min_purity}"
-    elif m < min_pairs:
-        reason = f"the suspicious component holds {m} pairs of posterior {min_posterior} or more (< {min_pairs})"
+    if separation < rule.min_separation:
+        reason = f"no separate suspicious component (Ashman's D {separation:.2f} < {rule.min_separation})"
+    elif share > rule.max_share:
+        reason = f"the suspicious component holds {share:.0%} of the pairs (> {rule.max_share:.0%}): a split of the bulk"
+    elif purity < rule.min_purity:
+        reason = f"the suspicious component's estimated purity {purity:.2f} < {rule.min_purity}"
+    elif m < rule.min_pairs:
+        reason = f"the suspicious component holds {m} pairs of posterior {rule.min_posterior} or more (< {rule.min_pairs})"
     decision = {"separation": round(separation, 4), "upper_component_pairs": in_upper, "upper_share": round(share, 4),
                 "m": 0 if reason else m, "estimated_purity": round(purity, 4), "guard": reason}
     return (order[:0] if reason else chosen), decision

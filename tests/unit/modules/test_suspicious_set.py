@@ -59,16 +59,16 @@ def test_the_guard_fires_without_a_separate_component_and_sizes_nothing():
     assert decision["guard"] is not None and len(chosen) == 0 and decision["m"] == 0
     # a separate component that is too small for the guard's minimum
     with_planted = torch.cat([torch.randn(1000), 8 + 0.1 * torch.randn(10)])
-    chosen, decision = choose_suspicious(with_planted, m_max=200, min_pairs=20)
+    chosen, decision = choose_suspicious(with_planted, m_max=200, rule=SetRule(min_pairs=20))
     assert decision["upper_component_pairs"] == 10 and "holds 10 pairs" in decision["guard"] and len(chosen) == 0
-    chosen, decision = choose_suspicious(with_planted, m_max=200, min_pairs=5)
+    chosen, decision = choose_suspicious(with_planted, m_max=200, rule=SetRule(min_pairs=5))
     assert decision["guard"] is None and sorted(chosen.tolist()) == list(range(1000, 1010))
     # a separate but overlapping component: kept whole, its estimated purity decides
     gen = torch.Generator().manual_seed(0)
     overlapping = torch.cat([torch.randn(1000, generator=gen), 2.3 + torch.randn(1000, generator=gen)])
-    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.8, max_share=1.0)
+    chosen, decision = choose_suspicious(overlapping, m_max=2000, rule=SetRule(min_purity=0.8, max_share=1.0))
     assert decision["guard"] is None and 0.8 <= decision["estimated_purity"] < 0.9 and len(chosen) == decision["m"]
-    chosen, decision = choose_suspicious(overlapping, m_max=2000, min_purity=0.9, max_share=1.0)
+    chosen, decision = choose_suspicious(overlapping, m_max=2000, rule=SetRule(min_purity=0.9, max_share=1.0))
     assert "estimated purity" in decision["guard"] and len(chosen) == 0
 
 
@@ -105,7 +105,7 @@ def test_the_guard_fires_on_a_skewed_clean_bulk_whose_mixture_splits_it():
     chosen, decision = choose_suspicious(dense, m_max=200)
     assert decision["separation"] >= 2 and decision["upper_share"] > 0.33  # a separate-looking half of the bulk
     assert "a split of the bulk" in decision["guard"] and len(chosen) == 0
-    _, without = choose_suspicious(dense, m_max=200, max_share=1.0)
+    _, without = choose_suspicious(dense, m_max=200, rule=SetRule(max_share=1.0))
     assert without["guard"] is None and without["m"] == 200
 
 
