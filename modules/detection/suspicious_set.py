@@ -11,12 +11,13 @@ modules.detection.pair_scoring: a k-NN log-density up to its dimension and a con
 `choose_suspicious` turns a ranking into a set without a fixed m: a two-component mixture over the
 scores, whose upper component is the pairs with a posterior above one half; m = those with a posterior of
 at least `min_posterior` (0.9; at most `m_max`). A guard refuses to unlearn when there is no such
-component (Ashman's D below `min_separation`), when it is too large to be a trigger's (more than
+component (Ashman's D below `min_separation`, or below `small_separation` for a component of at most
+`small_share` of the pairs), when it is too large to be a trigger's (more than
 `max_share` of the pairs: the mixture split a skewed bulk), when its estimated purity (the mean posterior
 of its best `m_max`) is below `min_purity`, or when fewer than `min_pairs` reach `min_posterior`. What
 the caller does instead is its business (TokenUnlearning: retain-only training, recorded in its summary).
 
-Two changes made after the threats study's BadCLIP model (seed 0: 188 poisoned pairs of 20K, 1%; `dense`
+Three changes made after the threats study's BadCLIP model (seed 0: 188 poisoned pairs of 20K, 1%; `dense`
 AUROC 0.98, precision@100 1.00) was seen; BadCLIP's seeds 2–4 and the clean controls' `ubt_clean` runs
 are their test:
 - The mixture is fitted to the log-density, not to −kdist. K-distances are right-skewed, and on that
@@ -30,6 +31,13 @@ are their test:
   and CA from 0.989 to 0.922; seed 1's −kdist set, 171 pairs at 99.4%, had cost no CA. At 0.9 the set is
   144 pairs, 97.9% poisoned (seed 1: 187 at 98.3%); the 5%-rate sets are unchanged (877 or more pairs
   reach 0.9).
+- A component of at most 5% of the pairs needs D 1.5, not 2. BadCLIP's seed 3 failed the two changes
+  above (D 1.93, precision@100 1.00, ASR left at 0.884) while the clean controls' D was 1.67–1.79 with
+  components of 12–18% of the pairs. This rule was written down before seed 4 ran (predicted: BadCLIP
+  chosen, clean refused) and held on it: BadCLIP D 1.83 with 0.9% of the pairs (119 pairs of posterior
+  0.9, 88% poisoned), clean D 1.46 with 10%. Of the archived decisions it changes BadCLIP's seeds 3
+  and 4 alone; two older ones made on the −kdist scale (D 1.17 and 1.24, the objectives study's hard
+  mmcl_ssl and the defense study's 0.5% BadNet) could come out otherwise if run again.
 """
 
 from __future__ import annotations
@@ -52,6 +60,12 @@ class SetRule:
     """The guard: fewer pairs in the suspicious component than this, and nothing is unlearned."""
     min_separation: float = 2.0
     """The guard: the mixture's components closer than this (Ashman's D), and nothing is unlearned."""
+    small_share: float = 0.05
+    """An upper component of at most this share of the pairs (a trigger's cluster at a poisoning rate of a
+    few percent or less) needs only `small_separation`: at 1% its D fell to 1.8–1.9 on two BadCLIP seeds
+    of five, while the clean controls' components, below D 2 too, held 10–18% of the pairs."""
+    small_separation: float = 1.5
+    """The guard's separation for a component of at most `small_share` of the pairs."""
     max_share: float = 0.33
     """The guard: an upper component holding more than this share of the pairs is the mixture splitting the
     clean bulk (a synthetic skewed bulk: 45%), not a trigger's cluster, and nothing is unlearned. A third is
@@ -86,8 +100,9 @@ def choose_suspicious(scores: torch.Tensor, m_max: int, rule: SetRule | None = N
     chosen = order[:m]
     separation = mixture.separation()
     reason = None
-    if separation < rule.min_separation:
-        reason = f"no separate suspicious component (Ashman's D {separation:.2f} < {rule.min_separation})"
+    needed = rule.small_separation if share <= rule.small_share else rule.min_separation
+    if separation < needed:
+        reason = f"no separate suspicious component (Ashman's D {separation:.2f} < {needed} for {share:.1%} of the pairs)"
     elif share > rule.max_share:
         reason = f"the suspicious component holds {share:.0%} of the pairs (> {rule.max_share:.0%}): a split of the bulk"
     elif purity < rule.min_purity:

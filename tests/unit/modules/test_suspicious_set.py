@@ -2,11 +2,13 @@
 modules.detection.pair_scoring) on hand-made embeddings, and what the unlearning fit does when the guard refuses."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from modules.cleaning.token_unlearning import TokenUnlearning
 from modules.core.model_loading import ModelConfig
@@ -107,6 +109,27 @@ def test_the_guard_fires_on_a_skewed_clean_bulk_whose_mixture_splits_it():
     assert "a split of the bulk" in decision["guard"] and len(chosen) == 0
     _, without = choose_suspicious(dense, m_max=200, rule=SetRule(max_share=1.0))
     assert without["guard"] is None and without["m"] == 200
+
+
+FIXTURES = Path(__file__).parents[2] / "fixtures"
+
+
+def test_a_small_component_needs_less_separation_on_real_rankings():
+    """Two stored `dense` rankings of the threats study (tests/fixtures/dense_scores.safetensors): BadCLIP at 1%
+    (seed 4), whose component's D is 1.83, and a clean control (seed 1), whose is 1.72 with 18% of the pairs."""
+    scores = load_file(FIXTURES / "dense_scores.safetensors")
+    chosen, decision = choose_suspicious(scores["badclip_1pct"].float(), m_max=200)
+    assert 1.5 <= decision["separation"] < 2.0 and decision["upper_share"] <= 0.05 and decision["guard"] is None
+    poisoned = set(scores["badclip_1pct_poisoned"].tolist())
+    assert len(chosen) >= 100 and sum(i in poisoned for i in chosen.tolist()) / len(chosen) >= 0.85
+    _, at_one_bound = choose_suspicious(scores["badclip_1pct"].float(), m_max=200, rule=SetRule(rule="mixture", small_share=0.0))
+    assert "Ashman's D 1.83 < 2.0" in at_one_bound["guard"]
+    # the clean control is as close, but its component is a slice of the bulk: the share keeps the bound at 2
+    chosen, decision = choose_suspicious(scores["clean"].float(), m_max=200)
+    assert 1.5 <= decision["separation"] < 2.0 and decision["upper_share"] > 0.05
+    assert "no separate suspicious component" in decision["guard"] and len(chosen) == 0
+    _, without_share = choose_suspicious(scores["clean"].float(), m_max=200, rule=SetRule(rule="mixture", small_share=1.0))
+    assert without_share["guard"] is None and without_share["m"] == 200
 
 
 def test_when_the_guard_refused_the_unlearning_fit_trains_on_the_retain_loss_alone(tmp_path):
