@@ -30,6 +30,8 @@ def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
         return f"seeds with {COLUMN_NAMES.get(where) or heading(where) or where} ≤ {table.select['at_most']:g}"
     if column in COLUMN_NAMES:
         return COLUMN_NAMES[column]
+    if column.startswith("input_") and heading(column.removeprefix("input_")) is not None:
+        return f"input {heading(column.removeprefix('input_'))}"
     if heading(column) is not None:
         return heading(column)
     score, _, metric = column.partition("_")

@@ -2,7 +2,7 @@
 
 A row holds the run's stage, seed and axis values, CA top-1/top-5, ASR, the CA/ASR of the model at the
 run's step 0 (`before_*`: after what loading does, e.g. shrink-and-perturb) and of the model it was given
-(`input_*`: its `from` stage's summary), the CA change from the latter (`ca_change`), steps, wall time,
+(`input_*`: its `from` stage's summary, with its retrieval ASR), the CA change from the latter (`ca_change`), steps, wall time,
 cost (its wall time plus that of the stages in its `cost_includes`), the columns the run's module declares
 for its summary sections (`fields.py`: per-trigger ASR `asr_<part>`, `inversion_*`, `oracle_*`, `set_*`,
 detection metrics, ...), whether its module changes the weights it was given, its run directory, and
@@ -35,6 +35,9 @@ def result_row(experiment: Experiment, run: StageRun, summaries: Summaries) -> d
     row["before_ca_top1"], row["before_asr"] = before.get("ca_top1"), before.get("asr")
     given = summaries.get(run.deps[run.stage.parent]) if run.stage.parent else None
     row["input_ca_top1"], row["input_asr"] = (given.get("ca_top1"), given.get("asr")) if given else (None, None)
+    # a retrieval ASR of the model it was given too: a text-side trigger has no other ASR
+    row.update({f"input_{column}": value for column, value in (summary_columns(given) if given else {}).items()
+                if column.startswith("retrieval/asr")})
     # what a defense cost in CA, fair between poisoned models that start at different CA: from the model it
     # was given, so that a change made on loading (shrink-and-perturb's) counts as the defense's
     start = row["input_ca_top1"] if row["input_ca_top1"] is not None else row["before_ca_top1"]

@@ -214,6 +214,25 @@ def test_the_ca_change_is_from_the_model_a_run_was_given_not_from_its_step_0(tmp
     assert first["input_ca_top1"] is None and "ca_change" not in first
 
 
+def test_a_run_carries_the_retrieval_asr_of_the_model_it_was_given(tmp_path):
+    """A text-side trigger's only ASR is a retrieval one: its re-activation row shows it before and after."""
+    from lightning_app.experiments.archive import Summaries
+    from lightning_app.experiments.labels import column_name
+    from lightning_app.experiments.rows import result_row
+
+    experiment = toy(tmp_path)
+    runs = {run.id: run for run in expand(experiment)}
+    attack, cleanclip = runs["attack[attack=badnet]@seed0"], runs["cleanclip[attack=badnet,lr=0.001]@seed0"]
+    retrieval = {"kind": "retrieval", "asr_hit1": 0.1, "asr_hit5": 0.4, "i2t_r5": 0.9}
+    _finish(attack, {"ca_top1": 0.9, "asr": None, "wall_time_s": 10.0, "eval": {"retrieval": retrieval}})
+    _finish(cleanclip, {"ca_top1": 0.8, "asr": None, "wall_time_s": 10.0,
+                        "eval": {"retrieval": {**retrieval, "asr_hit5": 0.05}}})
+    row = result_row(experiment, cleanclip, Summaries(experiment))
+    assert (row["input_retrieval/asr_hit5"], row["retrieval/asr_hit5"]) == (0.4, 0.05)
+    assert row["input_retrieval/asr_hit1"] == 0.1 and "input_retrieval/i2t_r5" not in row
+    assert column_name("input_retrieval/asr_hit5", experiment, experiment.tables[0]) == "input retrieval ASR Hit@5 (retrieval)"
+
+
 def test_a_one_seed_table_reads_as_one_seed_and_names_an_archive_only_where_there_is_one(tmp_path):
     from lightning_app.experiments.plots import plot_title
     from lightning_app.experiments.tables import table_note
