@@ -16,7 +16,10 @@ def _git(root, *args):
 def checkout(tmp_path):
     _git(tmp_path, "init", "-q")
     (tmp_path / "a.py").write_text("x = 1\n")
-    _git(tmp_path, "add", "a.py")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "study.jsonl").write_text("{}\n")
+    (tmp_path / "README.md").write_text("# x\n")
+    _git(tmp_path, "add", "a.py", "results", "README.md")
     _git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "one")
     return tmp_path
 
@@ -28,6 +31,14 @@ def test_the_commit_and_whether_tracked_files_differ_from_it(checkout):
     assert code_version(checkout)["dirty"] is False
     (checkout / "a.py").write_text("x = 2\n")
     assert code_version(checkout) == {"commit": head, "dirty": True}
+
+
+def test_a_study_writing_back_its_results_leaves_the_code_clean(checkout):
+    (checkout / "results" / "study.jsonl").write_text("{}\n{}\n")  # the runner's --archive
+    (checkout / "README.md").write_text("# x\n\n| table |\n")  # and its --update-docs
+    assert code_version(checkout)["dirty"] is False
+    (checkout / "a.py").write_text("x = 2\n")
+    assert code_version(checkout)["dirty"] is True
 
 
 def test_outside_a_checkout_there_is_no_version(tmp_path):
