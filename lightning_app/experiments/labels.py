@@ -39,6 +39,8 @@ def column_name(column: str, experiment: Experiment, table: TableSpec) -> str:
 
 
 def _order(experiment: Experiment, key: str, value: Any) -> int:
+    if key == "seed":
+        return value
     names = list(experiment.stages) if key == "stage" else list(experiment.axes[key].values)
     return names.index(value) if value in names else len(names)
 
@@ -54,7 +56,9 @@ def group_rows(experiment: Experiment, table: TableSpec, rows: list[dict]) -> di
 
 
 def wanted(table: TableSpec, row: dict) -> bool:
-    """Whether the row passes the table's `where` (axes the row does not have do not filter it)."""
+    """Whether the row passes the table's `seeds` and `where` (axes the row does not have do not filter it)."""
+    if table.seeds is not None and row["seed"] not in table.seeds:
+        return False
     return all(str(row[axis]) in {value_name(v) for v in values} for axis, values in table.where.items() if axis in row)
 
 

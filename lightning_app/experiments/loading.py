@@ -169,8 +169,11 @@ def _check(experiment: Experiment) -> None:
         if table.colour_by is not None and table.colour_by not in table.rows:
             raise ValueError(f"{path}: table {table.block!r}: colour_by {table.colour_by!r} is not one of its rows")
         for key in table.rows:
-            if key != "stage" and key not in experiment.axes:
-                raise ValueError(f"{path}: table {table.block!r}: row key {key!r} is neither `stage` nor an axis")
+            if key not in ("stage", "seed") and key not in experiment.axes:
+                raise ValueError(f"{path}: table {table.block!r}: row key {key!r} is neither `stage`, `seed` nor an axis")
+        if table.seeds is not None and (not _list(table.seeds) or any(s not in experiment.seeds for s in _list(table.seeds))):
+            raise ValueError(f"{path}: table {table.block!r}: seeds {table.seeds!r} must be some of the experiment's "
+                             f"seeds {experiment.seeds}")
     for stage in experiment.exports:
         if stage not in experiment.stages:
             raise ValueError(f"{path}: exports names unknown stage {stage!r}")

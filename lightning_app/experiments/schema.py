@@ -50,7 +50,7 @@ VALUE_STRUCTURE_KEYS = ("from", "needs", "inherit")
 """Stage keys a per-stage axis value may set for its stage, besides its config and settings."""
 EXPERIMENT_KEYS = {"name", "description", "runs", "seeds", "stages", "axes", "tables", "exports", "launcher"}
 TABLE_KEYS = {"block", "files", "stages", "rows", "columns", "reference", "note", "plot", "colour_by", "figure", "compare",
-              "compare_axis", "compare_on", "select", "where", "detector"}
+              "compare_axis", "compare_on", "select", "where", "seeds", "detector"}
 SELECT_KEYS = {"maximise", "where", "at_most"}
 DETECTOR_KEYS = {"score", "clean", "poisoned_when"}
 RESERVED = {"experiment", "stage", "label", "seed", "run_dir", "trigger", "cost_s", "before_ca_top1", "before_asr", "ca_change",
@@ -131,7 +131,7 @@ class TableSpec:
     stages: list[str] | None = None
     """Stages with rows (default: every reported stage)."""
     rows: list[str] = field(default_factory=lambda: ["stage"])
-    """What makes a row: `stage` and axis names, in column order."""
+    """What makes a row: `stage`, axis names and `seed` (a row per seed), in column order."""
     columns: list[str] = field(default_factory=lambda: ["ca_top1", "asr", "wall_time_s"])
     """Result fields, each as mean ± 95% interval over seeds; `cost` is the wall time relative to `reference`."""
     reference: str | None = None
@@ -154,6 +154,9 @@ class TableSpec:
     where: dict[str, list] = field(default_factory=dict)
     """Only runs with these values of these axes, e.g. {cleaning: [lr1e-3]}; a run the axis does not
     apply to (another stage's) is kept."""
+    seeds: list[int] | None = None
+    """Only runs of these seeds (default: every seed), e.g. the seeds where two stages both ran; with `seed`
+    among `rows`, one row per seed."""
     select: dict[str, Any] | None = None
     """A selection rule (Verma et al.'s): per row and seed, only the run with the highest `maximise`
     among those with `where` ≤ `at_most`, e.g. {maximise: ca_top1, where: asr, at_most: 0.05}. Columns

@@ -77,8 +77,8 @@ def render_table(experiment: Experiment, table: TableSpec, rows: list[dict]) -> 
 def seeds_line(experiment: Experiment, table: TableSpec, rows: list[dict]) -> str:
     """Which seeds the rows' n count, when some row has fewer than the experiment's seeds (a table whose
     runs are still being made, or made on two machines): an n alone does not say which seed a number is."""
-    if table.select:
-        return ""  # its rows' n are the seeds where a run met the rule, which its `found` column says
+    if table.select or "seed" in table.rows:  # under a rule, n is the seeds where a run met it (`found`
+        return ""  # says so); a row per seed names its seed
     counts = Counter(tuple(sorted({row["seed"] for row in group})) for group in group_rows(experiment, table, rows).values())
     if set(counts) <= {tuple(sorted(experiment.seeds))}:
         return ""

@@ -44,6 +44,27 @@ def test_a_table_whose_rows_have_fewer_seeds_than_the_experiment_says_which(tmp_
     assert seeds_line(experiment, experiment.tables[0], rows).startswith("Seeds of each row's n (of 0, 1): ")
 
 
+def test_a_table_of_some_seeds_with_a_row_per_seed(tmp_path):
+    from lightning_app.experiments.tables import seeds_line
+
+    text = TOY.replace("seeds: [0, 1]", "seeds: [0, 1, 2]").replace(
+        "    rows: [attack, stage]\n", "    rows: [attack, seed, stage]\n    seeds: [2, 1]\n")
+    experiment = toy(tmp_path, text)
+    rows = [{"stage": stage, "attack": "badnet", "seed": seed, "ca_top1": 0.9, "asr": asr + seed / 10}
+            for seed in (0, 1, 2) for stage, asr in (("abd", 0.5), ("cleanclip", 0.0))]
+    lines = render_table(experiment, experiment.tables[0], rows).splitlines()
+    assert lines[0].startswith("| attack | seed | stage | n |")
+    # seed 0 left out, the others one row each, in seed order then stage order
+    assert [line.split(" | ")[1:4] for line in lines[2:]] == [
+        ["1", "cleanclip", "1"], ["1", "abd", "1"], ["2", "cleanclip", "1"], ["2", "abd", "1"]]
+    assert "| 1 | abd | 1 | 0.900 | 0.600 |" in lines[3]
+    assert seeds_line(experiment, experiment.tables[0], rows) == ""  # each row names its seed
+    with pytest.raises(ValueError, match="seeds \\[3\\] must be some of the experiment's seeds"):
+        toy(tmp_path, text.replace("seeds: [2, 1]", "seeds: [3]"))
+    with pytest.raises(ValueError, match="row key 'run'"):
+        toy(tmp_path, text.replace("rows: [attack, seed, stage]", "rows: [attack, run, stage]"))
+
+
 def test_the_table_shows_mean_and_interval_per_row_and_the_cost_paired_by_seed(tmp_path):
     experiment = toy(tmp_path)
     rows = []
