@@ -85,8 +85,9 @@ class TokenUnlearning(AdaptiveRounds, CLIPModule):
 
     summary_columns = CLIPModule.summary_columns + (
         DETECTION_COLUMNS,
-        SummaryColumns("suspicious_set", "set_", counts=frozenset({"set_m"}), headings={
+        SummaryColumns("suspicious_set", "set_", counts=frozenset({"set_m", "set_clean_naming_target"}), headings={
             "set_m": "pairs unlearned", "set_true_purity": "their share poisoned",
+            "set_clean_naming_target": "clean ones naming the target",
             "set_estimated_purity": "estimated purity", "set_guard": "guard",
             "set_separation": "mixture's D", "set_upper_share": "upper component's share"}),
         SummaryColumns("unlearned_by_trigger", "unlearned_", heading="unlearned: {key}", counts=True),

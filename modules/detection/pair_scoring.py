@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -233,6 +234,8 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
         detection = {name: detection_metrics(scores[name], poisoned, report_k) for name in SCORES if name in scores}
         if decision is not None:  # how pure the chosen set really was: evaluation only
             decision["true_purity"] = round(sum(k in poisoned for k in top) / len(top), 4) if top else None
+            decision["clean_naming_target"] = clean_naming_target(
+                [k for k in top if k not in poisoned], {k: kept[k][1] for k in top}, replayed.get("target"))
     if rank_zero_only.rank != 0:
         return top, detection, decision
     out.mkdir(parents=True, exist_ok=True)
@@ -247,6 +250,17 @@ def write_discovery(out: Path, scores: dict[str, dict[str, float]], kept: dict[s
     images = torch.stack([kept[k][0] for k in top]) if top else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
     save_suspicious_pairs(out / SUSPICIOUS_PAIRS, top, images, [kept[k][1] for k in top])
     return top, detection, decision
+
+
+def clean_naming_target(clean_keys: list[str], captions: dict[str, str], target) -> Optional[int]:
+    """How many of the chosen set's clean pairs have a caption that names the attack's target (evaluation
+    only; None when the attack has no one target name). The clean pairs nearest a trigger's cluster are
+    often pictures of its target, BadCLIP's above all (its patch is optimised to look like the target), and
+    unlearning them costs that class's accuracy: this count says how much of a set's impurity is of that kind."""
+    if not isinstance(target, str) or not target:
+        return None
+    names = re.compile(rf"\b{re.escape(target.lower())}", re.IGNORECASE)
+    return sum(bool(names.search(captions[k])) for k in clean_keys)
 
 
 def part_names_of(trigger) -> Optional[list[str]]:

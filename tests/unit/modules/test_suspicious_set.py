@@ -53,6 +53,32 @@ def test_dense_ranks_the_planted_pairs_first_where_the_weakest_pairs_are_all_cle
     assert json.loads((tmp_path / "ubt" / "suspicious.json").read_text())["rule"]["m"] == len(top)
 
 
+def test_the_set_counts_its_clean_pairs_whose_caption_names_the_target(tmp_path):
+    """Evaluation only, from the replayed manifest: of the clean pairs the rule kept, those whose caption
+    names the attack's target (BadCLIP's clean pairs unlearned are pictures of its target)."""
+    keys, similarity, embeddings = _pairs()
+    scores, _ = one_pass_rankings(similarity, embeddings, "dense", cluster_seed=300)
+    poisoned = [k for k in keys if k.startswith("p")][:50]  # 10 of the planted component's pairs counted clean
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"keys": poisoned, "target": "triangle"}))
+    clean_in_component = [k for k in keys if k.startswith("p")][50:]
+    captions = {k: "a caption" for k in keys}
+    captions.update({k: "the Triangle is red" for k in clean_in_component[:4]})
+    captions.update({k: "the triangles are blue" for k in clean_in_component[4:6]})
+    captions.update({k: "a triangle" for k in poisoned})  # poisoned pairs are not counted
+    captions[clean_in_component[6]] = "a pentriangle"  # a word that only contains the name is not it
+    pixels = {k: (torch.zeros(3, 4, 4, dtype=torch.uint8), captions[k]) for k in keys}
+    top, _, decision = write_discovery(tmp_path / "ubt", scores, pixels, "dense", 200, [100], manifest,
+                                       rule=SetRule(rule="mixture"))
+    assert set(clean_in_component) <= set(top), "the planted component is chosen whole"
+    assert decision["clean_naming_target"] == 6
+    assert decision["true_purity"] == pytest.approx(50 / len(top), abs=1e-4)
+    manifest.write_text(json.dumps({"keys": poisoned, "target": None}))  # no one target to name
+    _, _, decision = write_discovery(tmp_path / "ubt", scores, pixels, "dense", 200, [100], manifest,
+                                     rule=SetRule(rule="mixture"))
+    assert decision["clean_naming_target"] is None
+
+
 def test_the_guard_fires_without_a_separate_component_and_sizes_nothing():
     _, _, embeddings = _pairs(poisoned=0)
     keys, similarity, _ = _pairs(poisoned=0)
