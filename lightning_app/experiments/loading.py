@@ -79,7 +79,10 @@ def load_experiment(path: str | Path) -> Experiment:
     tables = []
     for body in raw.get("tables") or []:
         _unknown("a table", body, TABLE_KEYS, str(path))
-        tables.append(TableSpec(**{k: v for k, v in body.items()}))
+        table = TableSpec(**{k: v for k, v in body.items()})
+        if table.seeds is not None:  # `seeds: 3` reads as [3]
+            table.seeds = _list(table.seeds)
+        tables.append(table)
     experiment = Experiment(
         name=raw["name"], path=str(path), runs=raw.get("runs", f"runs/experiments/{raw['name']}"),
         seeds=[int(s) for s in _list(raw.get("seeds", [0]))], stages=stages, axes=axes, tables=tables,
@@ -171,7 +174,7 @@ def _check(experiment: Experiment) -> None:
         for key in table.rows:
             if key not in ("stage", "seed") and key not in experiment.axes:
                 raise ValueError(f"{path}: table {table.block!r}: row key {key!r} is neither `stage`, `seed` nor an axis")
-        if table.seeds is not None and (not _list(table.seeds) or any(s not in experiment.seeds for s in _list(table.seeds))):
+        if table.seeds is not None and (not table.seeds or any(s not in experiment.seeds for s in table.seeds)):
             raise ValueError(f"{path}: table {table.block!r}: seeds {table.seeds!r} must be some of the experiment's "
                              f"seeds {experiment.seeds}")
     for stage in experiment.exports:

@@ -61,6 +61,8 @@ def test_a_table_of_some_seeds_with_a_row_per_seed(tmp_path):
     assert seeds_line(experiment, experiment.tables[0], rows) == ""  # each row names its seed
     with pytest.raises(ValueError, match="seeds \\[3\\] must be some of the experiment's seeds"):
         toy(tmp_path, text.replace("seeds: [2, 1]", "seeds: [3]"))
+    one = toy(tmp_path, text.replace("seeds: [2, 1]", "seeds: 2"))
+    assert one.tables[0].seeds == [2] and len(render_table(one, one.tables[0], rows).splitlines()) == 4
     with pytest.raises(ValueError, match="row key 'run'"):
         toy(tmp_path, text.replace("rows: [attack, seed, stage]", "rows: [attack, run, stage]"))
 
