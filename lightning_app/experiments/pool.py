@@ -128,11 +128,14 @@ def _others_waiting(directory: Path, mine: Path) -> bool:
 
 def run_pool(runs: list[StageRun], jobs: int, start: Callable[[StageRun, dict], None],
              finished: Callable[[StageRun], None], devices_per_job: int = 1,
-             slots: Path = SLOTS, assign_devices: bool = True) -> dict[str, str]:
+             slots: Path = SLOTS, assign_devices: bool = True,
+             needs_slot: Callable[[StageRun], bool] = lambda run: True) -> dict[str, str]:
     """Run `runs` (in chain order) `jobs` at a time: `start(run, env)` runs one fit, `env` holding the
     environment its slot gives it (its GPUs, with `assign_devices`: not for jobs a cluster places); `finished(run)`
     is called in this thread as each one succeeds. A run that fails (a RuntimeError or ValueError) skips its
-    dependants and not its siblings. Returns the failed and skipped runs with why."""
+    dependants and not its siblings. A run for which `needs_slot(run)` is false (one already finished, which
+    `start` only reuses) starts without a slot: it would otherwise wait its turn behind another study's fits,
+    one turn for each link of a chain of reused runs. Returns the failed and skipped runs with why."""
     visible = visible_gpus() if assign_devices else []
     ids = {run.id for run in runs}
     failed: dict[str, str] = {}
@@ -141,6 +144,10 @@ def run_pool(runs: list[StageRun], jobs: int, start: Callable[[StageRun, dict], 
     running: dict[Future, StageRun] = {}
 
     def job(run: StageRun) -> None:
+        if not needs_slot(run):
+            log.info("[%s] finished before: no slot", run.id)
+            start(run, dict(os.environ))
+            return
         with slot(jobs, slots) as index:
             env = dict(os.environ)
             devices = devices_of(index, devices_per_job, visible)

@@ -86,7 +86,7 @@ def run_experiment(experiment: Experiment, only: list[str] | None = None, update
         start, slots = (lambda run, env: run_as_job(executor, pipeline_stage(run), slurm)), \
             Path(experiment.runs) / ".submitit" / "slots"
     failed = run_pool(by_chain(select(experiment, runs, only)), jobs, start, finished, devices_per_job, slots,
-                      assign_devices=slurm is None)
+                      assign_devices=slurm is None, needs_slot=lambda run: not run.run_dir.is_finished())
     rows = collect(experiment, runs, archive=archive or update_docs)
     for path in write_views(experiment, rows, update_docs, drop_rows, blocks):
         log.info("wrote %s", path)

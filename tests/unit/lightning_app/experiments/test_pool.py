@@ -109,3 +109,20 @@ def test_a_study_whose_fit_ended_lets_a_waiting_study_take_the_slot(tmp_path):
     assert len(order) == 10 and fits.most == 1
     assert order[:4] == ["one", "two", "one", "two"], order
     assert not list((tmp_path / "slots").glob("waiting.*"))  # no request is left marked as waiting
+
+
+def test_a_finished_run_is_reused_without_waiting_for_a_slot(tmp_path):
+    """Another study holds the only slot with a long fit: a chain whose runs are all finished (reused, no
+    fit) goes through at once instead of waiting a turn for each of its links."""
+    other, mine = _Fits(seconds=3.0), _Fits(seconds=0.0)
+    holder = threading.Thread(target=pool.run_pool, args=(_dag("other/")[:1], 1, other.start, lambda run: None),
+                              kwargs={"slots": tmp_path / "slots"})
+    holder.start()
+    time.sleep(0.3)  # the other study's fit holds the slot
+    finished, began = {}, time.monotonic()
+    failed = pool.run_pool(_dag(), 1, mine.start, lambda run: finished.setdefault(run.id, time.monotonic() - began),
+                           slots=tmp_path / "slots", needs_slot=lambda run: run.id == "f2")
+    holder.join()
+    assert failed == {} and sorted(finished) == ["a1", "a2", "c1", "f1", "f2"]
+    assert max(finished[r] for r in ("a1", "f1", "c1", "a2")) < 1.5, finished  # the reused runs did not wait
+    assert finished["f2"] >= 2.0  # the one run to fit waited for the other study's fit to end
